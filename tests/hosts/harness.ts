@@ -1,0 +1,507 @@
+/**
+ * Test hosts: real "servers" on one machine, for end-to-end tests.
+ *
+ * Each host is `unshare --pid --fork --kill-child --mount --propagation private --mount-proc --uts`
+ * running `host-init.sh` as PID 1 of its namespace. The init bind-mounts the host's own
+ * `/etc` (a `cp -a` copy of the machine's), `/nix` (empty), `/root`, `/var/lib`, `/var/log`,
+ * `/run`, `/tmp`, `/home`, starts `sshd` on `<address>:22` and (optionally) `nix-daemon`, then
+ * stays as the namespace's child reaper.
+ *
+ * Inside a host (no systemd):
+ * - sshd: `/run/sshd.pid`, log `/var/log/sshd.log`; reload = `kill -HUP "$(cat /run/sshd.pid)"`.
+ * - nix-daemon: `/run/nix-daemon.pid`, log `/var/log/nix-daemon.log`; restart = kill that pid,
+ *   start `nix-daemon` detached again (`setsid nix-daemon </dev/null >>log 2>&1 &`), rewrite the pid file.
+ *
+ * Callers MUST tear down: `after(() => hosts.teardown())` or try/finally. A process 'exit'
+ * handler SIGKILLs the inits and removes the state dir as a safety net only.
+ *
+ * Needs root and the Debian packages: openssh-server, openssh-client, nix-bin, sudo,
+ * util-linux (unshare, nsenter), procps (ps), passwd (useradd).
+ */
+import { spawn, spawnSync } from "child_process";
+import * as fs from "fs";
+import * as net from "net";
+import * as os from "os";
+import * as path from "path";
+
+export interface HostSpec {
+  /** Short name, e.g. "stage" -> FQDN "stage.test". */
+  name: string;
+  /** Run nix-daemon in the host. Default true. */
+  nixDaemon?: boolean;
+  /** Login user of the runner. Default "root"; another name (e.g. "ship") is created with password-less sudo. */
+  loginUser?: "root" | string;
+  /** Root has its own `~/.ssh/id_ed25519` pair. Default true; false => root has no SSH key at all. */
+  rootKey?: boolean;
+}
+
+export interface ExecResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+export interface ExecOptions {
+  /** Text written to the script's stdin. Default: none. */
+  input?: string;
+  /** Throw when the exit code is not 0. Default true. */
+  check?: boolean;
+}
+
+export interface TestHost {
+  name: string;
+  fqdn: string;
+  /** 127.0.0.2, 127.0.0.3, ... */
+  address: string;
+  port: number;
+  /** Login user for the runner. */
+  user: string;
+  /** OpenSSH private key text the runner uses (same for all hosts). */
+  privateKey: string;
+  /** Path of that private key file (mode 0600), handy for `ssh -i`. */
+  privateKeyPath: string;
+  /** The host's ed25519 SSH host public key: "ssh-ed25519 AAAA..." (no comment). */
+  hostKey: string;
+  /** Outer PID of the host's namespace init (PID 1 inside). */
+  initPid: number;
+  /** This host's state dir (outer path): etc/, nix/, root/, var-log/, init.log, ... */
+  stateDir: string;
+  /** Runs `bash -c script` as root inside the host (nsenter), no SSH. */
+  exec(script: string, opts?: ExecOptions): Promise<ExecResult>;
+  stopSshd(): Promise<void>;
+  startSshd(): Promise<void>;
+  stopNixDaemon(): Promise<void>;
+  startNixDaemon(): Promise<void>;
+}
+
+export interface TestHosts {
+  hosts: TestHost[];
+  byName(name: string): TestHost;
+  stateDir: string;
+  /** Kills exactly the inits started (SIGTERM, then SIGKILL), waits for them, removes the state dir. */
+  teardown(): Promise<void>;
+}
+
+const READY_TIMEOUT_MS = 30_000;
+const STOP_GRACE_MS = 2_000;
+const HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/** undefined when the e2e tests can run here; otherwise why not. */
+export function e2eSkipReason(): string | undefined {
+  const uid = process.getuid ? process.getuid() : -1;
+  if (process.platform !== "linux") return `needs Linux (platform ${process.platform})`;
+  if (uid !== 0) return `needs root (uid ${uid})`;
+  const tools: [string, string][] = [
+    ["nix-daemon", "nix-bin"],
+    ["nix-store", "nix-bin"],
+    ["sshd", "openssh-server"],
+    ["ssh", "openssh-client"],
+    ["ssh-keygen", "openssh-client"],
+    ["sudo", "sudo"],
+    ["unshare", "util-linux"],
+    ["nsenter", "util-linux"],
+    ["useradd", "passwd"],
+  ];
+  for (const [tool, pkg] of tools) {
+    if (!onPath(tool)) return `${pkg} not installed (${tool} not found)`;
+  }
+  if (!fs.existsSync("/usr/sbin/sshd")) return "openssh-server not installed (/usr/sbin/sshd)";
+  return undefined;
+}
+
+function onPath(tool: string): boolean {
+  return HOST_PATH.split(":").some((dir) => {
+    try {
+      fs.accessSync(path.join(dir, tool), fs.constants.X_OK);
+      return true;
+    } catch {
+      return false;
+    }
+  });
+}
+
+function initScriptPath(): string {
+  const candidates = [
+    path.join(__dirname, "host-init.sh"), // ts-node / source tree
+    path.resolve(__dirname, "../../../tests/hosts/host-init.sh"), // build/tests/hosts -> tests/hosts
+  ];
+  const found = candidates.find((p) => fs.existsSync(p));
+  if (!found) throw new Error(`host-init.sh not found; looked in: ${candidates.join(", ")}`);
+  return found;
+}
+
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+function tail(file: string, lines = 30): string {
+  try {
+    return fs.readFileSync(file, "utf8").trimEnd().split("\n").slice(-lines).join("\n");
+  } catch {
+    return "(no log)";
+  }
+}
+
+function tcpAccepts(address: string, port: number, timeoutMs = 500): Promise<boolean> {
+  return new Promise((resolve) => {
+    const sock = net.connect({ host: address, port });
+    const done = (ok: boolean) => {
+      sock.destroy();
+      resolve(ok);
+    };
+    sock.setTimeout(timeoutMs, () => done(false));
+    sock.once("connect", () => done(true));
+    sock.once("error", () => done(false));
+  });
+}
+
+/** Registry of inits this process started, for the 'exit' safety net. */
+const liveRuns = new Set<{ pids: number[]; stateDir: string }>();
+let exitHandlerInstalled = false;
+function installExitHandler(): void {
+  if (exitHandlerInstalled) return;
+  exitHandlerInstalled = true;
+  process.on("exit", () => {
+    for (const run of liveRuns) {
+      for (const pid of run.pids) {
+        try {
+          process.kill(pid, "SIGKILL");
+        } catch {
+          /* already gone */
+        }
+      }
+      try {
+        fs.rmSync(run.stateDir, { recursive: true, force: true });
+      } catch {
+        /* best effort */
+      }
+    }
+  });
+}
+
+interface Started {
+  spec: Required<HostSpec>;
+  address: string;
+  dir: string;
+  unsharePid: number;
+  exited: { code: number | null; signal: NodeJS.Signals | null } | undefined;
+  initPid: number;
+}
+
+/**
+ * Starts one host per spec, in parallel, on 127.0.0.<firstAddress + i>; resolves when every
+ * sshd accepts TCP connections and every enabled nix-daemon's socket exists.
+ * `firstAddress` default: env NSC_HOSTS_FIRST_ADDRESS, else 2 (so hosts are 127.0.0.2, .3, ...).
+ * Throws (after cleaning up) naming the host and showing the tail of its init log.
+ */
+export async function startHosts(
+  specs: HostSpec[],
+  opts: { firstAddress?: number } = {},
+): Promise<TestHosts> {
+  const skip = e2eSkipReason();
+  if (skip) throw new Error(`cannot start test hosts: ${skip}`);
+  const first = opts.firstAddress ?? Number(process.env.NSC_HOSTS_FIRST_ADDRESS || 2);
+  if (!Number.isInteger(first) || first < 2 || first + specs.length - 1 > 254) {
+    throw new Error(
+      `firstAddress ${first} with ${specs.length} hosts leaves 127.0.0.2-127.0.0.254`,
+    );
+  }
+  const names = new Set<string>();
+  const full: Required<HostSpec>[] = specs.map((s) => {
+    if (!/^[a-z][a-z0-9-]*$/.test(s.name))
+      throw new Error(`host name "${s.name}": use [a-z][a-z0-9-]*`);
+    if (names.has(s.name)) throw new Error(`host name "${s.name}" given twice`);
+    names.add(s.name);
+    const loginUser = s.loginUser ?? "root";
+    if (!/^[a-z_][a-z0-9_-]*$/.test(loginUser))
+      throw new Error(`host ${s.name}: bad loginUser "${loginUser}"`);
+    return { name: s.name, nixDaemon: s.nixDaemon ?? true, loginUser, rootKey: s.rootKey ?? true };
+  });
+  const addresses = full.map((_, i) => `127.0.0.${first + i}`);
+  for (const [i, a] of addresses.entries()) {
+    if (await tcpAccepts(a, 22)) {
+      throw new Error(
+        `host ${full[i].name}: ${a}:22 already accepts connections (a leftover test host?); stop it first`,
+      );
+    }
+  }
+
+  installExitHandler();
+  const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), "nsc-hosts-"));
+  const run = { pids: [] as number[], stateDir };
+  liveRuns.add(run);
+  const started: Started[] = [];
+
+  const teardown = async (): Promise<void> => {
+    const pids = started.map((s) => s.initPid).filter((p) => p > 0);
+    const unsharePids = started.map((s) => s.unsharePid).filter((p) => p > 0);
+    for (const pid of pids) signal(pid, "SIGTERM");
+    const deadline = Date.now() + STOP_GRACE_MS;
+    while (pids.some(isAlive) && Date.now() < deadline) await sleep(50);
+    for (const pid of [...pids, ...unsharePids]) if (isAlive(pid)) signal(pid, "SIGKILL");
+    const hard = Date.now() + 10_000;
+    while ([...pids, ...unsharePids].some(isAlive) && Date.now() < hard) await sleep(50);
+    const left = [...pids, ...unsharePids].filter(isAlive);
+    liveRuns.delete(run);
+    fs.rmSync(stateDir, { recursive: true, force: true });
+    if (left.length)
+      throw new Error(`test hosts teardown: PIDs still alive after SIGKILL: ${left.join(", ")}`);
+  };
+
+  try {
+    // Runner key pair (one for all hosts).
+    const keyPath = path.join(stateDir, "runner_ed25519");
+    mustRun("ssh-keygen", [
+      "-q",
+      "-t",
+      "ed25519",
+      "-N",
+      "",
+      "-C",
+      "nsc-test-runner",
+      "-f",
+      keyPath,
+    ]);
+    const privateKey = fs.readFileSync(keyPath, "utf8");
+    const hostsFile = path.join(stateDir, "hosts");
+    fs.writeFileSync(
+      hostsFile,
+      ["127.0.0.1 localhost", "::1 localhost ip6-localhost ip6-loopback"]
+        .concat(full.map((s, i) => `${addresses[i]} ${s.name}.test ${s.name}`))
+        .join("\n") + "\n",
+    );
+
+    const script = initScriptPath();
+    for (const [i, spec] of full.entries()) {
+      const dir = path.join(stateDir, spec.name);
+      fs.mkdirSync(dir);
+      const logFd = fs.openSync(path.join(dir, "init.log"), "a");
+      const child = spawn(
+        "unshare",
+        [
+          "--pid",
+          "--fork",
+          "--kill-child",
+          "--mount",
+          "--propagation",
+          "private",
+          "--mount-proc",
+          "--uts",
+        ].concat(["bash", script]),
+        {
+          stdio: ["ignore", logFd, logFd],
+          cwd: "/",
+          env: {
+            PATH: HOST_PATH,
+            LANG: "C.UTF-8",
+            NSC_STATE: dir,
+            NSC_NAME: spec.name,
+            NSC_FQDN: `${spec.name}.test`,
+            NSC_ADDRESS: addresses[i],
+            NSC_LOGIN_USER: spec.loginUser,
+            NSC_ROOT_KEY: spec.rootKey ? "1" : "0",
+            NSC_NIX_DAEMON: spec.nixDaemon ? "1" : "0",
+            NSC_RUNNER_PUB: `${keyPath}.pub`,
+            NSC_HOSTS_FILE: hostsFile,
+          },
+        },
+      );
+      fs.closeSync(logFd);
+      const s: Started = {
+        spec,
+        address: addresses[i],
+        dir,
+        unsharePid: child.pid ?? -1,
+        exited: undefined,
+        initPid: -1,
+      };
+      child.on("exit", (code, sig) => (s.exited = { code, signal: sig }));
+      child.on("error", () => {
+        s.exited = { code: -1, signal: null };
+      });
+      started.push(s);
+      if (s.unsharePid > 0) run.pids.push(s.unsharePid);
+    }
+
+    const hosts = await Promise.all(
+      started.map((s) => waitReady(s, privateKey, keyPath, run.pids)),
+    );
+    return {
+      hosts,
+      stateDir,
+      byName(name: string): TestHost {
+        const h = hosts.find((x) => x.name === name);
+        if (!h)
+          throw new Error(
+            `no test host named "${name}" (have: ${hosts.map((x) => x.name).join(", ")})`,
+          );
+        return h;
+      },
+      teardown,
+    };
+  } catch (err) {
+    await teardown().catch(() => undefined);
+    throw err;
+  }
+}
+
+function signal(pid: number, sig: NodeJS.Signals): void {
+  try {
+    process.kill(pid, sig);
+  } catch {
+    /* already gone */
+  }
+}
+
+function mustRun(cmd: string, args: string[]): void {
+  const r = spawnSync(cmd, args, { encoding: "utf8" });
+  if (r.status !== 0)
+    throw new Error(`${cmd} ${args.join(" ")} failed (${r.status}): ${r.stderr || r.error}`);
+}
+
+async function waitReady(
+  s: Started,
+  privateKey: string,
+  keyPath: string,
+  runPids: number[],
+): Promise<TestHost> {
+  const name = s.spec.name;
+  const initLog = path.join(s.dir, "init.log");
+  const fail = (why: string) =>
+    new Error(
+      `test host ${name} (${s.address}): ${why}\n--- tail of ${initLog} ---\n${tail(initLog)}`,
+    );
+  const deadline = Date.now() + READY_TIMEOUT_MS;
+  const checkAlive = () => {
+    if (s.exited)
+      throw fail(`init exited (code ${s.exited.code}, signal ${s.exited.signal}) before ready`);
+    if (Date.now() > deadline) throw fail(`not ready within ${READY_TIMEOUT_MS} ms`);
+  };
+
+  // The namespace's PID 1 = the child of unshare.
+  while (s.initPid < 0) {
+    checkAlive();
+    try {
+      const kids = fs
+        .readFileSync(`/proc/${s.unsharePid}/task/${s.unsharePid}/children`, "utf8")
+        .trim();
+      if (kids) s.initPid = Number(kids.split(/\s+/)[0]);
+    } catch {
+      /* not there yet */
+    }
+    if (s.initPid < 0) await sleep(20);
+  }
+  runPids.push(s.initPid);
+
+  const socket = path.join(s.dir, "nix/var/nix/daemon-socket/socket");
+  for (;;) {
+    checkAlive();
+    const sshdUp = await tcpAccepts(s.address, 22);
+    const nixUp = !s.spec.nixDaemon || fs.existsSync(socket);
+    if (sshdUp && nixUp) break;
+    await sleep(50);
+  }
+  const pub = fs.readFileSync(path.join(s.dir, "etc/ssh/ssh_host_ed25519_key.pub"), "utf8");
+  const hostKey = pub.trim().split(/\s+/).slice(0, 2).join(" ");
+  return makeHost(s, privateKey, keyPath, hostKey);
+}
+
+function makeHost(s: Started, privateKey: string, keyPath: string, hostKey: string): TestHost {
+  const name = s.spec.name;
+  const socket = path.join(s.dir, "nix/var/nix/daemon-socket/socket");
+
+  const exec = (script: string, opts: ExecOptions = {}): Promise<ExecResult> =>
+    new Promise((resolve, reject) => {
+      const child = spawn(
+        "nsenter",
+        ["--target", String(s.initPid), "--mount", "--pid", "--uts", "--", "bash", "-c", script],
+        { cwd: "/", env: { PATH: HOST_PATH, HOME: "/root", USER: "root", LANG: "C.UTF-8" } },
+      );
+      let stdout = "";
+      let stderr = "";
+      child.stdout.setEncoding("utf8").on("data", (d: string) => (stdout += d));
+      child.stderr.setEncoding("utf8").on("data", (d: string) => (stderr += d));
+      child.on("error", reject);
+      child.on("close", (code, sig) => {
+        const res = {
+          code: code ?? 128 + (sig ? (os.constants.signals[sig] ?? 0) : 0),
+          stdout,
+          stderr,
+        };
+        if ((opts.check ?? true) && res.code !== 0) {
+          reject(
+            new Error(
+              `test host ${name}: script failed (exit ${res.code})\n--- script ---\n${script}\n--- stderr ---\n${stderr}`,
+            ),
+          );
+        } else resolve(res);
+      });
+      child.stdin.on("error", () => undefined);
+      child.stdin.end(opts.input ?? "");
+    });
+
+  const waitTcp = async (up: boolean, what: string) => {
+    const deadline = Date.now() + READY_TIMEOUT_MS;
+    while ((await tcpAccepts(s.address, 22)) !== up) {
+      if (Date.now() > deadline)
+        throw new Error(`test host ${name}: sshd ${what} within ${READY_TIMEOUT_MS} ms`);
+      await sleep(50);
+    }
+  };
+
+  // Kill the pid in a pid file and wait until it is gone (PID 1 reaps it).
+  const stopByPidFile = (pidFile: string) =>
+    exec(
+      `set -euo pipefail
+       [[ -s ${pidFile} ]] || exit 0
+       pid=$(cat ${pidFile})
+       kill "$pid" 2>/dev/null || true
+       for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+       if kill -0 "$pid" 2>/dev/null; then kill -9 "$pid"; fi
+       rm -f ${pidFile}`,
+    );
+
+  return {
+    name,
+    fqdn: `${name}.test`,
+    address: s.address,
+    port: 22,
+    user: s.spec.loginUser,
+    privateKey,
+    privateKeyPath: keyPath,
+    hostKey,
+    initPid: s.initPid,
+    stateDir: s.dir,
+    exec,
+    async stopSshd() {
+      await stopByPidFile("/run/sshd.pid");
+      await waitTcp(false, "did not stop listening");
+    },
+    async startSshd() {
+      await exec("/usr/sbin/sshd -E /var/log/sshd.log");
+      await waitTcp(true, "did not accept connections");
+    },
+    async stopNixDaemon() {
+      await stopByPidFile("/run/nix-daemon.pid");
+      fs.rmSync(socket, { force: true });
+    },
+    async startNixDaemon() {
+      await exec(
+        "setsid nix-daemon </dev/null >>/var/log/nix-daemon.log 2>&1 & echo $! >/run/nix-daemon.pid",
+      );
+      const deadline = Date.now() + READY_TIMEOUT_MS;
+      while (!fs.existsSync(socket)) {
+        if (Date.now() > deadline)
+          throw new Error(`test host ${name}: nix-daemon socket did not appear`);
+        await sleep(50);
+      }
+    },
+  };
+}

@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# PID 1 of one test host. Started by tests/hosts/harness.ts as
+#   unshare --pid --fork --kill-child --mount --propagation private --mount-proc --uts \
+#     bash tests/hosts/host-init.sh
+# Inputs (environment):
+#   NSC_STATE        this host's state dir (outer path), e.g. /tmp/nsc-hosts-XXXX/stage
+#   NSC_NAME         short name ("stage"); NSC_FQDN: "stage.test"
+#   NSC_ADDRESS      loopback address sshd listens on (127.0.0.2, ...)
+#   NSC_LOGIN_USER   "root" or a user name to create with password-less sudo
+#   NSC_ROOT_KEY     1: root gets /root/.ssh/id_ed25519; 0: root has no SSH key
+#   NSC_NIX_DAEMON   1: run nix-daemon; 0: don't
+#   NSC_RUNNER_PUB   file with the runner's public key (goes to authorized_keys)
+#   NSC_HOSTS_FILE   file with the /etc/hosts content for every host
+# Contract inside the host (no systemd):
+#   sshd:       pid in /run/sshd.pid, log /var/log/sshd.log; reload = kill -HUP "$(cat /run/sshd.pid)"
+#   nix-daemon: pid in /run/nix-daemon.pid, log /var/log/nix-daemon.log; restart = kill that pid,
+#               start `nix-daemon` detached again, rewrite the pid file
+set -euo pipefail
+
+: "${NSC_STATE:?}" "${NSC_NAME:?}" "${NSC_FQDN:?}" "${NSC_ADDRESS:?}" "${NSC_LOGIN_USER:?}"
+: "${NSC_ROOT_KEY:?}" "${NSC_NIX_DAEMON:?}" "${NSC_RUNNER_PUB:?}" "${NSC_HOSTS_FILE:?}"
+
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export HOME=/root
+umask 022
+
+log() { printf '[host-init %s %s] %s\n' "$NSC_NAME" "$(date +%T.%3N)" "$*"; }
+trap 'log "FAILED (exit $?) at line $LINENO: $BASH_COMMAND"' ERR
+
+S=$NSC_STATE
+
+# --- Phase 1: prepare this host's state dirs (outer paths, before any mount) ---
+log "preparing state in $S"
+mkdir -p "$S"
+cp -a /etc "$S/etc"
+log "etc copied"
+rm -f "$S"/etc/ssh/ssh_host_*
+mkdir -p "$S/etc/ssh/sshd_config.d"
+cat >"$S/etc/ssh/sshd_config.d/00-test-host.conf" <<EOF
+# Test host $NSC_FQDN (written by tests/hosts/host-init.sh)
+ListenAddress $NSC_ADDRESS:22
+PidFile /run/sshd.pid
+PasswordAuthentication no
+PermitRootLogin prohibit-password
+LogLevel VERBOSE
+EOF
+cp "$NSC_HOSTS_FILE" "$S/etc/hosts"
+echo "$NSC_FQDN" >"$S/etc/hostname"
+printf '\n# test host: no network, no substituters\nsubstituters =\n' >>"$S/etc/nix/nix.conf"
+
+install -d -m 0755 "$S/nix" "$S/var-lib" "$S/var-log" "$S/run" "$S/home"
+install -d -m 0700 "$S/root" "$S/root/.ssh"
+install -d -m 1777 "$S/tmp"
+install -m 0600 "$NSC_RUNNER_PUB" "$S/root/.ssh/authorized_keys"
+runner_pub=$(cat "$NSC_RUNNER_PUB")
+
+# --- Phase 2: bind the host's own dirs over the machine's (/tmp last: the sources live there) ---
+mount --bind "$S/etc" /etc
+mount --bind "$S/nix" /nix
+mount --bind "$S/root" /root
+mount --bind "$S/var-lib" /var/lib
+mount --bind "$S/var-log" /var/log
+mount --bind "$S/run" /run
+mount --bind "$S/home" /home
+mount --bind "$S/tmp" /tmp
+cd /
+hostname "$NSC_FQDN"
+log "mounted"
+
+# --- Phase 3: users, keys, nix, services (inside the host's view) ---
+# Fresh host key. Only ed25519 (RSA generation costs ~1 s CPU per host); sshd quietly skips
+# its other default HostKey files when they are missing.
+ssh-keygen -q -t ed25519 -N '' -C "root@$NSC_FQDN" -f /etc/ssh/ssh_host_ed25519_key
+log "host key generated"
+install -d -m 0755 /run/sshd
+
+if [[ $NSC_ROOT_KEY == 1 ]]; then
+  ssh-keygen -q -t ed25519 -N '' -C "root@$NSC_FQDN" -f /root/.ssh/id_ed25519
+fi
+
+if [[ $NSC_LOGIN_USER != root ]]; then
+  u=$NSC_LOGIN_USER
+  useradd -m -s /bin/bash "$u"
+  usermod -p '*' "$u" # not locked: key login works, no password login
+  install -d -m 0700 -o "$u" -g "$u" "/home/$u/.ssh"
+  printf '%s\n' "$runner_pub" >"/home/$u/.ssh/authorized_keys"
+  chown "$u:$u" "/home/$u/.ssh/authorized_keys"
+  chmod 0600 "/home/$u/.ssh/authorized_keys"
+  printf '%s ALL=(ALL) NOPASSWD:ALL\n' "$u" >"/etc/sudoers.d/$u"
+  chmod 0440 "/etc/sudoers.d/$u"
+fi
+
+# Nix: /nix starts empty.
+install -d -m 0755 /nix/var /nix/var/nix /nix/var/log /nix/var/log/nix
+install -d -m 1775 -o root -g nixbld /nix/store
+install -d -m 0755 /nix/var/nix/db /nix/var/nix/gcroots /nix/var/nix/profiles \
+  /nix/var/nix/temproots /nix/var/nix/userpool /nix/var/nix/daemon-socket
+install -d -m 1777 /nix/var/nix/gcroots/per-user /nix/var/nix/profiles/per-user
+
+log "users and nix dirs done"
+/usr/sbin/sshd -t
+/usr/sbin/sshd -E /var/log/sshd.log
+log "sshd started on $NSC_ADDRESS:22 (pid $(cat /run/sshd.pid))"
+
+if [[ $NSC_NIX_DAEMON == 1 ]]; then
+  setsid nix-daemon </dev/null >>/var/log/nix-daemon.log 2>&1 &
+  echo $! >/run/nix-daemon.pid
+  log "nix-daemon started (pid $(cat /run/nix-daemon.pid))"
+fi
+
+# --- Phase 4: stay as the namespace's child reaper ---
+# bash reaps every child (also re-parented orphans) while it waits. On TERM/INT: stop
+# everything in the namespace; when PID 1 exits the kernel SIGKILLs whatever is left.
+shutdown() {
+  log "shutting down"
+  kill -TERM -1 2>/dev/null || true
+  sleep 0.2
+  exit 0
+}
+trap shutdown TERM INT HUP
+log "ready"
+while :; do
+  sleep 3600 &
+  wait $! || true
+done
