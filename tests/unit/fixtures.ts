@@ -1,0 +1,65 @@
+/**
+ * Shared fixtures for the unit tests: the seed tutorial's example values, test keys, and
+ * helpers to run real tools (nix-instantiate, nix, sshd, ssh) on temporary files.
+ * @packageDocumentation
+ */
+import { execFileSync, spawnSync } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+
+/** The seed's production root key (`/root/.ssh/id_rsa.pub` on yourapp.com). */
+export const SEED_ROOT_RSA_KEY =
+  "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABgQCWT75hPseOBJUWDRZIzrGkNcubS1D+g1hTf72nKr9sUxVA8nLfGE6WAIjOW+bLHdWQXjJH5Bhodv5t6bpY1sBi3NuQq4xcH3yGd52SlzE5dgGl4psRdA+VQXpHfsnrjZ+6LPVBVdaZjdHgq7IR1b7rOBJCtdBJXSjNyZvagghBPKe4a+4Unpg+Y09+/p0BkaNHZmpVc43OHuC4drMpnqWiqNtMoq6gqAL5Ifu+FQHG3JGHLi/QUS2ee667IiIXYX9w4BMB1+W1Rle+PvpJwWuIj12DufAUWceOzk1iipAPgKvFYs6ZC+0Ldyczu+upQBTXHmKtRaS9bdQjSg72v3eAOymMNAeKZlLo3+VhxfAh7BpQ7ER6xy7hStbYjerIWdxx/WLgoGqUOkUBMynxOP3pWZTyb4BBdSObaFJ9O2F1XlmxRg3s+hb/pqqprxuJ8iT5T8uuLi6TyeB7auXF0g/T40CPCVwCPthY9Z9pSZ9zIpv8beaWiakvs7RbYz8d6OE= ship@yourapp";
+/** The seed's cache public key (`cache-pub-key.pem` on stage.yourapp.com). */
+export const SEED_CACHE_PUBLIC_KEY =
+  "stage.yourapp.com:T0xDDpZbMep2GjjzGDpRk32FkZx/+LZ4eKqPyGI2il8=";
+/** The seed's signing key path on staging. */
+export const SEED_SECRET_KEY_FILE = "/etc/shipnix/binary/cache-priv-key.pem";
+/** The seed's substituter URL. */
+export const SEED_SUBSTITUTER = "ssh://nix-ssh@stage.yourapp.com";
+/** The seed's staging host name. */
+export const SEED_STAGING_HOST = "stage.yourapp.com";
+
+/** A real ed25519 public key (generated for these tests). */
+export const ED25519_KEY =
+  "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB+PR2oBVI30kNLOhDR2VQRFrusbGOCLvy8PcHoI9byO root@prod1";
+/** A real ecdsa-sha2-nistp256 public key (generated for these tests). */
+export const ECDSA_KEY =
+  "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBD6Yb2fuzDjge82X5UsA70xsfYoDekJzWg4TyZwRyxp4Ni3bM8hnXwjgVYVv+roSQ1eE3Iu7nbVy+csjxC0H/uM= root@prod2";
+/** A real ed25519 host key (generated for these tests), as in `ssh_host_ed25519_key.pub`. */
+export const HOST_KEY =
+  "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINDqM5ot5Ain1jtpKsaw4KH33hkB/I2w7IOiuEy233nJ root@vm";
+/** A syntactically valid, fake OpenSSH private key block (not a usable key). */
+export const FAKE_PRIVATE_KEY =
+  "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAAfakefakefake\n-----END OPENSSH PRIVATE KEY-----\n";
+
+/** Whether `command` can be run (found on PATH or as an absolute path). */
+export function hasCommand(command: string): boolean {
+  const r = spawnSync("sh", ["-c", 'command -v "$1"', "sh", command], { encoding: "utf8" });
+  return r.status === 0;
+}
+
+/** Runs `fn` with a fresh temporary directory, removed afterwards. */
+export function withTempDir<T>(fn: (dir: string) => T): T {
+  const dir = mkdtempSync(join(tmpdir(), "nix-ssh-cache-unit-"));
+  try {
+    return fn(dir);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * Evaluates a Nix expression with `nix-instantiate --eval --strict --json --readonly-mode`
+ * (nothing is written to the store) and returns the parsed JSON. `args` are passed with
+ * `--argstr` to the expression, which must then be a function of them.
+ */
+export function nixEval(expr: string, args: Record<string, string> = {}): unknown {
+  const argv = ["--readonly-mode", "--eval", "--strict", "--json", "-E", expr];
+  for (const [k, v] of Object.entries(args)) argv.push("--argstr", k, v);
+  return JSON.parse(execFileSync("nix-instantiate", argv, { encoding: "utf8" }));
+}
+
+/** Why Nix tests are skipped, or `false` when `nix-instantiate` is available. */
+export const NO_NIX = hasCommand("nix-instantiate") ? false : "nix-instantiate is not installed";

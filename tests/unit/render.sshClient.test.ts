@@ -1,0 +1,106 @@
+import { describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+import {
+  knownHostsName,
+  renderKnownHosts,
+  renderSshClientConfig,
+} from "../../components/render/sshClient";
+import { HOST_KEY, hasCommand, withTempDir } from "./fixtures";
+
+const HOST_KEY_NO_COMMENT = HOST_KEY.split(" ").slice(0, 2).join(" ");
+
+describe("renderKnownHosts", () => {
+  it("pins the key for the names, comment dropped", () => {
+    assert.equal(renderKnownHosts(["stage.test"], HOST_KEY), `stage.test ${HOST_KEY_NO_COMMENT}\n`);
+    assert.equal(
+      renderKnownHosts(["stage.test", "127.0.0.2", "stage.test"], HOST_KEY),
+      `127.0.0.2,stage.test ${HOST_KEY_NO_COMMENT}\n`,
+    );
+  });
+
+  it("uses [name]:port for other ports", () => {
+    assert.equal(knownHostsName("stage.test"), "stage.test");
+    assert.equal(knownHostsName("stage.test", 2222), "[stage.test]:2222");
+    assert.equal(knownHostsName("[::1]", 2222), "[::1]:2222");
+  });
+
+  it("rejects bad names and keys", () => {
+    assert.throws(() => renderKnownHosts([], HOST_KEY));
+    assert.throws(() => renderKnownHosts(["a,b"], HOST_KEY));
+    assert.throws(() => renderKnownHosts(["a b"], HOST_KEY));
+    assert.throws(() => renderKnownHosts(["a"], "ssh-ed25519 AAAAB3NzaC1yc2EAAAADAQAB"));
+  });
+
+  it(
+    "is found by ssh-keygen -F",
+    { skip: hasCommand("ssh-keygen") ? false : "no ssh-keygen" },
+    () => {
+      withTempDir((dir) => {
+        const file = join(dir, "known_hosts");
+        writeFileSync(file, renderKnownHosts([knownHostsName("stage.test", 2222)], HOST_KEY));
+        const out = execFileSync("ssh-keygen", ["-F", "[stage.test]:2222", "-f", file], {
+          encoding: "utf8",
+        });
+        assert.ok(out.includes(HOST_KEY_NO_COMMENT));
+      });
+    },
+  );
+});
+
+describe("renderSshClientConfig", () => {
+  it("renders a strict, non-interactive Host block", () => {
+    const text = renderSshClientConfig({
+      hostName: "stage.test",
+      knownHostsFile: "/etc/nix-ssh-cache/known_hosts",
+    });
+    assert.equal(
+      text.split("\n").slice(1).join("\n"),
+      "Host stage.test\n" +
+        "  UserKnownHostsFile /etc/nix-ssh-cache/known_hosts\n" +
+        "  StrictHostKeyChecking yes\n" +
+        "  BatchMode yes\n",
+    );
+  });
+
+  it("refuses injection", () => {
+    assert.throws(() => renderSshClientConfig({ hostName: "a\nHost *", knownHostsFile: "/k" }));
+    assert.throws(() =>
+      renderSshClientConfig({ hostName: "a", knownHostsFile: "/k", ciphers: ["x y"] }),
+    );
+    assert.throws(() => renderSshClientConfig({ hostName: "a", knownHostsFile: "/k", port: 0 }));
+  });
+
+  it(
+    "is applied by ssh (ssh -G) with port, ciphers and identity",
+    { skip: hasCommand("ssh") ? false : "no ssh client" },
+    () => {
+      withTempDir((dir) => {
+        const file = join(dir, "ssh_config");
+        writeFileSync(
+          file,
+          renderSshClientConfig({
+            hostName: "stage.test",
+            knownHostsFile: "/etc/nix-ssh-cache/known_hosts",
+            port: 2222,
+            ciphers: ["aes128-gcm@openssh.com"],
+            identityFile: "/root/.ssh/id_ed25519",
+          }),
+        );
+        const out = execFileSync("ssh", ["-G", "-F", file, "nix-ssh@stage.test"], {
+          encoding: "utf8",
+        });
+        assert.match(out, /^port 2222$/m);
+        assert.match(out, /^userknownhostsfile \/etc\/nix-ssh-cache\/known_hosts$/m);
+        assert.match(out, /^stricthostkeychecking true$/m);
+        assert.match(out, /^batchmode yes$/m);
+        assert.match(out, /^ciphers aes128-gcm@openssh.com$/m);
+        assert.match(out, /^identityfile \/root\/.ssh\/id_ed25519$/m);
+        const other = execFileSync("ssh", ["-G", "-F", file, "other.test"], { encoding: "utf8" });
+        assert.match(other, /^port 22$/m, "other hosts are unaffected");
+      });
+    },
+  );
+});

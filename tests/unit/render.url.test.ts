@@ -1,0 +1,117 @@
+import { describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { base64HostKey, substituterUrl } from "../../components/render/url";
+import { parseCachePublicKey, parsePublicKeyLine } from "../../components/render/publicKey";
+import {
+  ECDSA_KEY,
+  ED25519_KEY,
+  HOST_KEY,
+  SEED_CACHE_PUBLIC_KEY,
+  SEED_ROOT_RSA_KEY,
+  SEED_SUBSTITUTER,
+} from "./fixtures";
+
+describe("substituterUrl", () => {
+  it("renders the seed's URL", () => {
+    assert.equal(substituterUrl({ protocol: "ssh", host: "stage.yourapp.com" }), SEED_SUBSTITUTER);
+  });
+
+  it("renders ssh-ng, another user, and only the given params in a fixed order", () => {
+    assert.equal(
+      substituterUrl({
+        protocol: "ssh-ng",
+        user: "cache",
+        host: "stage.test",
+        params: { sshKey: "/root/.ssh/x", priority: 30, maxConnections: 1, compress: true },
+      }),
+      "ssh-ng://cache@stage.test?compress=true&max-connections=1&priority=30&ssh-key=/root/.ssh/x",
+    );
+    assert.equal(
+      substituterUrl({ protocol: "ssh", host: "stage.test", params: { priority: 0 } }),
+      "ssh://nix-ssh@stage.test?priority=0",
+    );
+  });
+
+  it("percent-encodes the pinned host key (+ and =), which Nix 2.8 decodes", () => {
+    const b64 = base64HostKey(HOST_KEY);
+    assert.equal(Buffer.from(b64, "base64").toString(), HOST_KEY.split(" ").slice(0, 2).join(" "));
+    const url = substituterUrl({
+      protocol: "ssh",
+      host: "stage.test",
+      params: { base64SshPublicHostKey: b64 },
+    });
+    assert.equal(
+      url,
+      `ssh://nix-ssh@stage.test?base64-ssh-public-host-key=${encodeURIComponent(b64)}`,
+    );
+    const value = url.split("base64-ssh-public-host-key=")[1];
+    assert.doesNotMatch(value, /[+=]/);
+    assert.equal(decodeURIComponent(value), b64);
+  });
+
+  it("never puts the port in the URL (Nix 2.8 would pass host:port to ssh as a name)", () => {
+    assert.equal(
+      substituterUrl({ protocol: "ssh", host: "stage.test", port: 2222 }),
+      "ssh://nix-ssh@stage.test",
+    );
+  });
+
+  it("brackets IPv6 addresses", () => {
+    assert.equal(substituterUrl({ protocol: "ssh", host: "::1" }), "ssh://nix-ssh@[::1]");
+    assert.equal(substituterUrl({ protocol: "ssh", host: "[fd00::2]" }), "ssh://nix-ssh@[fd00::2]");
+  });
+
+  it("rejects bad users, hosts and numbers", () => {
+    assert.throws(() => substituterUrl({ protocol: "ssh", host: "a b" }));
+    assert.throws(() => substituterUrl({ protocol: "ssh", host: "a/b" }));
+    assert.throws(() => substituterUrl({ protocol: "ssh", user: "Root!", host: "a" }));
+    assert.throws(() =>
+      substituterUrl({ protocol: "ssh", host: "a", params: { maxConnections: 0 } }),
+    );
+    assert.throws(() => substituterUrl({ protocol: "ssh", host: "a", params: { priority: 1.5 } }));
+  });
+});
+
+describe("parsePublicKeyLine", () => {
+  it("parses ed25519, ecdsa and the seed's RSA key", () => {
+    assert.deepEqual(parsePublicKeyLine(ED25519_KEY), {
+      type: "ssh-ed25519",
+      base64: ED25519_KEY.split(" ")[1],
+      comment: "root@prod1",
+    });
+    assert.equal(parsePublicKeyLine(ECDSA_KEY).type, "ecdsa-sha2-nistp256");
+    assert.equal(parsePublicKeyLine(SEED_ROOT_RSA_KEY).comment, "ship@yourapp");
+    assert.deepEqual(Object.keys(parsePublicKeyLine(ED25519_KEY.replace(" root@prod1", ""))), [
+      "type",
+      "base64",
+    ]);
+    assert.equal(parsePublicKeyLine(`${HOST_KEY} extra words `).comment, "root@vm extra words");
+  });
+
+  const bad: [string, RegExp][] = [
+    ["", /expected/],
+    ["ssh-ed25519", /expected/],
+    ["ssh-dss AAAAB3NzaC1kc3MAAA==", /unsupported key type/],
+    ["ssh-ed25519 not*base64", /base64/],
+    [`ssh-rsa ${ED25519_KEY.split(" ")[1]}`, /does not hold a ssh-rsa key.*ssh-ed25519/],
+    ["ssh-ed25519 AAAA", /does not hold/],
+    [`${ED25519_KEY}\nssh-rsa AAAA`, /single line/],
+  ];
+  for (const [line, message] of bad) {
+    it(`rejects ${JSON.stringify(line.slice(0, 40))}`, () => {
+      assert.throws(() => parsePublicKeyLine(line), message);
+    });
+  }
+});
+
+describe("parseCachePublicKey", () => {
+  it("parses the seed's cache key and rejects malformed ones", () => {
+    assert.deepEqual(parseCachePublicKey(SEED_CACHE_PUBLIC_KEY), {
+      name: "stage.yourapp.com",
+      base64: "T0xDDpZbMep2GjjzGDpRk32FkZx/+LZ4eKqPyGI2il8=",
+    });
+    assert.throws(() => parseCachePublicKey("stage.yourapp.com"));
+    assert.throws(() => parseCachePublicKey("stage:AAAA"));
+    assert.throws(() => parseCachePublicKey("a b:T0xDDpZbMep2GjjzGDpRk32FkZx/+LZ4eKqPyGI2il8="));
+  });
+});

@@ -1,0 +1,330 @@
+import { describe, it } from "node:test";
+import assert from "node:assert/strict";
+import {
+  NixSshCacheInputError,
+  type PlainNixSshCacheArgs,
+  isValidHost,
+  validateArgs,
+} from "../../components/validate";
+import { ED25519_KEY, FAKE_PRIVATE_KEY, HOST_KEY } from "./fixtures";
+
+/** A complete, valid set of arguments; each case breaks one thing. */
+function good(): PlainNixSshCacheArgs {
+  return {
+    staging: { host: "stage.test", privateKey: FAKE_PRIVATE_KEY, hostKey: HOST_KEY },
+    production: [
+      { host: "prod1.test", privateKey: FAKE_PRIVATE_KEY, name: "web1" },
+      { host: "prod2.test", password: "hunter2", user: "deploy", become: "sudo", port: 2222 },
+    ],
+    keyName: "stage.test-1",
+    keyDirectory: "/etc/nix-ssh-cache",
+    fragments: "remote",
+    fragmentPath: "/etc/nixos/nix-ssh-cache",
+    localFragmentsDir: "nixos/generated",
+    rebuild: "switch",
+    protocol: "ssh",
+    write: false,
+  };
+}
+
+/** Returns the problems validateArgs reports (fails when it does not throw the typed error). */
+function problemsOf(args: PlainNixSshCacheArgs): readonly string[] {
+  try {
+    validateArgs(args);
+  } catch (e) {
+    assert.ok(e instanceof NixSshCacheInputError, `unexpected error type: ${e}`);
+    assert.equal(e.name, "NixSshCacheInputError");
+    return e.problems;
+  }
+  assert.fail("validateArgs accepted invalid input");
+}
+
+type Case = [title: string, mutate: (a: PlainNixSshCacheArgs) => void, path: string, host: string];
+
+const ED25519_BLOB = ED25519_KEY.split(" ")[1];
+
+const BAD: Case[] = [
+  [
+    "host with space and !",
+    (a) => (a.production[1].host = "bad host!"),
+    "production[1].host",
+    '"bad host!"',
+  ],
+  ["empty staging host", (a) => (a.staging.host = ""), "staging.host", '""'],
+  [
+    "out-of-range IPv4",
+    (a) => (a.production[0].host = "256.1.1.1"),
+    "production[0].host",
+    '"256.1.1.1"',
+  ],
+  ["truncated IPv4", (a) => (a.production[0].host = "10.0.0"), "production[0].host", '"10.0.0"'],
+  [
+    "label starting with -",
+    (a) => (a.production[0].host = "-x.test"),
+    "production[0].host",
+    '"-x.test"',
+  ],
+  ["empty label", (a) => (a.production[0].host = "a..test"), "production[0].host", '"a..test"'],
+  [
+    "label over 63 chars",
+    (a) => (a.production[0].host = `${"a".repeat(64)}.test`),
+    "production[0].host",
+    "aaaa",
+  ],
+  ["bad bracketed IPv6", (a) => (a.production[0].host = "[::g]"), "production[0].host", '"[::g]"'],
+  [
+    "URL instead of host",
+    (a) => (a.staging.host = "ssh://stage.test"),
+    "staging.host",
+    '"ssh://stage.test"',
+  ],
+  ["port 0", (a) => (a.staging.port = 0), "staging.port", '"stage.test"'],
+  ["port 70000", (a) => (a.production[1].port = 70000), "production[1].port", '"prod2.test"'],
+  ["fractional port", (a) => (a.production[0].port = 22.5), "production[0].port", '"prod1.test"'],
+  [
+    "port as string",
+    (a) => (a.production[0].port = "22" as unknown as number),
+    "production[0].port",
+    '"prod1.test"',
+  ],
+  ["upper-case user", (a) => (a.staging.user = "Root"), "staging.user", '"stage.test"'],
+  [
+    "user starting with digit",
+    (a) => (a.production[0].user = "1abc"),
+    "production[0].user",
+    '"prod1.test"',
+  ],
+  ["keyName with colon", (a) => (a.keyName = "stage:1"), "keyName", '"stage.test"'],
+  ["keyName with space", (a) => (a.keyName = "stage 1"), "keyName", '"stage.test"'],
+  ["empty keyName", (a) => (a.keyName = ""), "keyName", '"stage.test"'],
+  ["relative keyDirectory", (a) => (a.keyDirectory = "etc/keys"), "keyDirectory", '"stage.test"'],
+  ["keyDirectory with ..", (a) => (a.keyDirectory = "/etc/../tmp"), "keyDirectory", '"stage.test"'],
+  [
+    "fragmentPath with space",
+    (a) => (a.fragmentPath = "/etc/nixos/my file"),
+    "fragmentPath",
+    '"stage.test"',
+  ],
+  ["fragmentPath with quote", (a) => (a.fragmentPath = '/etc/"x'), "fragmentPath", '"stage.test"'],
+  [
+    "fragmentPath with newline",
+    (a) => (a.fragmentPath = "/etc/x\n/y"),
+    "fragmentPath",
+    '"stage.test"',
+  ],
+  [
+    "localFragmentsDir with ..",
+    (a) => (a.localFragmentsDir = "nixos/../../x"),
+    "localFragmentsDir",
+    '"stage.test"',
+  ],
+  ["empty production list", (a) => (a.production = []), "production", '"stage.test"'],
+  [
+    "duplicate production host (case-insensitive, default port)",
+    (a) => (a.production[1] = { host: "PROD1.test", port: 22, password: "x" }),
+    "production[1].host",
+    '"PROD1.test"',
+  ],
+  [
+    "staging also listed as production",
+    (a) => a.production.push({ host: "stage.test", password: "x" }),
+    "production[2].host",
+    '"stage.test"',
+  ],
+  [
+    "malformed staging hostKey",
+    (a) => (a.staging.hostKey = "ssh-ed25519 AAAA"),
+    "staging.hostKey",
+    '"stage.test"',
+  ],
+  [
+    "hostKey whose blob holds another type",
+    (a) => (a.production[0].hostKey = `ssh-rsa ${ED25519_BLOB}`),
+    "production[0].hostKey",
+    '"prod1.test"',
+  ],
+  [
+    "hostKey of unsupported type",
+    (a) => (a.production[0].hostKey = "ssh-dss AAAA"),
+    "production[0].hostKey",
+    '"prod1.test"',
+  ],
+  ["protocol not in enum", (a) => (a.protocol = "https"), "protocol", '"stage.test"'],
+  ["rebuild not in enum", (a) => (a.rebuild = "test"), "rebuild", '"stage.test"'],
+  ["fragments not in enum", (a) => (a.fragments = "both"), "fragments", '"stage.test"'],
+  ["become not in enum", (a) => (a.staging.become = "doas"), "staging.become", '"stage.test"'],
+  [
+    "privateKey is a path, not a key",
+    (a) => (a.production[0].privateKey = "/root/.ssh/id_ed25519"),
+    "production[0].privateKey",
+    '"prod1.test"',
+  ],
+  [
+    "privateKey is a public key",
+    (a) => (a.staging.privateKey = ED25519_KEY),
+    "staging.privateKey",
+    '"stage.test"',
+  ],
+  ["no credentials", (a) => delete a.production[0].privateKey, "production[0]", '"prod1.test"'],
+  [
+    "empty password",
+    (a) => (a.production[1].password = ""),
+    "production[1].password",
+    '"prod2.test"',
+  ],
+  [
+    "bad cacheHost",
+    (a) => (a.staging.cacheHost = "stage_test!"),
+    "staging.cacheHost",
+    '"stage.test"',
+  ],
+  [
+    "name with space",
+    (a) => (a.production[0].name = "web 1"),
+    "production[0].name",
+    '"prod1.test"',
+  ],
+  ["duplicate names", (a) => (a.production[1].name = "web1"), "production[1].name", '"prod2.test"'],
+  ["write not boolean", (a) => (a.write = "yes" as unknown as boolean), "write", '"stage.test"'],
+];
+
+describe("validateArgs: bad inputs", () => {
+  for (const [title, mutate, path, host] of BAD) {
+    it(`${title}: names ${path} and the host`, () => {
+      const args = good();
+      mutate(args);
+      const problems = problemsOf(args);
+      assert.equal(
+        problems.length,
+        1,
+        `exactly one problem expected, got:\n${problems.join("\n")}`,
+      );
+      const [problem] = problems;
+      assert.ok(
+        problem.startsWith(`${path} (`),
+        `expected the field path ${path} first: ${problem}`,
+      );
+      assert.ok(problem.includes(host), `expected the host ${host} in: ${problem}`);
+      assert.match(problem, /\): \S/, "a description follows the location");
+    });
+  }
+
+  it("gives the documented message for a bad production host", () => {
+    const args = good();
+    args.production[1].host = "bad host!";
+    assert.match(
+      problemsOf(args)[0],
+      /^production\[1\]\.host \("bad host!"\): not a valid host name or IP address; use a DNS name like "prod1\.example\.com"/,
+    );
+  });
+
+  it("collects every problem into one error, one line each", () => {
+    const args = good();
+    args.production[1].host = "bad host!";
+    args.staging.port = 0;
+    args.protocol = "http";
+    args.keyName = "a:b";
+    let error: unknown;
+    try {
+      validateArgs(args);
+    } catch (e) {
+      error = e;
+    }
+    assert.ok(error instanceof NixSshCacheInputError);
+    assert.equal(error.problems.length, 4);
+    const lines = error.message.split("\n");
+    assert.equal(lines[0], "nix-ssh-cache: 4 invalid inputs:");
+    assert.deepEqual(
+      lines.slice(1),
+      error.problems.map((p) => `  - ${p}`),
+    );
+  });
+
+  it("never echoes secrets", () => {
+    const args = good();
+    args.production[0].privateKey = "-----BEGIN NOT A KEY sup3rs3cret";
+    args.production[1].password = "";
+    const message = problemsOf(args).join("\n");
+    assert.doesNotMatch(message, /sup3rs3cret/);
+    assert.match(message, /<secret>/);
+  });
+
+  it("reports a missing staging object and a missing production list", () => {
+    const problems = problemsOf({} as PlainNixSshCacheArgs);
+    assert.ok(problems.some((p) => p.startsWith("staging:")));
+    assert.ok(problems.some((p) => p.startsWith("production (")));
+  });
+});
+
+describe("validateArgs: good inputs", () => {
+  const GOOD: [string, (a: PlainNixSshCacheArgs) => void][] = [
+    ["the full example", () => {}],
+    [
+      "minimal args",
+      (a) => {
+        for (const k of [
+          "keyName",
+          "keyDirectory",
+          "fragments",
+          "fragmentPath",
+          "localFragmentsDir",
+          "rebuild",
+          "protocol",
+          "write",
+        ] as const) {
+          delete a[k];
+        }
+        a.staging = { host: "stage.test", password: "x" };
+        a.production = [{ host: "prod1.test", password: "x" }];
+      },
+    ],
+    ["IPv4 hosts", (a) => ((a.staging.host = "127.0.0.2"), (a.production[0].host = "127.0.0.3"))],
+    ["IPv6 hosts", (a) => ((a.staging.host = "::1"), (a.production[0].host = "[fd00::3]"))],
+    [
+      "a trailing-dot FQDN and a single label",
+      (a) => ((a.staging.host = "stage.test."), (a.production[0].host = "localhost")),
+    ],
+    [
+      "the staging host on another port as production",
+      (a) => (a.production[0] = { host: "stage.test", port: 2222, password: "x" }),
+    ],
+    [
+      "ssh-ng, boot, local fragments, write",
+      (a) =>
+        Object.assign(a, { protocol: "ssh-ng", rebuild: "boot", fragments: "local", write: true }),
+    ],
+    [
+      "an RSA PEM private key",
+      (a) =>
+        (a.staging.privateKey =
+          "-----BEGIN RSA PRIVATE KEY-----\nMIIE\n-----END RSA PRIVATE KEY-----"),
+    ],
+    ["user with _ and -", (a) => (a.production[0].user = "_nix-deploy")],
+  ];
+  for (const [title, mutate] of GOOD) {
+    it(`accepts ${title}`, () => {
+      const args = good();
+      mutate(args);
+      assert.doesNotThrow(() => validateArgs(args));
+    });
+  }
+});
+
+describe("isValidHost", () => {
+  it("classifies names and addresses", () => {
+    for (const h of [
+      "stage.test",
+      "a-b.c",
+      "10.0.0.1",
+      "::1",
+      "[::1]",
+      "fd00::2",
+      "xn--bcher-kva.example",
+    ]) {
+      assert.equal(isValidHost(h), true, h);
+    }
+    for (const h of ["", "a b", "a_b.test", "1.2.3.4.5", "[stage.test]", "a.-b", "host:22", "."]) {
+      assert.equal(isValidHost(h), false, h);
+    }
+  });
+});
