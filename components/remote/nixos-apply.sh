@@ -1,0 +1,63 @@
+# shellcheck shell=bash
+# nixos-apply.sh (NixOS only): make configuration.nix import the rendered module, then rebuild.
+# Inputs: MODULE_PATH (default /etc/nixos/nix-ssh-cache.nix), REBUILD=switch|boot|none (default
+#   switch), ADD_IMPORT=0|1 (default 0), NIXOS_CONFIG (default /etc/nixos/configuration.nix).
+# Output: {"rebuilt":bool,"importAdded":bool}
+#
+# ADD_IMPORT=1 edits configuration.nix once (idempotent: nothing happens when the module's file
+# name already appears in it): the module path is put right after the first `[` following the
+# first `imports =`; without an `imports` attribute, the line `imports = [ <path> ];` is put
+# after the first line that is only `{` (the start of the module's attribute set). The path is
+# `./<name>` when the module sits beside configuration.nix, else absolute. The edit is checked
+# with `nix-instantiate --parse` and undone when it does not parse.
+
+module=${MODULE_PATH:-/etc/nixos/nix-ssh-cache.nix}
+rebuild=${REBUILD:-switch}
+config=${NIXOS_CONFIG:-/etc/nixos/configuration.nix}
+case "$rebuild" in switch | boot | none) ;; *) nsc_die "internal error: REBUILD must be switch, boot or none, got '${rebuild}'" ;; esac
+nsc_is_nixos || nsc_die "this host is not NixOS (/etc/NIXOS is missing); use the plain-Linux configuration instead"
+[ -f "$config" ] || nsc_die "${config} does not exist; is this host managed with /etc/nixos (flakes are not supported: import ${module} in your flake's modules instead)"
+[ -f "$module" ] || nsc_die "internal error: ${module} does not exist (write the module before nixos-apply)"
+
+name=$(basename -- "$module")
+if [ "$(dirname -- "$module")" = "$(dirname -- "$config")" ]; then ref=./$name; else ref=$module; fi
+added=false
+
+nsc_lock nixos-apply
+if ! grep -qF -- "$name" "$config"; then
+  if [ "${ADD_IMPORT:-0}" != 1 ]; then
+    nsc_die "${config} does not import ${module}; add it to imports, e.g.  imports = [ ${ref} ];  (or set addImport: true)"
+  fi
+  edited=$(mktemp)
+  trap 'rm -f "$edited"' EXIT
+  awk -v ref="$ref" '
+    done == 0 && seen == 0 && /^[ \t]*imports[ \t]*=/ { seen = 1 }
+    done == 0 && seen == 1 && index($0, "[") > 0 {
+      i = index($0, "["); $0 = substr($0, 1, i) " " ref substr($0, i + 1); done = 1
+    }
+    { print }
+  ' "$config" >"$edited"
+  if ! grep -qF -- "$ref" "$edited"; then
+    awk -v ref="$ref" '
+      done == 0 && /^[ \t]*\{[ \t]*$/ { print; print "  imports = [ " ref " ]; # added by nix-ssh-cache"; done = 1; next }
+      { print }
+    ' "$config" >"$edited"
+  fi
+  grep -qF -- "$ref" "$edited" ||
+    nsc_die "could not find where to add the import in ${config}; add it by hand:  imports = [ ${ref} ];"
+  if command -v nix-instantiate >/dev/null 2>&1 && ! nix-instantiate --parse "$edited" >/dev/null 2>&1; then
+    nsc_die "adding the import would break ${config} (it does not parse); add it by hand:  imports = [ ${ref} ];"
+  fi
+  nsc_rewrite_keep_attrs "$config" <"$edited"
+  added=true
+  nsc_log "added ${ref} to the imports of ${config}"
+fi
+
+rebuilt=false
+if [ "$rebuild" != none ]; then
+  nsc_log "running nixos-rebuild ${rebuild}"
+  nixos-rebuild "$rebuild" </dev/null >&2 ||
+    nsc_die "nixos-rebuild ${rebuild} failed; see its messages above (the configuration is left as is)"
+  rebuilt=true
+fi
+printf '{"rebuilt":%s,"importAdded":%s}\n' "$rebuilt" "$added"

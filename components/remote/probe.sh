@@ -1,0 +1,39 @@
+# shellcheck shell=bash
+# probe.sh (read-only): what kind of host is this?
+# Inputs: none.
+# Output: {"os":"nixos"|"linux","nixVersion":"2.8.0","system":"x86_64-linux","daemonRunning":bool,
+#          "init":"systemd"|"pidfile"|"none","hostKey":"ssh-ed25519 AAAA..."|null,"hostname":"..."}
+
+command -v nix-store >/dev/null 2>&1 ||
+  nsc_die "Nix is not installed (nix-store not found in PATH=${PATH}); install Nix (e.g. apt-get install nix-bin, or the multi-user installer) and run pulumi up again"
+
+os=linux
+nsc_is_nixos && os=nixos
+
+nix_version=$(nix-store --version 2>/dev/null | awk '{print $NF; exit}') || nix_version=""
+system=$(nix-instantiate --eval --strict -E builtins.currentSystem 2>/dev/null | tr -d '"') || system=""
+
+if nsc_has_systemd; then
+  init=systemd
+elif [ -e "$NSC_NIX_DAEMON_PIDFILE" ]; then
+  init=pidfile
+else
+  init=none
+fi
+
+daemon=false
+nsc_nix_daemon_running && daemon=true
+
+host_key=""
+for t in ed25519 ecdsa rsa; do
+  f=/etc/ssh/ssh_host_${t}_key.pub
+  if [ -r "$f" ]; then
+    host_key=$(awk 'NF >= 2 {print $1 " " $2; exit}' "$f")
+    [ -n "$host_key" ] && break
+  fi
+done
+
+printf '{"os":%s,"nixVersion":%s,"system":%s,"daemonRunning":%s,"init":%s,"hostKey":%s,"hostname":%s}\n' \
+  "$(nsc_json_string "$os")" "$(nsc_json_string_or_null "$nix_version")" \
+  "$(nsc_json_string_or_null "$system")" "$daemon" "$(nsc_json_string "$init")" \
+  "$(nsc_json_string_or_null "$host_key")" "$(nsc_json_string "$(hostname 2>/dev/null || cat /etc/hostname)")"
