@@ -1,0 +1,348 @@
+/**
+ * `CacheServer`: the staging role. Staging signs what it builds and serves its store to the
+ * authorised production keys over SSH (`nix-store --serve` as user `nix-ssh`).
+ */
+import * as crypto from "crypto";
+import * as path from "path";
+import * as pulumi from "@pulumi/pulumi";
+import { hostScript, resolveConnection } from "./host";
+import { HostStep } from "./hostStep";
+import {
+  renderAuthorizedKeys,
+  renderNixConf,
+  renderSshdMatchBlock,
+  renderStagingModule,
+  serveCommand,
+  substituterUrl,
+} from "./render";
+import { Connection } from "./ssh";
+import { fileStep, hostFacts, probeStep } from "./steps";
+import { LocalFile } from "./trackedFile";
+import { FragmentsMode, Protocol, RebuildMode, StagingArgs } from "./types";
+
+/** Paths the plain-Linux path manages on staging. */
+export const STAGING_FILES = {
+  authorizedKeys: "/etc/ssh/nix-ssh-cache/authorized_keys",
+  sshdDropIn: "/etc/ssh/sshd_config.d/nix-ssh-cache.conf",
+  nixConf: "/etc/nix/nix-ssh-cache.conf",
+} as const;
+
+/** The default directory of the signing key: the seed tutorial's layout. */
+export const DEFAULT_KEY_DIRECTORY = "/etc/shipnix/binary";
+/** The default path of the generated NixOS module on a host. */
+export const DEFAULT_FRAGMENT_PATH = "/etc/nixos/nix-ssh-cache.nix";
+
+/**
+ * Everything a production host needs to use a cache; one object, so a staging stack can export
+ * it and a production stack in another project can consume it through a `StackReference`.
+ */
+export interface CacheCoordinates {
+  /** e.g. `ssh://nix-ssh@stage.yourapp.com`. */
+  substituterUrl: string;
+  /** Cache public keys to trust, `NAME:BASE64`. */
+  publicKeys: string[];
+  /** Name production uses to reach staging. */
+  hostName: string;
+  /** Staging's SSH port. */
+  port: number;
+  /** Staging's SSH host key, pinned on production. */
+  hostKey: string;
+  /** A store path built and signed on staging, realised by production to verify the cache. */
+  canaryPath: string;
+}
+
+/** Arguments of {@link CacheServer}. */
+export interface CacheServerArgs {
+  /** The staging host and how to reach it. */
+  host: StagingArgs;
+  /**
+   * SSH public keys allowed to substitute: each production host's root key (see
+   * `ClientIdentity.publicKey`), or keys exported by production stacks.
+   * @example `[prod1.publicKey, "ssh-ed25519 AAAA... root@prod2"]`
+   */
+  authorizedKeys: pulumi.Input<pulumi.Input<string>[]>;
+  /**
+   * Name of the signing key, as in `nix-store --generate-binary-cache-key NAME`.
+   * @defaultValue `cacheHost`, else `host`
+   */
+  keyName?: pulumi.Input<string>;
+  /**
+   * Directory of `cache-priv-key.pem` / `cache-pub-key.pem` on staging.
+   * @defaultValue `"/etc/shipnix/binary"` (the seed tutorial's)
+   */
+  keyDirectory?: string;
+  /**
+   * Delete the signing key on `pulumi destroy`. The key is data: deleting it invalidates every
+   * production host's trust in paths signed with it.
+   * @defaultValue `false`
+   */
+  removeSigningKeyOnDestroy?: boolean;
+  /** Serving protocol. @defaultValue `"ssh"` */
+  protocol?: Protocol;
+  /** Let clients upload paths (`nix-store --serve --write`). @defaultValue `false` */
+  write?: boolean;
+  /** Where the NixOS module goes. @defaultValue `"remote"` */
+  fragments?: FragmentsMode;
+  /** Path of the module on the host (`fragments: "remote"`). @defaultValue `"/etc/nixos/nix-ssh-cache.nix"` */
+  fragmentPath?: string;
+  /** Folder for the module on the operator's machine (`fragments: "local"`). @defaultValue `"nixos"` */
+  localFragmentsDir?: string;
+  /** NixOS only: `nixos-rebuild` mode after the module changed. @defaultValue `"switch"` */
+  rebuild?: RebuildMode;
+  /** NixOS only: add the module to `configuration.nix` imports when missing. @defaultValue `false` */
+  addImport?: boolean;
+}
+
+/**
+ * Turns a host into a private, signed Nix binary cache served over SSH.
+ *
+ * On NixOS it writes a module (`nix.sshServe`, `secret-key-files`) and runs `nixos-rebuild`; on
+ * other Linux it applies the same by itself: user `nix-ssh`, an sshd `Match User` block forcing
+ * `nix-store --serve`, its authorized keys, and `secret-key-files` in an included nix.conf.
+ * Finally it builds a signed canary path that clients realise to prove the cache works.
+ *
+ * @example
+ * ```ts
+ * const server = new CacheServer("cache", {
+ *   host: { host: "stage.yourapp.com", user: "ship", privateKey: cfg.requireSecret("sshKey") },
+ *   authorizedKeys: ["ssh-ed25519 AAAA... root@yourapp"],
+ * });
+ * export const coordinates = server.coordinates;
+ * ```
+ */
+export class CacheServer extends pulumi.ComponentResource {
+  /** The cache's public key, `NAME:BASE64`; production trusts it. */
+  public readonly cachePublicKey: pulumi.Output<string>;
+  /** Staging's SSH host key, as read from the host. */
+  public readonly hostKey: pulumi.Output<string>;
+  /** The substituter URL production uses, e.g. `ssh://nix-ssh@stage.yourapp.com`. */
+  public readonly substituterUrl: pulumi.Output<string>;
+  /** The rendered NixOS module for staging. */
+  public readonly module: pulumi.Output<string>;
+  /** `"nixos"` or `"linux"`. */
+  public readonly os: pulumi.Output<string>;
+  /** All a client needs (see {@link CacheCoordinates}); ready once staging is fully configured. */
+  public readonly coordinates: pulumi.Output<CacheCoordinates>;
+
+  constructor(name: string, args: CacheServerArgs, opts?: pulumi.ComponentResourceOptions) {
+    super("nix-ssh-cache:index:CacheServer", name, {}, opts);
+    const child: pulumi.CustomResourceOptions = { parent: this };
+    const connection: pulumi.Output<Connection> = resolveConnection(args.host);
+    const hostName = pulumi.output(args.host.cacheHost ?? args.host.host);
+    const keyName = pulumi.output(args.keyName ?? hostName);
+    const keyDirectory = args.keyDirectory ?? DEFAULT_KEY_DIRECTORY;
+    const keyFile = `${keyDirectory}/cache-priv-key.pem`;
+    const protocol = args.protocol ?? "ssh";
+    const fragments = args.fragments ?? "remote";
+
+    const probe = probeStep(`${name}-probe`, connection, child);
+    const facts = hostFacts(probe);
+
+    const signingKey = new HostStep(
+      `${name}-signing-key`,
+      {
+        connection,
+        step: "signing key",
+        script: hostScript("signing-key"),
+        env: keyName.apply((k) => ({ KEY_NAME: k, KEY_DIR: keyDirectory })),
+        readable: true,
+        removable: true,
+        removeEnv: { REMOVE_KEY: args.removeSigningKeyOnDestroy ? "1" : "0" },
+        driftKeys: ["publicKey"],
+        triggers: [],
+        timeoutSeconds: 120,
+      },
+      { ...child, dependsOn: [probe] },
+    );
+    this.cachePublicKey = signingKey.result.apply((r) => String(r.publicKey));
+
+    const clientKeys = pulumi
+      .output(args.authorizedKeys)
+      .apply((keys) => [...new Set(keys.map((k) => k.trim()))].sort());
+    this.module = clientKeys.apply((keys) =>
+      renderStagingModule({
+        clientKeys: keys,
+        secretKeyFile: keyFile,
+        write: args.write,
+        protocol,
+      }),
+    );
+
+    // Plain Linux: the equivalent of the NixOS module, applied file by file.
+    const serveUser = new HostStep(
+      `${name}-serve-user`,
+      {
+        connection,
+        step: "serve user",
+        script: hostScript("serve-user", "linux"),
+        env: { SERVE_USER: "nix-ssh" },
+        readable: false,
+        removable: true,
+        removeEnv: {},
+        driftKeys: [],
+        triggers: [],
+        timeoutSeconds: 60,
+      },
+      { ...child, dependsOn: [probe] },
+    );
+    const authorizedKeys = fileStep(
+      `${name}-authorized-keys`,
+      {
+        connection,
+        path: STAGING_FILES.authorizedKeys,
+        content: clientKeys.apply(renderAuthorizedKeys),
+        label: "authorized keys",
+        onlyOn: "linux",
+      },
+      { ...child, dependsOn: [serveUser] },
+    );
+    const sshdDropIn = fileStep(
+      `${name}-sshd`,
+      {
+        connection,
+        path: STAGING_FILES.sshdDropIn,
+        content: renderSshdMatchBlock({
+          user: "nix-ssh",
+          authorizedKeysFile: STAGING_FILES.authorizedKeys,
+          forceCommand: serveCommand(protocol, args.write ?? false),
+        }),
+        after: "sshd",
+        label: "sshd drop-in",
+        onlyOn: "linux",
+      },
+      { ...child, dependsOn: [authorizedKeys] },
+    );
+    const nixConf = fileStep(
+      `${name}-nix-conf`,
+      {
+        connection,
+        path: STAGING_FILES.nixConf,
+        content: renderNixConf({ secretKeyFiles: [keyFile] }),
+        after: "nix",
+        label: "nix.conf include",
+        onlyOn: "linux",
+      },
+      { ...child, dependsOn: [signingKey] },
+    );
+
+    // NixOS: the module, then nixos-rebuild.
+    const nixosSteps = nixosModuleSteps(name, {
+      connection,
+      module: this.module,
+      fragments,
+      fragmentPath: args.fragmentPath ?? DEFAULT_FRAGMENT_PATH,
+      localPath: path.join(args.localFragmentsDir ?? "nixos", `${name}.nix`),
+      rebuild: args.rebuild ?? "switch",
+      addImport: args.addImport ?? false,
+      dependsOn: [signingKey, probe],
+      parent: this,
+    });
+
+    // The canary: built and signed once staging is configured; rebuilt when the key changes.
+    const canaryTrigger = pulumi
+      .all([this.cachePublicKey, this.module])
+      .apply(([key, module]) =>
+        crypto.createHash("sha256").update(`${key}\n${module}`).digest("hex").slice(0, 16),
+      );
+    const canary = new HostStep(
+      `${name}-canary`,
+      {
+        connection,
+        step: "canary build",
+        script: hostScript("canary"),
+        env: canaryTrigger.apply((nonce) => ({ NONCE: nonce })),
+        readable: false,
+        removable: false,
+        removeEnv: {},
+        driftKeys: [],
+        triggers: [],
+        timeoutSeconds: 300,
+      },
+      { ...child, dependsOn: [serveUser, authorizedKeys, sshdDropIn, nixConf, ...nixosSteps] },
+    );
+
+    this.os = facts.os;
+    this.hostKey = facts.hostKey;
+    const port = pulumi.output(args.host.port ?? 22);
+    this.substituterUrl = pulumi
+      .all([hostName, port])
+      .apply(([host, p]) => substituterUrl({ protocol, host, port: p }));
+    this.coordinates = pulumi
+      .all([this.substituterUrl, this.cachePublicKey, hostName, port, facts, canary.result])
+      .apply(([url, publicKey, host, p, f, c]) => ({
+        substituterUrl: url,
+        publicKeys: [publicKey],
+        hostName: host,
+        port: p,
+        hostKey: f.hostKey,
+        canaryPath: String(c.path),
+      }));
+
+    this.registerOutputs({
+      cachePublicKey: this.cachePublicKey,
+      hostKey: this.hostKey,
+      substituterUrl: this.substituterUrl,
+      module: this.module,
+      os: this.os,
+      coordinates: this.coordinates,
+    });
+  }
+}
+
+/** Arguments of {@link nixosModuleSteps}. */
+export interface NixosModuleStepsArgs {
+  connection: pulumi.Input<Connection>;
+  module: pulumi.Input<string>;
+  fragments: FragmentsMode;
+  fragmentPath: string;
+  localPath: string;
+  rebuild: RebuildMode;
+  addImport: boolean;
+  dependsOn: pulumi.Resource[];
+  parent: pulumi.Resource;
+}
+
+/**
+ * The NixOS half of a role: the module written on the host (`"remote"`, then `nixos-rebuild`)
+ * or into the operator's repository (`"local"`, deployed by the user). On plain Linux the host
+ * steps report `skipped`.
+ */
+export function nixosModuleSteps(name: string, a: NixosModuleStepsArgs): pulumi.Resource[] {
+  const opts: pulumi.CustomResourceOptions = { parent: a.parent, dependsOn: a.dependsOn };
+  if (a.fragments === "local") {
+    return [new LocalFile(`${name}-module`, { path: a.localPath, content: a.module }, opts)];
+  }
+  if (a.fragments === "none") return [];
+  const moduleFile = fileStep(
+    `${name}-module`,
+    {
+      connection: a.connection,
+      path: a.fragmentPath,
+      content: a.module,
+      label: "NixOS module",
+      onlyOn: "nixos",
+    },
+    opts,
+  );
+  const rebuild = new HostStep(
+    `${name}-nixos-rebuild`,
+    {
+      connection: a.connection,
+      step: "nixos-rebuild",
+      script: hostScript("nixos-apply", "nixos"),
+      env: {
+        MODULE_PATH: a.fragmentPath,
+        REBUILD: a.rebuild,
+        ADD_IMPORT: a.addImport ? "1" : "0",
+      },
+      readable: false,
+      removable: false,
+      removeEnv: {},
+      driftKeys: [],
+      triggers: pulumi.output(a.module).apply((m) => [m]),
+      timeoutSeconds: 1800,
+    },
+    { parent: a.parent, dependsOn: [moduleFile] },
+  );
+  return [moduleFile, rebuild];
+}

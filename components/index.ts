@@ -1,0 +1,26 @@
+/**
+ * nix-ssh-cache: a staging server as a private, signed Nix binary cache for production servers,
+ * over SSH, as Pulumi components.
+ * @packageDocumentation
+ */
+export { NixSshCache, NixSshCacheArgs, ProductionHostOutputs } from "./nixSshCache";
+export {
+  CacheServer,
+  CacheServerArgs,
+  CacheCoordinates,
+  DEFAULT_KEY_DIRECTORY,
+  DEFAULT_FRAGMENT_PATH,
+  STAGING_FILES,
+} from "./cacheServer";
+export {
+  CacheClient,
+  CacheClientArgs,
+  ClientIdentity,
+  ClientIdentityArgs,
+  CLIENT_FILES,
+} from "./cacheClient";
+export { HostStep, HostStepArgs } from "./hostStep";
+export { LocalFile, LocalFileArgs } from "./trackedFile";
+export * from "./types";
+export { validateArgs, NixSshCacheInputError, PlainNixSshCacheArgs } from "./validate";
+export * as render from "./render";

@@ -1,0 +1,217 @@
+/**
+ * `NixSshCache`: the seed tutorial as one component. A staging host becomes a private, signed
+ * Nix binary cache; every production host substitutes from it over SSH.
+ */
+import * as pulumi from "@pulumi/pulumi";
+import { CacheClient, ClientIdentity } from "./cacheClient";
+import { CacheCoordinates, CacheServer } from "./cacheServer";
+import { FragmentsMode, ProductionArgs, Protocol, RebuildMode, StagingArgs } from "./types";
+import { PlainNixSshCacheArgs, validateArgs } from "./validate";
+
+/** Arguments of {@link NixSshCache}. */
+export interface NixSshCacheArgs {
+  /**
+   * The staging host: builds, signs and serves.
+   * @example `{ host: "stage.yourapp.com", user: "ship", privateKey: cfg.requireSecret("sshKey") }`
+   */
+  staging: StagingArgs;
+  /**
+   * The production hosts: substitute from staging. Configured in parallel, after staging.
+   * @example `[{ host: "yourapp.com", user: "ship", privateKey: cfg.requireSecret("sshKey") }]`
+   */
+  production: ProductionArgs[];
+  /**
+   * Name of the signing key (`nix-store --generate-binary-cache-key NAME`).
+   * @defaultValue staging's `cacheHost`, else its `host`
+   */
+  keyName?: pulumi.Input<string>;
+  /** Signing key directory on staging. @defaultValue `"/etc/shipnix/binary"` */
+  keyDirectory?: string;
+  /** Delete the signing key on destroy. @defaultValue `false` (the key is kept) */
+  removeSigningKeyOnDestroy?: boolean;
+  /** `"ssh"` (`nix-store --serve`, the seed's) or `"ssh-ng"`. @defaultValue `"ssh"` */
+  protocol?: Protocol;
+  /** Let production upload to staging. @defaultValue `false` */
+  write?: boolean;
+  /** Where the NixOS modules go: `"remote"`, `"local"` or `"none"`. @defaultValue `"remote"` */
+  fragments?: FragmentsMode;
+  /** Module path on each host. @defaultValue `"/etc/nixos/nix-ssh-cache.nix"` */
+  fragmentPath?: string;
+  /** Folder for the modules on the operator's machine (`"local"`). @defaultValue `"nixos"` */
+  localFragmentsDir?: string;
+  /** NixOS: `nixos-rebuild` mode. @defaultValue `"switch"` */
+  rebuild?: RebuildMode;
+  /** NixOS: add the module to `configuration.nix` imports when missing. @defaultValue `false` */
+  addImport?: boolean;
+}
+
+/** What the component reports per production host. */
+export interface ProductionHostOutputs {
+  /** Resource-name suffix of the host. */
+  name: string;
+  /** Root's SSH public key, authorised on staging. */
+  rootKey: string;
+  /** True once the host realised staging's canary through the cache. */
+  verified: boolean;
+}
+
+function childName(p: ProductionArgs, index: number): string {
+  if (p.name) return p.name;
+  if (typeof p.host === "string") return p.host.replace(/[^A-Za-z0-9]+/g, "-");
+  return `prod${index + 1}`;
+}
+
+/** Resolves every input to plain values and validates them; rejects with all problems at once. */
+function validated(args: NixSshCacheArgs): pulumi.Output<true> {
+  const plainHost = (h: StagingArgs | ProductionArgs) =>
+    pulumi
+      .all([h.host, h.port, h.user, h.privateKey, h.password, h.hostKey, h.become])
+      .apply(([host, port, user, privateKey, password, hostKey, become]) => ({
+        host,
+        port,
+        user,
+        privateKey,
+        password,
+        hostKey,
+        become,
+      }));
+  return pulumi
+    .all([
+      plainHost(args.staging),
+      pulumi.all(args.production.map(plainHost)),
+      pulumi.output(args.keyName),
+    ])
+    .apply(([staging, production, keyName]) => {
+      const plain: PlainNixSshCacheArgs = {
+        staging: { ...staging, cacheHost: args.staging.cacheHost },
+        production: production.map((p, i) => ({ ...p, name: args.production[i].name })),
+        keyName,
+        keyDirectory: args.keyDirectory,
+        fragments: args.fragments,
+        fragmentPath: args.fragmentPath,
+        localFragmentsDir: args.localFragmentsDir,
+        rebuild: args.rebuild,
+        protocol: args.protocol,
+        write: args.write,
+      };
+      validateArgs(plain);
+      return true as const;
+    });
+}
+
+/** Makes every connection wait for validation, so nothing runs on any host with bad input. */
+function gated<T extends StagingArgs | ProductionArgs>(h: T, ok: pulumi.Output<true>): T {
+  return { ...h, host: pulumi.all([ok, h.host]).apply(([, host]) => host) };
+}
+
+/**
+ * A staging server as a private, signed Nix binary cache for production servers, over SSH.
+ *
+ * Order: production identities are read (root's SSH key, generated when missing), staging is
+ * configured and builds a signed canary, then every production host (in parallel) is pointed at
+ * staging and proves it by substituting the canary.
+ *
+ * @example
+ * ```ts
+ * const cache = new NixSshCache("yourapp", {
+ *   staging: { host: "stage.yourapp.com", user: "ship", privateKey: cfg.requireSecret("sshKey") },
+ *   production: [{ host: "yourapp.com", user: "ship", privateKey: cfg.requireSecret("sshKey") }],
+ * });
+ * export const cachePublicKey = cache.cachePublicKey;
+ * ```
+ */
+export class NixSshCache extends pulumi.ComponentResource {
+  /** The cache's public key, `NAME:BASE64`. */
+  public readonly cachePublicKey: pulumi.Output<string>;
+  /** Staging's SSH host key, pinned on production. */
+  public readonly stagingHostKey: pulumi.Output<string>;
+  /** The substituter URL, e.g. `ssh://nix-ssh@stage.yourapp.com`. */
+  public readonly substituterUrl: pulumi.Output<string>;
+  /** Root SSH public keys of the production hosts, authorised on staging. */
+  public readonly productionRootKeys: pulumi.Output<string[]>;
+  /** The NixOS module for staging. */
+  public readonly stagingModule: pulumi.Output<string>;
+  /** The NixOS module for production (the same for every production host). */
+  public readonly productionModule: pulumi.Output<string>;
+  /** True once every production host substituted staging's canary through the cache. */
+  public readonly verified: pulumi.Output<boolean>;
+  /** Per production host: name, root key, verification. */
+  public readonly hosts: pulumi.Output<ProductionHostOutputs[]>;
+  /** Everything another stack needs to use this cache (export it, read it with a StackReference). */
+  public readonly coordinates: pulumi.Output<CacheCoordinates>;
+  /** The staging role. */
+  public readonly server: CacheServer;
+  /** The production roles, in the order given. */
+  public readonly clients: CacheClient[];
+
+  constructor(name: string, args: NixSshCacheArgs, opts?: pulumi.ComponentResourceOptions) {
+    super("nix-ssh-cache:index:NixSshCache", name, {}, opts);
+    const ok = validated(args);
+    const names = args.production.map(childName);
+    const production = args.production.map((p) => gated(p, ok));
+
+    const identities = production.map(
+      (p, i) => new ClientIdentity(`${name}-${names[i]}-identity`, { host: p }, { parent: this }),
+    );
+    this.productionRootKeys = pulumi.all(identities.map((id) => id.publicKey));
+
+    const common = {
+      fragments: args.fragments,
+      fragmentPath: args.fragmentPath,
+      localFragmentsDir: args.localFragmentsDir,
+      rebuild: args.rebuild,
+      addImport: args.addImport,
+    };
+    this.server = new CacheServer(
+      `${name}-staging`,
+      {
+        host: gated(args.staging, ok),
+        authorizedKeys: this.productionRootKeys,
+        keyName: args.keyName,
+        keyDirectory: args.keyDirectory,
+        removeSigningKeyOnDestroy: args.removeSigningKeyOnDestroy,
+        protocol: args.protocol,
+        write: args.write,
+        ...common,
+      },
+      { parent: this },
+    );
+    this.clients = production.map(
+      (p, i) =>
+        new CacheClient(
+          `${name}-${names[i]}`,
+          { host: p, cache: this.server.coordinates, identity: identities[i], ...common },
+          { parent: this },
+        ),
+    );
+
+    this.cachePublicKey = this.server.cachePublicKey;
+    this.stagingHostKey = this.server.hostKey;
+    this.substituterUrl = this.server.substituterUrl;
+    this.stagingModule = this.server.module;
+    this.productionModule = this.clients[0]?.module ?? pulumi.output("");
+    this.coordinates = this.server.coordinates;
+    this.hosts = pulumi.all(
+      this.clients.map((c, i) =>
+        pulumi.all([c.publicKey, c.verified]).apply(([rootKey, verified]) => ({
+          name: names[i],
+          rootKey,
+          verified,
+        })),
+      ),
+    );
+    this.verified = this.hosts.apply((hs) => hs.length > 0 && hs.every((h) => h.verified));
+
+    this.registerOutputs({
+      cachePublicKey: this.cachePublicKey,
+      stagingHostKey: this.stagingHostKey,
+      substituterUrl: this.substituterUrl,
+      productionRootKeys: this.productionRootKeys,
+      stagingModule: this.stagingModule,
+      productionModule: this.productionModule,
+      verified: this.verified,
+      hosts: this.hosts,
+      coordinates: this.coordinates,
+    });
+  }
+}
