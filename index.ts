@@ -1,0 +1,39 @@
+/**
+ * The example stack: one staging host becomes a signed binary cache for the production hosts.
+ * Every setting is documented in Pulumi.yaml; `npm run demo` runs it on local test hosts.
+ */
+import * as pulumi from "@pulumi/pulumi";
+import { FragmentsMode, NixSshCache, Protocol, RebuildMode } from "./components";
+
+interface HostConfig {
+  host: string;
+  port?: number;
+  user?: string;
+  hostKey?: string;
+  name?: string;
+  cacheHost?: string;
+}
+
+const cfg = new pulumi.Config();
+const sshKey = cfg.requireSecret("sshKey");
+const withKey = (h: HostConfig) => ({ ...h, privateKey: sshKey });
+
+const cache = new NixSshCache("cache", {
+  staging: withKey(cfg.requireObject<HostConfig>("staging")),
+  production: cfg.requireObject<HostConfig[]>("production").map(withKey),
+  keyName: cfg.get("keyName") || undefined,
+  keyDirectory: cfg.get("keyDirectory"),
+  fragments: cfg.get("fragments") as FragmentsMode | undefined,
+  rebuild: cfg.get("rebuild") as RebuildMode | undefined,
+  protocol: cfg.get("protocol") as Protocol | undefined,
+});
+
+export const cachePublicKey = cache.cachePublicKey;
+export const stagingHostKey = cache.stagingHostKey;
+export const substituterUrl = cache.substituterUrl;
+export const productionRootKeys = cache.productionRootKeys;
+export const stagingModule = cache.stagingModule;
+export const productionModule = cache.productionModule;
+export const verified = cache.verified;
+export const hosts = cache.hosts;
+export const coordinates = cache.coordinates;
