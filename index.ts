@@ -3,7 +3,7 @@
  * Every setting is documented in Pulumi.yaml; `npm run demo` runs it on local test hosts.
  */
 import * as pulumi from "@pulumi/pulumi";
-import { FragmentsMode, NixSshCache, Protocol, RebuildMode } from "./components";
+import { FragmentsMode, NixSshCache, Protocol, RebuildMode, SigningKeyArgs } from "./components";
 
 interface HostConfig {
   host: string;
@@ -12,6 +12,7 @@ interface HostConfig {
   hostKey?: string;
   name?: string;
   cacheHost?: string;
+  become?: "sudo" | "none";
 }
 
 const cfg = new pulumi.Config();
@@ -23,9 +24,12 @@ const cache = new NixSshCache("cache", {
   production: cfg.requireObject<HostConfig[]>("production").map(withKey),
   keyName: cfg.get("keyName") || undefined,
   keyDirectory: cfg.get("keyDirectory"),
+  removeSigningKeyOnDestroy: cfg.getBoolean("removeSigningKeyOnDestroy"),
   fragments: cfg.get("fragments") as FragmentsMode | undefined,
+  fragmentPath: cfg.get("fragmentPath"),
   rebuild: cfg.get("rebuild") as RebuildMode | undefined,
   protocol: cfg.get("protocol") as Protocol | undefined,
+  signingKey: cfg.getObject<SigningKeyArgs>("signingKey"),
 });
 
 export const cachePublicKey = cache.cachePublicKey;

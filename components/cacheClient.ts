@@ -4,6 +4,7 @@
  */
 import * as path from "path";
 import * as pulumi from "@pulumi/pulumi";
+import * as tls from "@pulumi/tls";
 import { CacheCoordinates, DEFAULT_FRAGMENT_PATH, nixosModuleSteps } from "./cacheServer";
 import { hostScript, resolveConnection } from "./host";
 import { HostStep } from "./hostStep";
@@ -13,6 +14,7 @@ import {
   renderNixConf,
   renderProductionModule,
   renderSshClientConfig,
+  withUrlParam,
 } from "./render";
 import { Connection } from "./ssh";
 import { fileStep, hostFacts, probeStep } from "./steps";
@@ -23,7 +25,31 @@ export const CLIENT_FILES = {
   knownHosts: "/etc/ssh/nix-ssh-cache/known_hosts",
   sshConfigDropIn: "/etc/ssh/ssh_config.d/nix-ssh-cache.conf",
   nixConf: "/etc/nix/nix-ssh-cache.conf",
+  /** The dedicated client key (`clientIdentity: "dedicated"`), root-only. */
+  identity: "/etc/nix/nix-ssh-cache/id_ed25519",
 } as const;
+
+/**
+ * Whose SSH key a production host uses to log in to the cache.
+ *
+ * - `"root"`: root's own key (`~/.ssh/id_ed25519`, …), read from the host (generated there when
+ *   missing); the private key never leaves the host. The seed tutorial's way.
+ * - `"dedicated"`: an ED25519 key made by Pulumi (`@pulumi/tls` `PrivateKey`), kept as a secret in
+ *   the state, installed root-only at `/etc/nix/nix-ssh-cache/id_ed25519` and named in the
+ *   substituter URL (`ssh-key=`). Its public key is known before the host is reached, so staging
+ *   can authorise a fleet before its hosts exist, and it is used for nothing else.
+ *
+ * @defaultValue `"root"`
+ */
+export type ClientIdentityMode = "root" | "dedicated";
+
+/** A client key pair, e.g. a `tls.PrivateKey` with `algorithm: "ED25519"`. */
+export interface ClientKeyPair {
+  /** The public key line, `ssh-ed25519 AAAA…`, authorised on staging. */
+  publicKeyOpenssh: pulumi.Input<string>;
+  /** The private key in OpenSSH format. A Pulumi secret. */
+  privateKeyOpenssh: pulumi.Input<string>;
+}
 
 /** Arguments of {@link ClientIdentity}. */
 export interface ClientIdentityArgs {
@@ -81,6 +107,20 @@ export interface CacheClientArgs {
   cache: pulumi.Input<CacheCoordinates>;
   /** This host's identity, when already created (`NixSshCache` does). @defaultValue a new one */
   identity?: ClientIdentity;
+  /**
+   * Whose key logs in to the cache: root's (`"root"`) or a dedicated key made by Pulumi
+   * (`"dedicated"`, see {@link ClientIdentityMode}).
+   * @defaultValue `"root"`
+   * @example `"dedicated"`
+   */
+  clientIdentity?: ClientIdentityMode;
+  /**
+   * The dedicated key pair (`clientIdentity: "dedicated"`), when made elsewhere (e.g. by the
+   * staging stack, so it can authorise the key before this host exists).
+   * @defaultValue a new `tls.PrivateKey` (`algorithm: "ED25519"`) named `<name>-client-key`
+   * @example `new tls.PrivateKey("web-key", { algorithm: "ED25519" })`
+   */
+  clientKey?: ClientKeyPair;
   /** Where the NixOS module goes. @defaultValue `"remote"` */
   fragments?: FragmentsMode;
   /** Path of the module on the host. @defaultValue `"/etc/nixos/nix-ssh-cache.nix"` */
@@ -102,8 +142,10 @@ export interface CacheClientArgs {
  * `extra-trusted-public-keys`), then verifies by substituting staging's signed canary path.
  */
 export class CacheClient extends pulumi.ComponentResource {
-  /** Root's SSH public key, to authorise on staging. */
+  /** The SSH public key this host logs in with (root's, or the dedicated one): authorise it. */
   public readonly publicKey: pulumi.Output<string>;
+  /** This host's substituter URL (with `ssh-key=` for a dedicated identity). */
+  public readonly substituterUrl: pulumi.Output<string>;
   /** The rendered NixOS module for this host. */
   public readonly module: pulumi.Output<string>;
   /** True once this host realised staging's canary path through the cache. */
@@ -114,12 +156,45 @@ export class CacheClient extends pulumi.ComponentResource {
   constructor(name: string, args: CacheClientArgs, opts?: pulumi.ComponentResourceOptions) {
     super("nix-ssh-cache:index:CacheClient", name, {}, opts);
     const connection: pulumi.Output<Connection> = resolveConnection(args.host);
-    const identity =
-      args.identity ??
-      new ClientIdentity(`${name}-identity`, { host: args.host }, { parent: this });
-    this.publicKey = identity.publicKey;
-    const cache = pulumi.output(args.cache);
-    const child = { parent: this, dependsOn: [identity.probe] };
+    const dedicated = (args.clientIdentity ?? "root") === "dedicated";
+    let probe: HostStep;
+    const keySteps: HostStep[] = [];
+    if (dedicated) {
+      const key: ClientKeyPair =
+        args.clientKey ??
+        new tls.PrivateKey(`${name}-client-key`, { algorithm: "ED25519" }, { parent: this });
+      probe = args.identity?.probe ?? probeStep(`${name}-probe`, connection, { parent: this });
+      this.publicKey = pulumi.output(key.publicKeyOpenssh).apply((k) => k.trim());
+      keySteps.push(
+        fileStep(
+          `${name}-client-key-file`,
+          {
+            connection,
+            path: CLIENT_FILES.identity,
+            content: pulumi.secret(key.privateKeyOpenssh),
+            mode: "0600",
+            label: "dedicated client key",
+          },
+          // The file's content travels in `env`: keep it secret in the state.
+          { parent: this, dependsOn: [probe], additionalSecretOutputs: ["env"] },
+        ),
+      );
+    } else {
+      const identity =
+        args.identity ??
+        new ClientIdentity(`${name}-identity`, { host: args.host }, { parent: this });
+      probe = identity.probe;
+      this.publicKey = identity.publicKey;
+    }
+    const raw = pulumi.output(args.cache);
+    // With a dedicated key, this host's URL names the key file (`ssh-key=`).
+    const cache = raw.apply((c) =>
+      dedicated
+        ? { ...c, substituterUrl: withUrlParam(c.substituterUrl, "ssh-key", CLIENT_FILES.identity) }
+        : c,
+    );
+    this.substituterUrl = cache.apply((c) => c.substituterUrl);
+    const child = { parent: this, dependsOn: [probe] };
 
     this.module = cache.apply((c) =>
       renderProductionModule({
@@ -183,7 +258,7 @@ export class CacheClient extends pulumi.ComponentResource {
       localPath: path.join(args.localFragmentsDir ?? "nixos", `${name}.nix`),
       rebuild: args.rebuild ?? "switch",
       addImport: args.addImport ?? false,
-      dependsOn: [identity.probe],
+      dependsOn: [probe, ...keySteps],
       parent: this,
     });
 
@@ -208,7 +283,10 @@ export class CacheClient extends pulumi.ComponentResource {
             .apply((rs) => rs.map((r) => String(r.sha256 ?? r.skipped ?? ""))),
           timeoutSeconds: 300,
         },
-        { parent: this, dependsOn: [knownHosts, sshConfig, nixConf, ...nixosSteps] },
+        {
+          parent: this,
+          dependsOn: [knownHosts, sshConfig, nixConf, ...keySteps, ...nixosSteps],
+        },
       );
       this.verification = verify.result;
       this.verified = verify.result.apply((r) => r.verified === true);
@@ -219,6 +297,7 @@ export class CacheClient extends pulumi.ComponentResource {
 
     this.registerOutputs({
       publicKey: this.publicKey,
+      substituterUrl: this.substituterUrl,
       module: this.module,
       verified: this.verified,
       verification: this.verification,

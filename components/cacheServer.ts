@@ -18,7 +18,14 @@ import {
 import { Connection } from "./ssh";
 import { fileStep, hostFacts, probeStep } from "./steps";
 import { LocalFile } from "./trackedFile";
-import { FragmentsMode, Protocol, RebuildMode, StagingArgs } from "./types";
+import {
+  FragmentsMode,
+  Protocol,
+  RebuildMode,
+  SigningKeyArgs,
+  StagingArgs,
+  SubstituterOptions,
+} from "./types";
 
 /** Paths the plain-Linux path manages on staging. */
 export const STAGING_FILES = {
@@ -39,7 +46,10 @@ export const DEFAULT_FRAGMENT_PATH = "/etc/nixos/nix-ssh-cache.nix";
 export interface CacheCoordinates {
   /** e.g. `ssh://nix-ssh@stage.yourapp.com`. */
   substituterUrl: string;
-  /** Cache public keys to trust, `NAME:BASE64`. */
+  /**
+   * Cache public keys to trust, `NAME:BASE64`: the current key first, then older generations
+   * still trusted during a key rotation.
+   */
   publicKeys: string[];
   /** Name production uses to reach staging. */
   hostName: string;
@@ -51,8 +61,25 @@ export interface CacheCoordinates {
   canaryPath: string;
 }
 
+/** File names of signing key generation `generation` (0: the seed's names). */
+export function signingKeyFiles(
+  keyDirectory: string,
+  generation: number,
+): { privateKey: string; publicKey: string } {
+  const suffix = generation > 0 ? `-${generation}` : "";
+  return {
+    privateKey: `${keyDirectory}/cache-priv-key${suffix}.pem`,
+    publicKey: `${keyDirectory}/cache-pub-key${suffix}.pem`,
+  };
+}
+
+/** Name of signing key generation `generation`: `keyName`, or `<keyName>-<N>` for N > 0. */
+export function signingKeyName(keyName: string, generation: number): string {
+  return generation > 0 ? `${keyName}-${generation}` : keyName;
+}
+
 /** Arguments of {@link CacheServer}. */
-export interface CacheServerArgs {
+export interface CacheServerArgs extends SubstituterOptions {
   /** The staging host and how to reach it. */
   host: StagingArgs;
   /**
@@ -77,7 +104,16 @@ export interface CacheServerArgs {
    * @defaultValue `false`
    */
   removeSigningKeyOnDestroy?: boolean;
-  /** Serving protocol. @defaultValue `"ssh"` */
+  /**
+   * Key generation and rotation (see {@link SigningKeyArgs}).
+   * @defaultValue `{ generation: 0, previousGenerations: [] }`
+   * @example `{ generation: 1, previousGenerations: [0] }`
+   */
+  signingKey?: SigningKeyArgs;
+  /**
+   * Serving protocol: `"ssh"` (`nix-store --serve`) or `"ssh-ng"` (`nix-daemon --stdio`).
+   * @defaultValue `"ssh"`
+   */
   protocol?: Protocol;
   /** Let clients upload paths (`nix-store --serve --write`). @defaultValue `false` */
   write?: boolean;
@@ -111,8 +147,13 @@ export interface CacheServerArgs {
  * ```
  */
 export class CacheServer extends pulumi.ComponentResource {
-  /** The cache's public key, `NAME:BASE64`; production trusts it. */
+  /** The cache's current public key, `NAME:BASE64`; production trusts it. */
   public readonly cachePublicKey: pulumi.Output<string>;
+  /**
+   * Every public key production trusts: the current one first, then those of
+   * `signingKey.previousGenerations` (during a rotation's overlap).
+   */
+  public readonly publicKeys: pulumi.Output<string[]>;
   /** Staging's SSH host key, as read from the host. */
   public readonly hostKey: pulumi.Output<string>;
   /** The substituter URL production uses, e.g. `ssh://nix-ssh@stage.yourapp.com`. */
@@ -131,30 +172,49 @@ export class CacheServer extends pulumi.ComponentResource {
     const hostName = pulumi.output(args.host.cacheHost ?? args.host.host);
     const keyName = pulumi.output(args.keyName ?? hostName);
     const keyDirectory = args.keyDirectory ?? DEFAULT_KEY_DIRECTORY;
-    const keyFile = `${keyDirectory}/cache-priv-key.pem`;
+    const generation = args.signingKey?.generation ?? 0;
+    const previous = [...new Set(args.signingKey?.previousGenerations ?? [])].filter(
+      (g) => g !== generation,
+    );
+    const generations = [generation, ...previous];
+    // Staging signs with every generation in use: during a rotation's overlap a path then
+    // carries the old and the new signature, whichever side is updated first.
+    const keyFiles = generations.map((g) => signingKeyFiles(keyDirectory, g).privateKey);
+    const keyFile = keyFiles[0];
     const protocol = args.protocol ?? "ssh";
     const fragments = args.fragments ?? "remote";
 
     const probe = probeStep(`${name}-probe`, connection, child);
     const facts = hostFacts(probe);
 
-    const signingKey = new HostStep(
-      `${name}-signing-key`,
-      {
-        connection,
-        step: "signing key",
-        script: hostScript("signing-key"),
-        env: keyName.apply((k) => ({ KEY_NAME: k, KEY_DIR: keyDirectory })),
-        readable: true,
-        removable: true,
-        removeEnv: { REMOVE_KEY: args.removeSigningKeyOnDestroy ? "1" : "0" },
-        driftKeys: ["publicKey"],
-        triggers: [],
-        timeoutSeconds: 120,
-      },
-      { ...child, dependsOn: [probe] },
+    const signingKeys = generations.map(
+      (g) =>
+        new HostStep(
+          g > 0 ? `${name}-signing-key-${g}` : `${name}-signing-key`,
+          {
+            connection,
+            step: g > 0 ? `signing key ${g}` : "signing key",
+            script: hostScript("signing-key"),
+            env: keyName.apply((k): Record<string, string> =>
+              g > 0
+                ? { KEY_NAME: signingKeyName(k, g), KEY_DIR: keyDirectory, KEY_GENERATION: `${g}` }
+                : { KEY_NAME: k, KEY_DIR: keyDirectory },
+            ),
+            readable: true,
+            removable: true,
+            removeEnv: { REMOVE_KEY: args.removeSigningKeyOnDestroy ? "1" : "0" },
+            driftKeys: ["publicKey"],
+            triggers: [],
+            timeoutSeconds: 120,
+          },
+          { ...child, dependsOn: [probe] },
+        ),
     );
+    const signingKey = signingKeys[0];
     this.cachePublicKey = signingKey.result.apply((r) => String(r.publicKey));
+    this.publicKeys = pulumi.all(
+      signingKeys.map((k) => k.result.apply((r) => String(r.publicKey))),
+    );
 
     const clientKeys = pulumi
       .output(args.authorizedKeys)
@@ -163,6 +223,7 @@ export class CacheServer extends pulumi.ComponentResource {
       renderStagingModule({
         clientKeys: keys,
         secretKeyFile: keyFile,
+        previousSecretKeyFiles: keyFiles.slice(1),
         write: args.write,
         protocol,
       }),
@@ -217,12 +278,12 @@ export class CacheServer extends pulumi.ComponentResource {
       {
         connection,
         path: STAGING_FILES.nixConf,
-        content: renderNixConf({ secretKeyFiles: [keyFile] }),
+        content: renderNixConf({ secretKeyFiles: keyFiles }),
         after: "nix",
         label: "nix.conf include",
         onlyOn: "linux",
       },
-      { ...child, dependsOn: [signingKey] },
+      { ...child, dependsOn: signingKeys },
     );
 
     // NixOS: the module, then nixos-rebuild.
@@ -234,16 +295,45 @@ export class CacheServer extends pulumi.ComponentResource {
       localPath: path.join(args.localFragmentsDir ?? "nixos", `${name}.nix`),
       rebuild: args.rebuild ?? "switch",
       addImport: args.addImport ?? false,
-      dependsOn: [signingKey, probe],
+      dependsOn: [...signingKeys, probe],
       parent: this,
     });
 
-    // The canary: built and signed once staging is configured; rebuilt when the key changes.
-    const canaryTrigger = pulumi
-      .all([this.cachePublicKey, this.module])
-      .apply(([key, module]) =>
-        crypto.createHash("sha256").update(`${key}\n${module}`).digest("hex").slice(0, 16),
-      );
+    // After a rotation: add the current key's signature to every path already in the store, so
+    // they keep substituting once older keys are retired. Runs once signing is configured (paths
+    // built meanwhile are signed at build time), again whenever the current key changes.
+    const signStore =
+      generation > 0
+        ? [
+            new HostStep(
+              `${name}-sign-store-${generation}`,
+              {
+                connection,
+                step: `sign the store with key ${generation}`,
+                script: hostScript("sign-store"),
+                env: this.cachePublicKey.apply((k) => ({ KEY_FILE: keyFile, PUBLIC_KEY: k })),
+                readable: false,
+                removable: false,
+                removeEnv: {},
+                driftKeys: [],
+                triggers: [],
+                timeoutSeconds: 3600,
+              },
+              { ...child, dependsOn: [nixConf, ...nixosSteps] },
+            ),
+          ]
+        : [];
+
+    // The canary: built and signed once staging is configured; rebuilt when the keys change.
+    // Not when the authorised keys change: adding or removing a production host must not make
+    // every other host verify again.
+    const canaryTrigger = this.publicKeys.apply((keys) =>
+      crypto
+        .createHash("sha256")
+        .update(`${keys.join("\n")}\n${keyFiles.join("\n")}\n${protocol}`)
+        .digest("hex")
+        .slice(0, 16),
+    );
     const canary = new HostStep(
       `${name}-canary`,
       {
@@ -258,20 +348,32 @@ export class CacheServer extends pulumi.ComponentResource {
         triggers: [],
         timeoutSeconds: 300,
       },
-      { ...child, dependsOn: [serveUser, authorizedKeys, sshdDropIn, nixConf, ...nixosSteps] },
+      {
+        ...child,
+        dependsOn: [serveUser, authorizedKeys, sshdDropIn, nixConf, ...nixosSteps, ...signStore],
+      },
     );
 
     this.os = facts.os;
     this.hostKey = facts.hostKey;
     const port = pulumi.output(args.host.port ?? 22);
-    this.substituterUrl = pulumi
-      .all([hostName, port])
-      .apply(([host, p]) => substituterUrl({ protocol, host, port: p }));
+    this.substituterUrl = pulumi.all([hostName, port]).apply(([host, p]) =>
+      substituterUrl({
+        protocol,
+        host,
+        port: p,
+        params: {
+          compress: args.compress,
+          maxConnections: args.maxConnections,
+          priority: args.priority,
+        },
+      }),
+    );
     this.coordinates = pulumi
-      .all([this.substituterUrl, this.cachePublicKey, hostName, port, facts, canary.result])
-      .apply(([url, publicKey, host, p, f, c]) => ({
+      .all([this.substituterUrl, this.publicKeys, hostName, port, facts, canary.result])
+      .apply(([url, publicKeys, host, p, f, c]) => ({
         substituterUrl: url,
-        publicKeys: [publicKey],
+        publicKeys,
         hostName: host,
         port: p,
         hostKey: f.hostKey,
@@ -280,6 +382,7 @@ export class CacheServer extends pulumi.ComponentResource {
 
     this.registerOutputs({
       cachePublicKey: this.cachePublicKey,
+      publicKeys: this.publicKeys,
       hostKey: this.hostKey,
       substituterUrl: this.substituterUrl,
       module: this.module,

@@ -11,12 +11,16 @@ export {
   DEFAULT_KEY_DIRECTORY,
   DEFAULT_FRAGMENT_PATH,
   STAGING_FILES,
+  signingKeyFiles,
+  signingKeyName,
 } from "./cacheServer";
 export {
   CacheClient,
   CacheClientArgs,
   ClientIdentity,
   ClientIdentityArgs,
+  ClientIdentityMode,
+  ClientKeyPair,
   CLIENT_FILES,
 } from "./cacheClient";
 export { HostStep, HostStepArgs } from "./hostStep";

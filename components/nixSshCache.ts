@@ -3,13 +3,22 @@
  * Nix binary cache; every production host substitutes from it over SSH.
  */
 import * as pulumi from "@pulumi/pulumi";
-import { CacheClient, ClientIdentity } from "./cacheClient";
+import * as tls from "@pulumi/tls";
+import { CacheClient, ClientIdentity, ClientIdentityMode } from "./cacheClient";
 import { CacheCoordinates, CacheServer } from "./cacheServer";
-import { FragmentsMode, ProductionArgs, Protocol, RebuildMode, StagingArgs } from "./types";
-import { PlainNixSshCacheArgs, validateArgs } from "./validate";
+import {
+  FragmentsMode,
+  ProductionArgs,
+  Protocol,
+  RebuildMode,
+  SigningKeyArgs,
+  StagingArgs,
+  SubstituterOptions,
+} from "./types";
+import { NixSshCacheInputError, PlainNixSshCacheArgs, validateArgs } from "./validate";
 
 /** Arguments of {@link NixSshCache}. */
-export interface NixSshCacheArgs {
+export interface NixSshCacheArgs extends SubstituterOptions {
   /**
    * The staging host: builds, signs and serves.
    * @example `{ host: "stage.yourapp.com", user: "ship", privateKey: cfg.requireSecret("sshKey") }`
@@ -29,8 +38,32 @@ export interface NixSshCacheArgs {
   keyDirectory?: string;
   /** Delete the signing key on destroy. @defaultValue `false` (the key is kept) */
   removeSigningKeyOnDestroy?: boolean;
-  /** `"ssh"` (`nix-store --serve`, the seed's) or `"ssh-ng"`. @defaultValue `"ssh"` */
+  /**
+   * Signing key generation and rotation (see {@link SigningKeyArgs} and README, "Rotating the
+   * signing key").
+   * @defaultValue `{ generation: 0 }` (the key `keyName` in `cache-priv-key.pem`)
+   * @example `{ generation: 1, previousGenerations: [0] }`
+   */
+  signingKey?: SigningKeyArgs;
+  /**
+   * `"ssh"` (`nix-store --serve`, the seed's) or `"ssh-ng"` (`nix-daemon --stdio` on staging).
+   * @defaultValue `"ssh"`
+   */
   protocol?: Protocol;
+  /**
+   * More SSH public keys staging authorises, besides the production hosts' keys: e.g. the keys
+   * production stacks of other projects export (read them with a `StackReference`).
+   * @defaultValue `[]`
+   * @example `[new pulumi.StackReference("organization/web/prod").requireOutput("rootKey")]`
+   */
+  authorizedKeys?: pulumi.Input<pulumi.Input<string>[]>;
+  /**
+   * Whose SSH key production logs in with: root's own (`"root"`) or a dedicated ED25519 key per
+   * host made by Pulumi (`"dedicated"`; see {@link ClientIdentityMode}).
+   * @defaultValue `"root"`
+   * @example `"dedicated"`
+   */
+  clientIdentity?: ClientIdentityMode;
   /** Let production upload to staging. @defaultValue `false` */
   write?: boolean;
   /** Where the NixOS modules go: `"remote"`, `"local"` or `"none"`. @defaultValue `"remote"` */
@@ -80,8 +113,9 @@ function validated(args: NixSshCacheArgs): pulumi.Output<true> {
       plainHost(args.staging),
       pulumi.all(args.production.map(plainHost)),
       pulumi.output(args.keyName),
+      pulumi.output(args.authorizedKeys),
     ])
-    .apply(([staging, production, keyName]) => {
+    .apply(([staging, production, keyName, authorizedKeys]): pulumi.Input<true> => {
       const plain: PlainNixSshCacheArgs = {
         staging: { ...staging, cacheHost: args.staging.cacheHost },
         production: production.map((p, i) => ({ ...p, name: args.production[i].name })),
@@ -93,10 +127,37 @@ function validated(args: NixSshCacheArgs): pulumi.Output<true> {
         rebuild: args.rebuild,
         protocol: args.protocol,
         write: args.write,
+        signingKey: args.signingKey,
+        compress: args.compress,
+        maxConnections: args.maxConnections,
+        priority: args.priority,
+        authorizedKeys,
+        clientIdentity: args.clientIdentity,
       };
-      validateArgs(plain);
+      try {
+        validateArgs(plain);
+      } catch (e) {
+        if (e instanceof NixSshCacheInputError) return reportAndStop(e);
+        throw e;
+      }
       return true as const;
-    });
+    }) as pulumi.Output<true>;
+}
+
+/**
+ * Reports invalid input once and ends the program (exit code 32: "error already reported").
+ * A rejected Output here would reach every child resource, and the runtime formats the error
+ * once per resource reached: `pulumi preview` took minutes to say "invalid host". Under Pulumi's
+ * mocks (unit tests) the error is thrown (the Output rejects) instead.
+ */
+function reportAndStop(e: NixSshCacheInputError): pulumi.Output<true> {
+  const monitor = pulumi.runtime.getMonitor() as object | undefined;
+  if (!monitor || monitor.constructor.name === "MockMonitor") throw e;
+  const stopped = pulumi.log.error(e.message).then(() => {
+    process.exit(32);
+    return new Promise<true>(() => undefined);
+  });
+  return pulumi.output(stopped);
 }
 
 /** Makes every connection wait for validation, so nothing runs on any host with bad input. */
@@ -125,9 +186,12 @@ export class NixSshCache extends pulumi.ComponentResource {
   public readonly cachePublicKey: pulumi.Output<string>;
   /** Staging's SSH host key, pinned on production. */
   public readonly stagingHostKey: pulumi.Output<string>;
-  /** The substituter URL, e.g. `ssh://nix-ssh@stage.yourapp.com`. */
+  /** The substituter URL, e.g. `ssh://nix-ssh@stage.yourapp.com` (plus any parameters). */
   public readonly substituterUrl: pulumi.Output<string>;
-  /** Root SSH public keys of the production hosts, authorised on staging. */
+  /**
+   * SSH public keys the production hosts log in with (root's, or the dedicated ones), authorised
+   * on staging.
+   */
   public readonly productionRootKeys: pulumi.Output<string[]>;
   /** The NixOS module for staging. */
   public readonly stagingModule: pulumi.Output<string>;
@@ -150,10 +214,30 @@ export class NixSshCache extends pulumi.ComponentResource {
     const names = args.production.map(childName);
     const production = args.production.map((p) => gated(p, ok));
 
-    const identities = production.map(
-      (p, i) => new ClientIdentity(`${name}-${names[i]}-identity`, { host: p }, { parent: this }),
-    );
-    this.productionRootKeys = pulumi.all(identities.map((id) => id.publicKey));
+    const dedicated = args.clientIdentity === "dedicated";
+    // "dedicated": one key per host made by Pulumi, known before any host is reached.
+    const clientKeys = dedicated
+      ? names.map(
+          (n) =>
+            new tls.PrivateKey(
+              `${name}-${n}-client-key`,
+              { algorithm: "ED25519" },
+              { parent: this },
+            ),
+        )
+      : [];
+    const identities = dedicated
+      ? []
+      : production.map(
+          (p, i) =>
+            new ClientIdentity(`${name}-${names[i]}-identity`, { host: p }, { parent: this }),
+        );
+    this.productionRootKeys = dedicated
+      ? pulumi.all(clientKeys.map((k) => k.publicKeyOpenssh.apply((line) => line.trim())))
+      : pulumi.all(identities.map((id) => id.publicKey));
+    const authorizedKeys = pulumi
+      .all([this.productionRootKeys, pulumi.output(args.authorizedKeys ?? [])])
+      .apply(([own, extra]) => [...own, ...extra]);
 
     const common = {
       fragments: args.fragments,
@@ -166,8 +250,12 @@ export class NixSshCache extends pulumi.ComponentResource {
       `${name}-staging`,
       {
         host: gated(args.staging, ok),
-        authorizedKeys: this.productionRootKeys,
+        authorizedKeys,
         keyName: args.keyName,
+        signingKey: args.signingKey,
+        compress: args.compress,
+        maxConnections: args.maxConnections,
+        priority: args.priority,
         keyDirectory: args.keyDirectory,
         removeSigningKeyOnDestroy: args.removeSigningKeyOnDestroy,
         protocol: args.protocol,
@@ -180,7 +268,14 @@ export class NixSshCache extends pulumi.ComponentResource {
       (p, i) =>
         new CacheClient(
           `${name}-${names[i]}`,
-          { host: p, cache: this.server.coordinates, identity: identities[i], ...common },
+          {
+            host: p,
+            cache: this.server.coordinates,
+            ...(dedicated
+              ? { clientIdentity: "dedicated" as const, clientKey: clientKeys[i] }
+              : { identity: identities[i] }),
+            ...common,
+          },
           { parent: this },
         ),
     );

@@ -120,3 +120,68 @@ export interface ProductionArgs extends HostArgs {
    */
   name?: string;
 }
+
+/**
+ * Which signing key staging signs with, and which older keys production still trusts: the
+ * inputs of a key rotation (see README, "Rotating the signing key").
+ *
+ * Generation `0` is the seed's key: name `keyName`, files `cache-priv-key.pem` /
+ * `cache-pub-key.pem`. Generation `N > 0` is named `<keyName>-<N>`, in `cache-priv-key-<N>.pem`
+ * / `cache-pub-key-<N>.pem`, so generations never overwrite each other.
+ *
+ * @example
+ * ```ts
+ * // step (a) of a rotation: sign with generation 1, keep generation 0 trusted
+ * signingKey: { generation: 1, previousGenerations: [0] }
+ * // step (b), once every production host was updated: retire generation 0
+ * signingKey: { generation: 1 }
+ * ```
+ */
+export interface SigningKeyArgs {
+  /**
+   * The current key generation: staging signs new paths with it and re-signs its whole store
+   * with it (`nix store sign --all`) when it is greater than 0, so paths built before the
+   * rotation keep substituting after the old key is retired.
+   * @defaultValue `0` (the key `keyName`, `cache-priv-key.pem`)
+   */
+  generation?: number;
+  /**
+   * Older generations still in use during the overlap of a rotation: production trusts their
+   * public keys (`CacheCoordinates.publicKeys` carries them after the current one) and staging
+   * keeps signing with them too, so no host rejects a path whichever of staging and production
+   * is updated first. Remove them (an empty list) to retire them.
+   * @defaultValue `[]`
+   * @example `[0]`
+   */
+  previousGenerations?: number[];
+}
+
+/**
+ * Query parameters of the substituter URL, for every production host (on NixOS in the module's
+ * `nix.settings.substituters`, on plain Linux in the included nix.conf: the same URL).
+ *
+ * @example
+ * ```ts
+ * { priority: 30 } // => ssh://nix-ssh@stage.yourapp.com?priority=30
+ * ```
+ */
+export interface SubstituterOptions {
+  /**
+   * `compress=true`: ssh compression. Slower on fast links and incompressible data (8.9 s
+   * instead of 1.75 s for 200 MiB on a LAN).
+   * @defaultValue unset (Nix's default, `false`)
+   */
+  compress?: boolean;
+  /**
+   * `max-connections=N`: parallel SSH connections to staging. With `protocol: "ssh"` only `1`
+   * is accepted: `max-connections=8` on an `ssh://` substituter hung on Nix 2.8.
+   * @defaultValue unset (Nix's default, `1`)
+   */
+  maxConnections?: number;
+  /**
+   * `priority=N`: lower is preferred; cache.nixos.org has 40.
+   * @defaultValue unset (Nix's default for SSH stores)
+   * @example `30`
+   */
+  priority?: number;
+}

@@ -4,6 +4,7 @@
  * @packageDocumentation
  */
 import { isIPv4, isIPv6 } from "node:net";
+import { utils as sshUtils } from "ssh2";
 import { parsePublicKeyLine } from "./render/publicKey";
 
 /** One host's connection settings, resolved to plain values (see `HostArgs`). */
@@ -46,6 +47,18 @@ export interface PlainNixSshCacheArgs {
   protocol?: string;
   /** Let production upload to staging. */
   write?: boolean;
+  /** Signing key generation and the older generations still trusted. */
+  signingKey?: { generation?: number; previousGenerations?: number[] };
+  /** Substituter URL `compress=`. */
+  compress?: boolean;
+  /** Substituter URL `max-connections=`. */
+  maxConnections?: number;
+  /** Substituter URL `priority=`. */
+  priority?: number;
+  /** Extra SSH public keys authorised on staging. */
+  authorizedKeys?: string[];
+  /** `"root"` or `"dedicated"`. */
+  clientIdentity?: string;
 }
 
 /**
@@ -179,6 +192,15 @@ function checkHost(
     problems.push(
       `${path}.privateKey (<secret>${on}): not an OpenSSH/PEM private key; expected a "-----BEGIN ... PRIVATE KEY-----" block (the key file's contents, not its path)`,
     );
+  } else if (typeof h.privateKey === "string") {
+    // A well-formed block can still be unreadable (truncated, corrupted, passphrase-protected):
+    // ssh2 would only fail when connecting, after other hosts were already changed.
+    const parsed = sshUtils.parseKey(h.privateKey);
+    if (parsed instanceof Error) {
+      problems.push(
+        `${path}.privateKey (<secret>${on}): cannot be read (${parsed.message.replace(/\.$/, "")}); give the unencrypted key file's complete contents`,
+      );
+    }
   }
   if (h.password !== undefined && (typeof h.password !== "string" || h.password === "")) {
     problems.push(`${path}.password (<secret>${on}): must be a non-empty string`);
@@ -187,6 +209,9 @@ function checkHost(
     try {
       if (typeof h.hostKey !== "string") throw new Error("must be a string");
       parsePublicKeyLine(h.hostKey);
+      // the key blob itself must decode (a truncated line can still look like base64)
+      const parsed = sshUtils.parseKey(h.hostKey.trim().split(/\s+/).slice(0, 2).join(" "));
+      if (parsed instanceof Error) throw new Error(parsed.message.replace(/\.$/, ""));
     } catch (e) {
       problems.push(
         `${path}.hostKey (${show(h.hostKey)}${on}): not a valid SSH public host key: ${(e as Error).message}; copy a line of /etc/ssh/ssh_host_ed25519_key.pub`,
@@ -222,6 +247,79 @@ function checkEnum(
   }
 }
 
+function isInt(value: unknown, min: number, max: number): boolean {
+  return typeof value === "number" && Number.isInteger(value) && value >= min && value <= max;
+}
+
+const MAX_GENERATION = 1_000_000;
+
+function checkSigningKey(
+  signingKey: PlainNixSshCacheArgs["signingKey"],
+  where: string,
+  problems: string[],
+): void {
+  if (signingKey === undefined) return;
+  if (signingKey === null || typeof signingKey !== "object") {
+    problems.push(
+      `signingKey (${show(signingKey)}${where}): must be an object like { generation: 1, previousGenerations: [0] }`,
+    );
+    return;
+  }
+  const generation = signingKey.generation ?? 0;
+  if (!isInt(generation, 0, MAX_GENERATION)) {
+    problems.push(
+      `signingKey.generation (${show(signingKey.generation)}${where}): must be an integer from 0 to ${MAX_GENERATION}, e.g. 1`,
+    );
+  }
+  const previous = signingKey.previousGenerations;
+  if (previous === undefined) return;
+  if (!Array.isArray(previous)) {
+    problems.push(
+      `signingKey.previousGenerations (${show(previous)}${where}): must be a list of generations, e.g. [0]`,
+    );
+    return;
+  }
+  const seen = new Set<number>();
+  previous.forEach((g, i) => {
+    const at = `signingKey.previousGenerations[${i}] (${show(g)}${where})`;
+    if (!isInt(g, 0, MAX_GENERATION)) {
+      problems.push(`${at}: must be an integer from 0 to ${MAX_GENERATION}, e.g. 0`);
+    } else if (g === generation) {
+      problems.push(
+        `${at}: is the current generation; list only older generations still trusted during the overlap`,
+      );
+    } else if (seen.has(g)) {
+      problems.push(`${at}: listed twice; list each generation once`);
+    }
+    seen.add(g);
+  });
+}
+
+function checkSubstituterOptions(
+  args: PlainNixSshCacheArgs,
+  where: string,
+  problems: string[],
+): void {
+  if (args?.compress !== undefined && typeof args.compress !== "boolean") {
+    problems.push(`compress (${show(args.compress)}${where}): must be true or false`);
+  }
+  const max = args?.maxConnections;
+  if (max !== undefined) {
+    if (!isInt(max, 1, 64)) {
+      problems.push(`maxConnections (${show(max)}${where}): must be an integer from 1 to 64`);
+    } else if (max > 1 && (args.protocol ?? "ssh") === "ssh") {
+      problems.push(
+        `maxConnections (${max}${where}): more than 1 connection on an ssh:// substituter hung on Nix 2.8; use 1, leave it unset, or set protocol "ssh-ng"`,
+      );
+    }
+  }
+  if (args?.priority !== undefined && !isInt(args.priority, 0, 1000)) {
+    problems.push(
+      `priority (${show(args.priority)}${where}): must be an integer from 0 to 1000 (lower is preferred; cache.nixos.org is 40), e.g. 30`,
+    );
+  }
+}
+
 /**
  * Validates resolved NixSshCache arguments. Collects every problem and throws one
  * {@link NixSshCacheInputError} listing them, one line each, of the form
@@ -230,7 +328,9 @@ function checkEnum(
  *
  * Checks host names (RFC 1123, IPv4, IPv6), ports, user names, `become`, credentials (a private
  * key block or a password), host keys, `keyName`, absolute paths, the `protocol`, `rebuild` and
- * `fragments` enums, a non-empty production list, duplicate production hosts and names, and
+ * `fragments` enums, `clientIdentity`, `signingKey` generations, the substituter options
+ * (`compress`, `maxConnections` — at most 1 with `"ssh"` — and `priority`), extra
+ * `authorizedKeys`, a non-empty production list, duplicate production hosts and names, and
  * staging listed as production.
  *
  * @throws NixSshCacheInputError when any input is invalid
@@ -313,6 +413,27 @@ export function validateArgs(args: PlainNixSshCacheArgs): void {
   checkEnum(args?.fragments, "fragments", ["remote", "local", "none"], stagingAt, problems);
   if (args?.write !== undefined && typeof args.write !== "boolean") {
     problems.push(`write (${show(args.write)}${stagingAt}): must be true or false`);
+  }
+  checkEnum(args?.clientIdentity, "clientIdentity", ["root", "dedicated"], stagingAt, problems);
+  checkSigningKey(args?.signingKey, stagingAt, problems);
+  checkSubstituterOptions(args, stagingAt, problems);
+  if (args?.authorizedKeys !== undefined) {
+    if (!Array.isArray(args.authorizedKeys)) {
+      problems.push(
+        `authorizedKeys (${show(args.authorizedKeys)}${stagingAt}): must be a list of SSH public key lines`,
+      );
+    } else {
+      args.authorizedKeys.forEach((k, i) => {
+        try {
+          if (typeof k !== "string") throw new Error("must be a string");
+          parsePublicKeyLine(k);
+        } catch (e) {
+          problems.push(
+            `authorizedKeys[${i}] (${show(k)}${stagingAt}): not a valid SSH public key: ${(e as Error).message}; give a line like "ssh-ed25519 AAAA... root@prod1"`,
+          );
+        }
+      });
+    }
   }
   if (problems.length > 0) throw new NixSshCacheInputError(problems);
 }

@@ -1,6 +1,7 @@
 # shellcheck shell=bash
 # signing-key.sh (staging): the binary-cache signing key pair.
-# Inputs: ACTION=apply|read|remove, KEY_NAME (apply), KEY_DIR, REMOVE_KEY=0|1 (remove).
+# Inputs: ACTION=apply|read|remove, KEY_NAME (apply), KEY_DIR, REMOVE_KEY=0|1 (remove),
+#   KEY_GENERATION (optional; N > 0 uses cache-priv-key-N.pem / cache-pub-key-N.pem).
 # Output (apply/read): {"publicKey":"NAME:BASE64"|null,"keyName":"NAME"|null,"keyFile":".../cache-priv-key.pem",
 #                       "publicKeyFile":".../cache-pub-key.pem","created":bool,"nameMatches":bool}
 # Output (remove): {"removed":bool}
@@ -9,8 +10,12 @@
 nsc_require_env ACTION KEY_DIR
 case "$KEY_DIR" in /*) ;; *) nsc_die "keyDir must be an absolute path, got '${KEY_DIR}'" ;; esac
 KEY_DIR=${KEY_DIR%/}
-priv=$KEY_DIR/cache-priv-key.pem
-pub=$KEY_DIR/cache-pub-key.pem
+generation=${KEY_GENERATION:-0}
+case "$generation" in '' | *[!0-9]*) nsc_die "internal error: KEY_GENERATION must be a non-negative integer, got '${generation}'" ;; esac
+suffix=""
+[ "$generation" -gt 0 ] && suffix="-$generation"
+priv=$KEY_DIR/cache-priv-key$suffix.pem
+pub=$KEY_DIR/cache-pub-key$suffix.pem
 created=false
 
 # public key derived from the private key file (no output of secret material)
@@ -50,8 +55,8 @@ apply)
   chown root:root "$KEY_DIR"
   chmod 0755 "$KEY_DIR"
   if [ ! -e "$priv" ]; then
-    tmp_priv=$(mktemp "$KEY_DIR/.cache-priv-key.pem.XXXXXX")
-    tmp_pub=$(mktemp "$KEY_DIR/.cache-pub-key.pem.XXXXXX")
+    tmp_priv=$(mktemp "$KEY_DIR/.cache-priv-key$suffix.pem.XXXXXX")
+    tmp_pub=$(mktemp "$KEY_DIR/.cache-pub-key$suffix.pem.XXXXXX")
     rm -f "$tmp_priv" "$tmp_pub"
     if ! (umask 077 && nix-store --generate-binary-cache-key "$KEY_NAME" "$tmp_priv" "$tmp_pub" >&2); then
       rm -f "$tmp_priv" "$tmp_pub"
@@ -87,6 +92,7 @@ apply)
 remove)
   if [ "${REMOVE_KEY:-0}" = 1 ]; then
     rm -f "$priv" "$pub"
+    nsc_log "deleted $(basename "$priv") and $(basename "$pub")"
     rmdir "$KEY_DIR" 2>/dev/null || true
     nsc_log "deleted the signing key in ${KEY_DIR}"
     printf '{"removed":true}\n'

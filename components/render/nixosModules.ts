@@ -18,6 +18,12 @@ export interface StagingModuleArgs {
   /** Path of the cache signing key on staging, e.g. `"/etc/nix-ssh-cache/cache-priv-key.pem"`. */
   secretKeyFile: string;
   /**
+   * Older signing keys staging still signs with during a key rotation's overlap, e.g.
+   * `["/etc/shipnix/binary/cache-priv-key.pem"]` while `secretKeyFile` is `cache-priv-key-1.pem`.
+   * @defaultValue `[]`
+   */
+  previousSecretKeyFiles?: readonly string[];
+  /**
    * Let clients upload paths (`nix.sshServe.write`).
    * @defaultValue `false`
    */
@@ -92,7 +98,7 @@ export function renderStagingModule(args: StagingModuleArgs): string {
     `  nix.sshServe.keys = ${nixList(keys, 4)};\n` +
     `  nix.sshServe.write = ${args.write ? "true" : "false"};\n` +
     `  nix.sshServe.protocol = ${nixString(args.protocol ?? "ssh")};\n` +
-    `  nix.settings.secret-key-files = [ ${nixString(args.secretKeyFile)} ];\n` +
+    `  nix.settings.secret-key-files = [ ${[args.secretKeyFile, ...(args.previousSecretKeyFiles ?? [])].map(nixString).join(" ")} ];\n` +
     "}\n"
   );
 }

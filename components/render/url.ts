@@ -113,3 +113,23 @@ export function base64HostKey(hostKeyLine: string): string {
   const { type, base64: data } = parsePublicKeyLine(hostKeyLine);
   return Buffer.from(`${type} ${data}`).toString("base64");
 }
+
+/**
+ * Adds (or replaces) one query parameter of a substituter URL, e.g. a production host's own
+ * `ssh-key=` on the URL a cache exported.
+ *
+ * @throws Error when `name` is not a lower-case parameter name
+ * @example
+ * ```ts
+ * withUrlParam("ssh://nix-ssh@stage.test?priority=30", "ssh-key", "/etc/nix/nix-ssh-cache/id_ed25519");
+ * // => "ssh://nix-ssh@stage.test?priority=30&ssh-key=/etc/nix/nix-ssh-cache/id_ed25519"
+ * ```
+ */
+export function withUrlParam(url: string, name: string, value: string): string {
+  if (!/^[a-z][a-z0-9-]*$/.test(name)) {
+    throw new Error(`substituter URL parameter name ${JSON.stringify(name)} is not valid`);
+  }
+  const [base, query = ""] = url.split("?", 2);
+  const kept = query === "" ? [] : query.split("&").filter((p) => !p.startsWith(`${name}=`));
+  return `${base}?${[...kept, `${name}=${encodeParam(value)}`].join("&")}`;
+}

@@ -40,26 +40,45 @@ export interface RunOptions {
   scope?: "config" | "stack" | "none";
 }
 
-/** A stack of a project directory, on a private local backend. */
+/** Options of {@link PulumiStack}. */
+export interface PulumiStackOptions {
+  /**
+   * A local backend directory shared with other stacks (e.g. from {@link makeBackendDir}), so
+   * they can read each other's outputs with a `StackReference`. The caller removes it.
+   * @defaultValue a private backend in the stack's temporary directory
+   */
+  backendDir?: string;
+}
+
+/** Makes a temporary directory for a local backend that several stacks share. */
+export function makeBackendDir(): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), "nsc-backend-"));
+}
+
+/** A stack of a project directory, on a local file backend (private unless shared). */
 export class PulumiStack {
   readonly workDir: string;
   readonly configFile: string;
+  readonly backendDir: string;
   readonly env: NodeJS.ProcessEnv;
 
   /**
    * @param projectDir directory holding Pulumi.yaml
    * @param stack stack name
+   * @param options e.g. a shared backend directory
    */
   constructor(
     readonly projectDir: string,
     readonly stack = "e2e",
+    options: PulumiStackOptions = {},
   ) {
     this.workDir = fs.mkdtempSync(path.join(os.tmpdir(), "nsc-pulumi-"));
-    fs.mkdirSync(path.join(this.workDir, "backend"));
+    this.backendDir = options.backendDir ?? path.join(this.workDir, "backend");
+    if (!options.backendDir) fs.mkdirSync(this.backendDir);
     this.configFile = path.join(this.workDir, `Pulumi.${stack}.yaml`);
     this.env = {
       ...process.env,
-      PULUMI_BACKEND_URL: `file://${path.join(this.workDir, "backend")}`,
+      PULUMI_BACKEND_URL: `file://${this.backendDir}`,
       PULUMI_CONFIG_PASSPHRASE: "nix-ssh-cache-e2e",
       PULUMI_HOME: path.join(this.workDir, "home"),
       PULUMI_SKIP_UPDATE_CHECK: "true",

@@ -75,6 +75,18 @@ describe("renderStagingModule", () => {
     assert.match(text, /nix\.sshServe\.keys = \[ \];/);
   });
 
+  it("signs with the current key and, during a rotation's overlap, the previous ones", () => {
+    const text = renderStagingModule({
+      clientKeys: [],
+      secretKeyFile: "/k/cache-priv-key-1.pem",
+      previousSecretKeyFiles: ["/k/cache-priv-key.pem"],
+    });
+    assert.match(
+      text,
+      /nix\.settings\.secret-key-files = \[ "\/k\/cache-priv-key-1\.pem" "\/k\/cache-priv-key\.pem" \];/,
+    );
+  });
+
   it("rejects a malformed client key", () => {
     assert.throws(
       () => renderStagingModule({ clientKeys: ["ssh-rsa notbase64!"], secretKeyFile: "/k" }),

@@ -1,6 +1,6 @@
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { base64HostKey, substituterUrl } from "../../components/render/url";
+import { base64HostKey, substituterUrl, withUrlParam } from "../../components/render/url";
 import { parseCachePublicKey, parsePublicKeyLine } from "../../components/render/publicKey";
 import {
   ECDSA_KEY,
@@ -113,5 +113,25 @@ describe("parseCachePublicKey", () => {
     assert.throws(() => parseCachePublicKey("stage.yourapp.com"));
     assert.throws(() => parseCachePublicKey("stage:AAAA"));
     assert.throws(() => parseCachePublicKey("a b:T0xDDpZbMep2GjjzGDpRk32FkZx/+LZ4eKqPyGI2il8="));
+  });
+});
+
+describe("withUrlParam", () => {
+  it("adds a parameter to a URL without a query", () => {
+    assert.equal(
+      withUrlParam("ssh://nix-ssh@stage.test", "ssh-key", "/etc/nix/nix-ssh-cache/id_ed25519"),
+      "ssh://nix-ssh@stage.test?ssh-key=/etc/nix/nix-ssh-cache/id_ed25519",
+    );
+  });
+
+  it("keeps other parameters and replaces the same one", () => {
+    assert.equal(
+      withUrlParam("ssh-ng://nix-ssh@stage.test?priority=30&ssh-key=/old", "ssh-key", "/new key"),
+      "ssh-ng://nix-ssh@stage.test?priority=30&ssh-key=/new%20key",
+    );
+  });
+
+  it("refuses a bad parameter name", () => {
+    assert.throws(() => withUrlParam("ssh://x@y", "a&b", "1"), /not valid/);
   });
 });

@@ -6,7 +6,7 @@ import {
   isValidHost,
   validateArgs,
 } from "../../components/validate";
-import { ED25519_KEY, FAKE_PRIVATE_KEY, HOST_KEY } from "./fixtures";
+import { ED25519_KEY, FAKE_PRIVATE_KEY, HOST_KEY, RSA_PEM_PRIVATE_KEY } from "./fixtures";
 
 /** A complete, valid set of arguments; each case breaks one thing. */
 function good(): PlainNixSshCacheArgs {
@@ -24,6 +24,12 @@ function good(): PlainNixSshCacheArgs {
     rebuild: "switch",
     protocol: "ssh",
     write: false,
+    signingKey: { generation: 2, previousGenerations: [1] },
+    compress: false,
+    maxConnections: 1,
+    priority: 30,
+    authorizedKeys: [ED25519_KEY],
+    clientIdentity: "root",
   };
 }
 
@@ -165,6 +171,20 @@ const BAD: Case[] = [
     "staging.privateKey",
     '"stage.test"',
   ],
+  [
+    "hostKey truncated (base64 that is not a key)",
+    (a) => (a.staging.hostKey = HOST_KEY.slice(0, 40)),
+    "staging.hostKey",
+    '"stage.test"',
+  ],
+  [
+    "privateKey block with unreadable contents",
+    (a) =>
+      (a.production[0].privateKey =
+        "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAAfakefakefake\n-----END OPENSSH PRIVATE KEY-----\n"),
+    "production[0].privateKey",
+    '"prod1.test"',
+  ],
   ["no credentials", (a) => delete a.production[0].privateKey, "production[0]", '"prod1.test"'],
   [
     "empty password",
@@ -186,6 +206,68 @@ const BAD: Case[] = [
   ],
   ["duplicate names", (a) => (a.production[1].name = "web1"), "production[1].name", '"prod2.test"'],
   ["write not boolean", (a) => (a.write = "yes" as unknown as boolean), "write", '"stage.test"'],
+  [
+    "negative signingKey.generation",
+    (a) => (a.signingKey = { generation: -1 }),
+    "signingKey.generation",
+    '"stage.test"',
+  ],
+  [
+    "fractional signingKey.generation",
+    (a) => (a.signingKey = { generation: 1.5 }),
+    "signingKey.generation",
+    '"stage.test"',
+  ],
+  [
+    "previous generation equal to the current one",
+    (a) => (a.signingKey = { generation: 2, previousGenerations: [1, 2] }),
+    "signingKey.previousGenerations[1]",
+    '"stage.test"',
+  ],
+  [
+    "previous generation listed twice",
+    (a) => (a.signingKey = { generation: 2, previousGenerations: [1, 1] }),
+    "signingKey.previousGenerations[1]",
+    '"stage.test"',
+  ],
+  [
+    "previousGenerations not a list",
+    (a) => (a.signingKey = { generation: 1, previousGenerations: 0 as unknown as number[] }),
+    "signingKey.previousGenerations",
+    '"stage.test"',
+  ],
+  [
+    "maxConnections above 1 on ssh://",
+    (a) => (a.maxConnections = 8),
+    "maxConnections",
+    '"stage.test"',
+  ],
+  [
+    "maxConnections 0",
+    (a) => ((a.protocol = "ssh-ng"), (a.maxConnections = 0)),
+    "maxConnections",
+    '"stage.test"',
+  ],
+  ["negative priority", (a) => (a.priority = -1), "priority", '"stage.test"'],
+  ["fractional priority", (a) => (a.priority = 2.5), "priority", '"stage.test"'],
+  [
+    "compress not boolean",
+    (a) => (a.compress = "yes" as unknown as boolean),
+    "compress",
+    '"stage.test"',
+  ],
+  [
+    "clientIdentity not in enum",
+    (a) => (a.clientIdentity = "user"),
+    "clientIdentity",
+    '"stage.test"',
+  ],
+  [
+    "authorizedKeys entry not a key",
+    (a) => (a.authorizedKeys = [ED25519_KEY, "ssh-ed25519 nope"]),
+    "authorizedKeys[1]",
+    '"stage.test"',
+  ],
 ];
 
 describe("validateArgs: bad inputs", () => {
@@ -271,6 +353,12 @@ describe("validateArgs: good inputs", () => {
           "rebuild",
           "protocol",
           "write",
+          "signingKey",
+          "compress",
+          "maxConnections",
+          "priority",
+          "authorizedKeys",
+          "clientIdentity",
         ] as const) {
           delete a[k];
         }
@@ -293,13 +381,19 @@ describe("validateArgs: good inputs", () => {
       (a) =>
         Object.assign(a, { protocol: "ssh-ng", rebuild: "boot", fragments: "local", write: true }),
     ],
-    [
-      "an RSA PEM private key",
-      (a) =>
-        (a.staging.privateKey =
-          "-----BEGIN RSA PRIVATE KEY-----\nMIIE\n-----END RSA PRIVATE KEY-----"),
-    ],
+    ["an RSA PEM private key", (a) => (a.staging.privateKey = RSA_PEM_PRIVATE_KEY)],
     ["user with _ and -", (a) => (a.production[0].user = "_nix-deploy")],
+    [
+      "several connections on ssh-ng",
+      (a) => Object.assign(a, { protocol: "ssh-ng", maxConnections: 8 }),
+    ],
+    ["generation 0 with no previous generations", (a) => (a.signingKey = { generation: 0 })],
+    [
+      "rolling back to an older generation",
+      (a) => (a.signingKey = { generation: 1, previousGenerations: [2, 0] }),
+    ],
+    ["a dedicated client identity", (a) => (a.clientIdentity = "dedicated")],
+    ["priority 0", (a) => (a.priority = 0)],
   ];
   for (const [title, mutate] of GOOD) {
     it(`accepts ${title}`, () => {

@@ -1,0 +1,70 @@
+/**
+ * Shared steps of the e2e tests: build a unique path on staging, substitute it on production,
+ * read the changed resources out of `pulumi preview --json`.
+ */
+import * as assert from "node:assert/strict";
+import { randomBytes } from "crypto";
+import { TestHost } from "../hosts/harness";
+
+/** `nix` with the nix-command feature (Nix 2.8). */
+export const NIX = "nix --extra-experimental-features nix-command";
+
+/** A store path built on staging and the derivation it came from. */
+export interface BuiltPath {
+  out: string;
+  drv: string;
+}
+
+/**
+ * Builds a small unique path on staging (as root, so it is signed at build time with the keys
+ * in staging's nix.conf). `options` are extra `nix-store` flags, e.g. `--option secret-key-files
+ * /path` to sign with one key only.
+ */
+export async function buildOnStaging(
+  stage: TestHost,
+  label: string,
+  options = "",
+): Promise<BuiltPath> {
+  const nonce = `${label}-${randomBytes(4).toString("hex")}`;
+  const expr = `builtins.derivation { name = "e2e-${nonce}"; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "echo ${nonce} > $out" ]; }`;
+  const drv = (await stage.exec(`nix-instantiate -E '${expr}'`)).stdout.trim();
+  const realised = await stage.exec(`nix-store ${options} --realise ${drv}`);
+  const out = realised.stdout.trim().split("\n").pop()!;
+  return { out, drv };
+}
+
+/** The signatures (`NAME:BASE64`) of `path` in a host's store. */
+export async function signaturesOf(host: TestHost, path: string): Promise<string[]> {
+  const line = (await host.exec(`${NIX} path-info --sigs ${path}`)).stdout.trim();
+  // `PATH  [ultimate] [ca:…] NAME:BASE64…` on Nix 2.8
+  return line
+    .split(/\s+/)
+    .slice(1)
+    .filter((w) => !w.startsWith("ca:") && /^[^:]+:[A-Za-z0-9+/]+=*$/.test(w));
+}
+
+/** Substitutes `p` on a production host (which never had its derivation); returns its sigs there. */
+export async function substitute(host: TestHost, p: BuiltPath): Promise<string[]> {
+  const r = await host.exec(`nix-store --realise ${p.out}`, { check: false });
+  assert.equal(r.code, 0, `${host.name} could not substitute ${p.out}:\n${r.stderr}`);
+  const drvThere = await host.exec(`test -e ${p.drv} && echo present || echo absent`);
+  assert.equal(drvThere.stdout.trim(), "absent", "production must not have had the derivation");
+  return signaturesOf(host, p.out);
+}
+
+/** One step of `pulumi preview --json`. */
+export interface PreviewStep {
+  op: string;
+  urn: string;
+}
+
+/** The steps of `pulumi preview --json` that change something (`op` other than `same`). */
+export function changedSteps(previewJson: string): PreviewStep[] {
+  const parsed = JSON.parse(previewJson) as { steps?: PreviewStep[] };
+  return (parsed.steps ?? []).filter((s) => s.op !== "same");
+}
+
+/** The resource name (last URN segment) of a step. */
+export function resourceName(urn: string): string {
+  return urn.slice(urn.lastIndexOf("::") + 2);
+}

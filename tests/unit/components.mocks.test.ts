@@ -1,0 +1,252 @@
+/**
+ * Component wiring under `pulumi.runtime.setMocks` (no engine, no hosts, no provider plugins):
+ * the dedicated client identity (`@pulumi/tls` keys), signing key generations and substituter
+ * URL parameters.
+ */
+import { before, describe, it } from "node:test";
+import assert from "node:assert/strict";
+import * as pulumi from "@pulumi/pulumi";
+import { ED25519_KEY, FAKE_PRIVATE_KEY, HOST_KEY } from "./fixtures";
+
+import { createHash } from "node:crypto";
+
+const bytes = (name: string) => createHash("sha256").update(name).digest();
+const CACHE_KEY = (name: string) => `${name}:${bytes(name).toString("base64")}`;
+const TLS_PUBLIC = (name: string) =>
+  `ssh-ed25519 ${Buffer.concat([
+    Buffer.from([0, 0, 0, 11]),
+    Buffer.from("ssh-ed25519"),
+    Buffer.from([0, 0, 0, 32]),
+    bytes(name),
+  ]).toString("base64")}\n`;
+const TLS_PRIVATE = (name: string) =>
+  `-----BEGIN OPENSSH PRIVATE KEY-----\nsecret-of-${name}\n-----END OPENSSH PRIVATE KEY-----\n`;
+
+/** What the mocks saw: every resource with its (plain) inputs and state. */
+interface Seen {
+  type: string;
+  name: string;
+  inputs: Record<string, unknown>;
+}
+const seen: Seen[] = [];
+/** Options and props of every resource, from a transformation on the component. */
+const registered: pulumi.ResourceTransformationArgs[] = [];
+
+/** Fake results of the host scripts, by step label. */
+function stepResult(inputs: Record<string, unknown>): Record<string, unknown> {
+  const step = String(inputs.step);
+  const env = (inputs.env ?? {}) as Record<string, string>;
+  if (step === "probe") return { os: "linux", hostKey: HOST_KEY, daemonRunning: true };
+  if (step.startsWith("signing key")) return { publicKey: CACHE_KEY(env.KEY_NAME) };
+  if (step === "root SSH key") return { publicKey: ED25519_KEY };
+  if (step === "canary build") return { path: `/nix/store/abc-nix-ssh-cache-canary-${env.NONCE}` };
+  if (step.startsWith("verify")) return { verified: true };
+  return { exists: true, sha256: "0" };
+}
+
+before(() => {
+  pulumi.runtime.setMocks(
+    {
+      newResource(args: pulumi.runtime.MockResourceArgs) {
+        seen.push({ type: args.type, name: args.name, inputs: args.inputs });
+        if (args.type === "tls:index/privateKey:PrivateKey") {
+          return {
+            id: `${args.name}-id`,
+            state: {
+              ...args.inputs,
+              publicKeyOpenssh: TLS_PUBLIC(args.name),
+              privateKeyOpenssh: TLS_PRIVATE(args.name),
+            },
+          };
+        }
+        if (args.type.startsWith("pulumi-nodejs:dynamic")) {
+          return {
+            id: `${args.name}-id`,
+            state: { ...args.inputs, result: stepResult(args.inputs), drifted: false },
+          };
+        }
+        return { id: `${args.name}-id`, state: args.inputs };
+      },
+      call: (args: pulumi.runtime.MockCallArgs) => args.inputs,
+    },
+    "nix-ssh-cache",
+    "unit",
+    false,
+  );
+});
+
+/** The value of an output (rejects when it failed). */
+const promiseOf = <T>(o: pulumi.Output<T>): Promise<T> =>
+  (o as unknown as { promise(): Promise<T> }).promise();
+
+/** The value of a mock input, unwrapped when it arrived as a secret. */
+const SECRET_SIG = "4dabf18193072939515e22adb298388d";
+function plain<T>(value: unknown): T {
+  const v = value as Record<string, unknown>;
+  return (v && typeof v === "object" && SECRET_SIG in v ? v.value : v) as T;
+}
+
+function envOf(name: string): Record<string, string> {
+  const step = seen.find((s) => s.name === name);
+  assert.ok(step, `no resource ${name}; have ${seen.map((s) => s.name).join(", ")}`);
+  return plain<Record<string, string>>(step.inputs.env);
+}
+
+function fileContent(name: string): string {
+  const env = envOf(name);
+  return Buffer.from(env.FILE_CONTENT_B64, "base64").toString("utf8");
+}
+
+const host = (h: string, name: string) => ({ host: h, name, privateKey: FAKE_PRIVATE_KEY });
+
+describe('NixSshCache with clientIdentity: "dedicated" (mocks)', () => {
+  let cache: import("../../components").NixSshCache;
+
+  before(async () => {
+    const { NixSshCache } = await import("../../components");
+    cache = new NixSshCache(
+      "cache",
+      {
+        staging: { host: "stage.test", privateKey: FAKE_PRIVATE_KEY },
+        production: [host("prod1.test", "prod1"), host("prod2.test", "prod2")],
+        clientIdentity: "dedicated",
+        authorizedKeys: [ED25519_KEY],
+        priority: 30,
+      },
+      {
+        transformations: [
+          (a) => {
+            registered.push(a);
+            return undefined;
+          },
+        ],
+      },
+    );
+    await promiseOf(cache.verified);
+  });
+
+  it("makes one ED25519 tls.PrivateKey per production host, and no root-key steps", () => {
+    const keys = seen.filter((s) => s.type === "tls:index/privateKey:PrivateKey");
+    assert.deepEqual(keys.map((k) => k.name).sort(), [
+      "cache-prod1-client-key",
+      "cache-prod2-client-key",
+    ]);
+    for (const k of keys) assert.equal(k.inputs.algorithm, "ED25519");
+    assert.ok(!seen.some((s) => s.name.endsWith("-root-key")), "root keys must not be read");
+  });
+
+  it("staging authorises the tls public keys (plus authorizedKeys), before any host is reached", async () => {
+    const authorized = fileContent("cache-staging-authorized-keys");
+    for (const n of ["cache-prod1-client-key", "cache-prod2-client-key"]) {
+      assert.ok(authorized.includes(TLS_PUBLIC(n).trim()), `${n} is not authorised`);
+    }
+    assert.ok(authorized.includes(ED25519_KEY.split(" ")[1]), "authorizedKeys entry missing");
+    assert.equal(authorized.trim().split("\n").length, 3);
+    assert.deepEqual(
+      [...(await promiseOf(cache.productionRootKeys))].sort(),
+      [
+        TLS_PUBLIC("cache-prod1-client-key").trim(),
+        TLS_PUBLIC("cache-prod2-client-key").trim(),
+      ].sort(),
+    );
+  });
+
+  it("installs the private key root-only at /etc/nix/nix-ssh-cache/id_ed25519", () => {
+    const env = envOf("cache-prod1-client-key-file");
+    assert.equal(env.FILE_PATH, "/etc/nix/nix-ssh-cache/id_ed25519");
+    assert.equal(env.FILE_MODE, "0600");
+    assert.equal(env.FILE_OWNER, "root:root");
+    assert.equal(fileContent("cache-prod1-client-key-file"), TLS_PRIVATE("cache-prod1-client-key"));
+  });
+
+  it("keeps the private key secret: the key file's env is a secret input and a secret output", async () => {
+    const raw = seen.find((s) => s.name === "cache-prod1-client-key-file")!.inputs.env;
+    assert.ok(
+      raw && typeof raw === "object" && SECRET_SIG in raw,
+      "env must reach the engine as a secret",
+    );
+    const keyFile = registered.find((r) => r.name === "cache-prod1-client-key-file");
+    assert.ok(keyFile, "key file step not registered");
+    assert.ok(
+      (keyFile.opts as pulumi.CustomResourceOptions).additionalSecretOutputs?.includes("env"),
+      "env must be an additional secret output",
+    );
+    assert.equal(await pulumi.isSecret(keyFile.props.env as pulumi.Output<unknown>), true);
+  });
+
+  it("the private key reaches no other resource", () => {
+    const secret = "secret-of-cache-prod1-client-key";
+    const leaks = seen
+      .filter(
+        (s) => s.name !== "cache-prod1-client-key-file" && s.name !== "cache-prod1-client-key",
+      )
+      .filter(
+        (s) =>
+          JSON.stringify(s.inputs).includes(secret) ||
+          JSON.stringify(s.inputs).includes(
+            Buffer.from(TLS_PRIVATE("cache-prod1-client-key")).toString("base64"),
+          ),
+      );
+    assert.deepEqual(
+      leaks.map((s) => s.name),
+      [],
+    );
+  });
+
+  it("each host's substituter URL names the key file (ssh-key=), after the cache's parameters", async () => {
+    const url = "ssh://nix-ssh@stage.test?priority=30&ssh-key=/etc/nix/nix-ssh-cache/id_ed25519";
+    assert.equal(await promiseOf(cache.clients[0].substituterUrl), url);
+    assert.match(
+      fileContent("cache-prod1-nix-conf"),
+      new RegExp(`extra-substituters = ${url.replace(/[?.]/g, "\\$&")}`),
+    );
+    assert.ok((await promiseOf(cache.productionModule)).includes(`"${url}"`));
+    assert.equal(envOf("cache-prod1-verify").SUBSTITUTER, url);
+  });
+});
+
+describe("CacheServer signing key generations (mocks)", () => {
+  let server: import("../../components").CacheServer;
+
+  before(async () => {
+    const { CacheServer } = await import("../../components");
+    server = new CacheServer("gen", {
+      host: { host: "stage.test", privateKey: FAKE_PRIVATE_KEY },
+      authorizedKeys: [ED25519_KEY],
+      signingKey: { generation: 2, previousGenerations: [0] },
+    });
+    await promiseOf(server.coordinates);
+  });
+
+  it("names generation N <keyName>-N in its own files; keeps generation 0's resource name", () => {
+    const current = seen.find((s) => s.name === "gen-signing-key-2")!;
+    assert.deepEqual(current.inputs.env, {
+      KEY_NAME: "stage.test-2",
+      KEY_DIR: "/etc/shipnix/binary",
+      KEY_GENERATION: "2",
+    });
+    const previous = seen.find((s) => s.name === "gen-signing-key")!;
+    assert.deepEqual(previous.inputs.env, {
+      KEY_NAME: "stage.test",
+      KEY_DIR: "/etc/shipnix/binary",
+    });
+  });
+
+  it("production trusts the current key first, then the previous one; staging signs with both", async () => {
+    const coordinates = await promiseOf(server.coordinates);
+    assert.deepEqual(coordinates.publicKeys, [CACHE_KEY("stage.test-2"), CACHE_KEY("stage.test")]);
+    assert.equal(await promiseOf(server.cachePublicKey), CACHE_KEY("stage.test-2"));
+    assert.match(
+      fileContent("gen-nix-conf"),
+      /extra-secret-key-files = \/etc\/shipnix\/binary\/cache-priv-key-2\.pem \/etc\/shipnix\/binary\/cache-priv-key\.pem/,
+    );
+  });
+
+  it("re-signs the store with the current key", () => {
+    const sign = seen.find((s) => s.name === "gen-sign-store-2")!;
+    assert.deepEqual(sign.inputs.env, {
+      KEY_FILE: "/etc/shipnix/binary/cache-priv-key-2.pem",
+      PUBLIC_KEY: CACHE_KEY("stage.test-2"),
+    });
+  });
+});
