@@ -10,8 +10,14 @@ command -v nix-store >/dev/null 2>&1 ||
 os=linux
 nsc_is_nixos && os=nixos
 
-nix_version=$(nix-store --version 2>/dev/null | awk '{print $NF; exit}') || nix_version=""
-system=$(nix-instantiate --eval --strict -E builtins.currentSystem 2>/dev/null | tr -d '"') || system=""
+# `nix-instantiate --version`, not `nix-store --version`: on Nix 2.8 the latter opens the local
+# store as root, creating /nix/var/nix/db and re-moding the per-user dirs (a probe changes nothing)
+nix_version=$(nix-instantiate --version 2>/dev/null | awk '{print $NF; exit}') || nix_version=""
+# from uname, not `nix-instantiate --eval` (that opens the local store too)
+case "$(uname -m)" in
+x86_64 | aarch64 | i686 | armv7l | riscv64) system="$(uname -m)-$(uname -s | tr '[:upper:]' '[:lower:]')" ;;
+*) system="" ;;
+esac
 
 if nsc_has_systemd; then
   init=systemd

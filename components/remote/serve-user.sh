@@ -62,6 +62,8 @@ remove)
       nsc_log "deleted user ${user}"
     fi
     nsc_remove_line "$record" "$user" || true
+    if [ ! -s "$record" ]; then rm -f -- "$record"; fi
+    rmdir -- "$NSC_STATE_DIR" 2>/dev/null || true
   elif getent passwd "$user" >/dev/null; then
     nsc_log "kept user ${user}: nix-ssh-cache did not create it"
   fi

@@ -30,9 +30,15 @@ export const ECDSA_KEY =
 /** A real ed25519 host key (generated for these tests), as in `ssh_host_ed25519_key.pub`. */
 export const HOST_KEY =
   "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINDqM5ot5Ain1jtpKsaw4KH33hkB/I2w7IOiuEy233nJ root@vm";
-/** A syntactically valid, fake OpenSSH private key block (not a usable key). */
+/** A readable OpenSSH private key generated for these tests only (authorises nothing anywhere). */
 export const FAKE_PRIVATE_KEY =
-  "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAAfakefakefake\n-----END OPENSSH PRIVATE KEY-----\n";
+  "-----BEGIN OPENSSH PRIVATE KEY-----\n" +
+  "b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW\n" +
+  "QyNTUxOQAAACBxe03lzBB2OsWBmiXcWddwLzxcfkWo2R/Mx3b2bCJC2wAAAJCThpAGk4aQ\n" +
+  "BgAAAAtzc2gtZWQyNTUxOQAAACBxe03lzBB2OsWBmiXcWddwLzxcfkWo2R/Mx3b2bCJC2w\n" +
+  "AAAEBkJOc3ADnBuq1KG5I872JuMqrCxJECR1ORVeWngxx4znF7TeXMEHY6xYGaJdxZ13Av\n" +
+  "PFx+RajZH8zHdvZsIkLbAAAAB2ZpeHR1cmUBAgMEBQY=\n" +
+  "-----END OPENSSH PRIVATE KEY-----\n";
 
 /** Whether `command` can be run (found on PATH or as an absolute path). */
 export function hasCommand(command: string): boolean {
@@ -63,3 +69,21 @@ export function nixEval(expr: string, args: Record<string, string> = {}): unknow
 
 /** Why Nix tests are skipped, or `false` when `nix-instantiate` is available. */
 export const NO_NIX = hasCommand("nix-instantiate") ? false : "nix-instantiate is not installed";
+
+/** A readable RSA PEM private key generated for these tests only (authorises nothing anywhere). */
+export const RSA_PEM_PRIVATE_KEY =
+  "-----BEGIN RSA PRIVATE KEY-----\n" +
+  "MIICWwIBAAKBgQDG/YQdxSUacpwlTs8FiMiEbsIZeVdr+Z3zu6srT5wNqKYrNTVE\n" +
+  "T9eW5EGZpHG8S4kCjDjGXMkKtjbYxi7g/Au3QVASgbIE39b4U9uEHQmKLSp8j1g4\n" +
+  "U4KMjIZnNTgi6V6YeRvjGQi1gaf0lHqx0jv3vn/ID16ybifi1inZ0PJf7wIDAQAB\n" +
+  "AoGAN3bUS2P2+o81fKShyX4dveQNUAJlXqA96YDGrhTLf3chkeuLxFWo1tMagdO3\n" +
+  "K++16bLh5FBabRTq5rMev/Eg5l28vngCadZrr57M1HydP5ate/1yZdma8BeMdF7V\n" +
+  "OHCRM7hMFIZn2xss5H8yXj+CbBRRaJlvLy6wmWhVbfxOV9kCQQD8lUfH8fvPBXUk\n" +
+  "vpv3E856CytHSPuxkW2x4L6mdQqOxTCCQBzdwYInX+1B3T+25qUQ0s4JBORxjW7n\n" +
+  "ZS3RhfJFAkEAya6jeZDr3LSrm81F99QRYmmnfBNIZ5M6iiQcaQNgBrbjZUfB4VtV\n" +
+  "ACtNxYVAMHxNd/5xdQ2ZmlZ7YA/+loWGowJACC2lN1okdx2MH3Z0glmH0/fMnPBG\n" +
+  "BgfZb2sBgU5E2z6TRYRh6uQ7HJ9EhV9ukrOBILxSo4QfCXY04xUpmKEnqQJAO5DU\n" +
+  "v2bKAplpxc5Ox+9eYw6JZN/dFpopQ/t+WJWimtkROCyFWqW66R3hDmFYn/lWeAYy\n" +
+  "RDwMDcVVEv4mVxaAuQJACIk8U3AZgn0q2eV7eaMYMQW8i2zVtR3zg+28c9E7Hz3i\n" +
+  "o4Q6At2d23VXMuj3lW8pJuWVWC5Qvm7TjrdU9wbSSw==\n" +
+  "-----END RSA PRIVATE KEY-----\n";
