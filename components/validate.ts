@@ -194,11 +194,12 @@ function checkHost(
     );
   } else if (typeof h.privateKey === "string") {
     // A well-formed block can still be unreadable (truncated, corrupted, passphrase-protected):
-    // ssh2 would only fail when connecting, after other hosts were already changed.
+    // ssh2 would only fail when connecting, after other hosts were already changed. ssh2's own
+    // message is not shown: it can quote bytes of the key.
     const parsed = sshUtils.parseKey(h.privateKey);
     if (parsed instanceof Error) {
       problems.push(
-        `${path}.privateKey (<secret>${on}): cannot be read (${parsed.message.replace(/\.$/, "")}); give the unencrypted key file's complete contents`,
+        `${path}.privateKey (<secret>${on}): cannot be read (corrupted, truncated or passphrase-protected); give the unencrypted key file's complete contents`,
       );
     }
   }
