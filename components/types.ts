@@ -173,8 +173,8 @@ export interface SubstituterOptions {
    */
   compress?: boolean;
   /**
-   * `max-connections=N`: parallel SSH connections to staging. With `protocol: "ssh"` only `1`
-   * is accepted: `max-connections=8` on an `ssh://` substituter hung on Nix 2.8.
+   * `max-connections=N`: parallel SSH connections to staging. Only `1` is accepted:
+   * `max-connections=8` hung on Nix 2.8 on `ssh://` and `ssh-ng://` alike (bench/results.md).
    * @defaultValue unset (Nix's default, `1`)
    */
   maxConnections?: number;

@@ -243,6 +243,12 @@ const BAD: Case[] = [
     '"stage.test"',
   ],
   [
+    "maxConnections above 1 on ssh-ng:// (hung on Nix 2.8 too)",
+    (a) => ((a.protocol = "ssh-ng"), (a.maxConnections = 8)),
+    "maxConnections",
+    '"stage.test"',
+  ],
+  [
     "maxConnections 0",
     (a) => ((a.protocol = "ssh-ng"), (a.maxConnections = 0)),
     "maxConnections",
@@ -384,8 +390,8 @@ describe("validateArgs: good inputs", () => {
     ["an RSA PEM private key", (a) => (a.staging.privateKey = RSA_PEM_PRIVATE_KEY)],
     ["user with _ and -", (a) => (a.production[0].user = "_nix-deploy")],
     [
-      "several connections on ssh-ng",
-      (a) => Object.assign(a, { protocol: "ssh-ng", maxConnections: 8 }),
+      "one connection on ssh-ng",
+      (a) => Object.assign(a, { protocol: "ssh-ng", maxConnections: 1 }),
     ],
     ["generation 0 with no previous generations", (a) => (a.signingKey = { generation: 0 })],
     [

@@ -1,0 +1,102 @@
+/**
+ * The closures the substitution benchmark moves: Nix expressions of `builtins.derivation`s with
+ * builder `/bin/sh` (no nixpkgs), each burning a fixed amount of CPU (a `sh` busy loop, standing
+ * in for compilation) and writing incompressible bytes from `/dev/urandom`.
+ */
+
+/** One closure shape. */
+export interface ShapeSpec {
+  /** Attribute in the generated expression, e.g. `large`. */
+  attr: string;
+  /** What it is, for the report. */
+  title: string;
+}
+
+/** Sizes of the shapes (overridable for a quick run). */
+export interface ShapeSizes {
+  /** Bytes of the one large path. */
+  largeBytes: number;
+  /** Paths in the dependency chain. */
+  chainLength: number;
+  /** Bytes of each chain link. */
+  chainBytes: number;
+  /** Leaves of the mixed closure (plus one root referring to all of them). */
+  mixedLeaves: number;
+  /** `sh` loop iterations each derivation burns. */
+  work: number;
+}
+
+/** The sizes asked for by issue 7. */
+export const FULL_SIZES: ShapeSizes = {
+  largeBytes: 256 * 1024 * 1024,
+  chainLength: 500,
+  chainBytes: 64 * 1024,
+  mixedLeaves: 49,
+  work: 20_000,
+};
+
+/** Size of leaf `i` of the mixed closure: 1 KiB … 8 MiB, shuffled (2^(10 + 5i mod 14)). */
+export function mixedLeafBytes(i: number): number {
+  return 2 ** (10 + ((i * 5) % 14));
+}
+
+/** The three shapes, described with their sizes. */
+export function shapes(s: ShapeSizes): ShapeSpec[] {
+  const mixedTotal = Array.from({ length: s.mixedLeaves }, (_, i) => mixedLeafBytes(i)).reduce(
+    (a, b) => a + b,
+    0,
+  );
+  return [
+    { attr: "large", title: `one ${mib(s.largeBytes)} path` },
+    {
+      attr: "chain",
+      title: `${s.chainLength} paths of ${kib(s.chainBytes)} in a dependency chain`,
+    },
+    {
+      attr: "mixed",
+      title: `mixed: ${s.mixedLeaves} leaves of 1 KiB–8 MiB (${mib(mixedTotal)}) + 1 root`,
+    },
+  ];
+}
+
+function mib(bytes: number): string {
+  return `${(bytes / 1024 / 1024).toFixed(bytes % (1024 * 1024) === 0 ? 0 : 1)} MiB`;
+}
+
+function kib(bytes: number): string {
+  return `${(bytes / 1024).toFixed(0)} KiB`;
+}
+
+/**
+ * The Nix expression (an attribute set `{ large, chain, mixed }`). Evaluating it on staging and
+ * on production gives the same derivations (same Nix, same system), so production can build
+ * them itself for the local-build comparison.
+ */
+export function benchExpression(s: ShapeSizes): string {
+  const leaves = Array.from({ length: s.mixedLeaves }, (_, i) => mixedLeafBytes(i));
+  return `let
+  work = ${s.work};
+  mk = name: script: builtins.derivation {
+    inherit name;
+    system = builtins.currentSystem;
+    builder = "/bin/sh";
+    args = [ "-c" ''
+      export PATH=/usr/bin:/bin
+      i=0; while [ "$i" -lt \${toString work} ]; do i=$((i + 1)); done
+      \${script}
+    '' ];
+  };
+  data = bytes: "head -c \${toString bytes} /dev/urandom";
+  chain = n:
+    if n == 1 then mk "bench-chain-1" "\${data ${s.chainBytes}} > $out"
+    else mk "bench-chain-\${toString n}" "{ echo \${chain (n - 1)}; \${data ${s.chainBytes}}; } > $out";
+  leaves = builtins.genList
+    (i: mk "bench-mixed-\${toString i}" "\${data (builtins.elemAt [ ${leaves.join(" ")} ] i)} > $out")
+    ${s.mixedLeaves};
+in {
+  large = mk "bench-large" "\${data ${s.largeBytes}} > $out";
+  chain = chain ${s.chainLength};
+  mixed = mk "bench-mixed" "echo \${toString leaves} > $out";
+}
+`;
+}

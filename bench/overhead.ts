@@ -1,0 +1,235 @@
+/**
+ * Part 2: the tool's overhead. The example stack (Pulumi.yaml + index.ts) on the real Pulumi CLI
+ * with 1, 4 and 8 production hosts: `up` from scratch, a no-op `preview`, a no-op `up`,
+ * `preview --refresh`, and the no-op preview of an empty stack as the floor. SSH logins per host
+ * per operation are counted in each host's sshd log.
+ */
+import * as fs from "fs";
+import * as os from "os";
+import * as path from "path";
+import { PulumiStack, repoRoot } from "../tests/e2e/pulumi";
+import { TestHost } from "../tests/hosts/harness";
+import {
+  acceptedLogins,
+  log,
+  LoginCounts,
+  loginsSince,
+  pulumiOk,
+  TimedCli,
+  withTimeout,
+} from "./lib";
+
+const PROJECT = "nix-ssh-cache";
+
+/** An operation measured on a stack. */
+export type OpName = "up" | "preview" | "up-noop" | "preview-refresh" | "destroy";
+
+/** Label of each operation in the report. */
+export const OP_LABELS: Record<OpName, string> = {
+  up: "`pulumi up` from scratch",
+  preview: "no-op `pulumi preview`",
+  "up-noop": "no-op `pulumi up`",
+  "preview-refresh": "`pulumi preview --refresh` (no drift)",
+  destroy: "`pulumi destroy`",
+};
+
+const OP_ARGS: Record<OpName, string[]> = {
+  up: ["up", "--yes", "--skip-preview"],
+  preview: ["preview", "--expect-no-changes"],
+  "up-noop": ["up", "--yes", "--skip-preview", "--expect-no-changes"],
+  "preview-refresh": ["preview", "--refresh", "--expect-no-changes"],
+  destroy: ["destroy", "--yes", "--skip-preview"],
+};
+
+/** One measured operation. */
+export interface OpRun {
+  op: OpName;
+  hosts: number;
+  round: number;
+  seconds: number;
+  /** Operator logins (root) on staging. */
+  stagingLogins: number;
+  /** Operator logins (root) on each production host of the stack, in order. */
+  productionLogins: number[];
+  /** Serve-user logins on staging (production verifying the cache). */
+  serveLogins: number;
+  /** Resources in the stack after the operation (from the CLI summary), when shown. */
+  summary: string;
+}
+
+/** Everything part 2 measured. */
+export interface OverheadResults {
+  runs: OpRun[];
+  /** Seconds of each no-op preview of the empty stack. */
+  emptyPreview: number[];
+  /** Resources per stack size, after up. */
+  resources: Record<number, number>;
+}
+
+function summaryOf(output: string): string {
+  const lines = output.split("\n");
+  const at = lines.findIndex((l) => /^Resources:\s*$/.test(l.trim()));
+  if (at < 0) return "";
+  const counts: string[] = [];
+  for (const line of lines.slice(at + 1)) {
+    const m = /^\s*[-+~±]?\s*(\d+ [a-z -]+?)\s*$/.exec(line);
+    if (!m) break;
+    counts.push(m[1]);
+  }
+  return counts.join(", ");
+}
+
+async function measured(
+  stack: PulumiStack,
+  op: OpName,
+  stage: TestHost,
+  prods: TestHost[],
+  round: number,
+  timeoutSeconds: number,
+): Promise<OpRun> {
+  const snap = (): LoginCounts[] => [stage, ...prods].map(acceptedLogins);
+  const before = snap();
+  const r: TimedCli = await pulumiOk(stack, OP_ARGS[op], timeoutSeconds);
+  const after = snap();
+  const run: OpRun = {
+    op,
+    hosts: prods.length,
+    round,
+    seconds: r.seconds,
+    stagingLogins: loginsSince(before[0], after[0], "root"),
+    productionLogins: prods.map((_, i) => loginsSince(before[i + 1], after[i + 1], "root")),
+    serveLogins: loginsSince(before[0], after[0], "nix-ssh"),
+    summary: summaryOf(r.output),
+  };
+  log(
+    `${prods.length} hosts, round ${round}: ${op} ${r.seconds.toFixed(1)} s; logins staging ${run.stagingLogins}, production ${run.productionLogins.join("/")}${run.summary ? `; ${run.summary}` : ""}`,
+  );
+  return run;
+}
+
+/** A stack of the example project with `stage` and the given production hosts. */
+async function exampleStack(
+  name: string,
+  stage: TestHost,
+  prods: TestHost[],
+): Promise<PulumiStack> {
+  const stack = new PulumiStack(repoRoot, name);
+  await pulumiOk(stack, ["stack", "init", name], 60, { scope: "none" });
+  const config = {
+    staging: { host: stage.address, cacheHost: stage.fqdn, hostKey: stage.hostKey },
+    production: prods.map((p) => ({ host: p.address, hostKey: p.hostKey, name: p.name })),
+  };
+  await withTimeout("pulumi config", 60, stack.setConfigObjects(config, PROJECT));
+  await withTimeout(
+    "pulumi config",
+    60,
+    stack.setConfig("sshKey", stage.privateKey, { secret: true }),
+  );
+  return stack;
+}
+
+/** An empty TypeScript program (imports @pulumi/pulumi, declares no resource). */
+function emptyProject(): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "nsc-bench-empty-"));
+  fs.writeFileSync(
+    path.join(dir, "Pulumi.yaml"),
+    "name: bench-empty\nruntime:\n  name: nodejs\n  options:\n    typescript: true\nmain: index.ts\n",
+  );
+  fs.writeFileSync(path.join(dir, "package.json"), '{ "name": "bench-empty", "private": true }\n');
+  fs.writeFileSync(
+    path.join(dir, "index.ts"),
+    'import * as pulumi from "@pulumi/pulumi";\n\nexport const stackName = pulumi.getStack();\n',
+  );
+  fs.symlinkSync(path.join(repoRoot, "node_modules"), path.join(dir, "node_modules"));
+  return dir;
+}
+
+/** Options of {@link overheadBench}. */
+export interface OverheadOptions {
+  hostCounts: number[];
+  /** Passes over all host counts; a pass after the first runs only when time is left. */
+  rounds: number;
+  /** No-op previews and refreshes per stack lifecycle. */
+  previews: number;
+  /** `up`s from scratch per stack lifecycle (a `destroy` between two) for a host count. */
+  upsFor: (hosts: number) => number;
+  timeoutSeconds: number;
+  /** Seconds left in the whole bench's budget. */
+  secondsLeft: () => number;
+  /**
+   * Called once, with the 1-host stack up (first pass): part 1 runs there. The 1-host stack
+   * runs last in each pass so this can use whatever time is left.
+   */
+  withConfiguredStack?: (stage: TestHost, prod: TestHost) => Promise<void>;
+}
+
+/** An empty result, filled as the bench goes (a partial report still has what was measured). */
+export function emptyOverhead(): OverheadResults {
+  return { runs: [], emptyPreview: [], resources: {} };
+}
+
+/** Runs part 2: passes × host counts, each a fresh stack lifecycle; fills `results`. */
+export async function overheadBench(
+  stage: TestHost,
+  prods: TestHost[],
+  o: OverheadOptions,
+  results: OverheadResults,
+): Promise<void> {
+  const { runs, emptyPreview, resources } = results;
+  const emptyDir = emptyProject();
+  const empty = new PulumiStack(emptyDir, "empty");
+  const order = [...o.hostCounts].sort((a, b) => b - a);
+  try {
+    await pulumiOk(empty, ["stack", "init", "empty"], 60, { scope: "none" });
+    fs.writeFileSync(empty.configFile, "config: {}\n");
+    await pulumiOk(empty, ["up", "--yes", "--skip-preview"], o.timeoutSeconds);
+    let hookDone = false;
+    let passSeconds = 0;
+    for (let round = 1; round <= o.rounds; round++) {
+      if (round > 1 && o.secondsLeft() < passSeconds * 1.1) {
+        log(`overhead: no time left for pass ${round} (a pass took ${passSeconds.toFixed(0)} s)`);
+        break;
+      }
+      const passStart = Date.now();
+      let hookSeconds = 0;
+      for (let i = 0; i < o.previews; i++) {
+        const r = await pulumiOk(empty, ["preview", "--expect-no-changes"], o.timeoutSeconds);
+        emptyPreview.push(r.seconds);
+        log(`empty stack, round ${round}: preview ${r.seconds.toFixed(1)} s`);
+      }
+      for (const n of order) {
+        const hostsOfStack = prods.slice(0, n);
+        const stack = await exampleStack(`bench${n}r${round}`, stage, hostsOfStack);
+        try {
+          const m = (op: OpName) =>
+            measured(stack, op, stage, hostsOfStack, round, o.timeoutSeconds);
+          runs.push(await m("up"));
+          const state = JSON.parse(
+            (await pulumiOk(stack, ["stack", "export"], 60, { scope: "stack" })).output,
+          ) as { deployment?: { resources?: unknown[] } };
+          resources[n] = state.deployment?.resources?.length ?? 0;
+          for (let i = 1; i < o.upsFor(n); i++) {
+            runs.push(await m("destroy"));
+            runs.push(await m("up"));
+          }
+          for (let i = 0; i < o.previews; i++) runs.push(await m("preview"));
+          runs.push(await m("up-noop"));
+          for (let i = 0; i < o.previews; i++) runs.push(await m("preview-refresh"));
+          if (!hookDone && n === 1 && o.withConfiguredStack) {
+            hookDone = true;
+            const hookStart = Date.now();
+            await o.withConfiguredStack(stage, hostsOfStack[0]);
+            hookSeconds = (Date.now() - hookStart) / 1000;
+          }
+          runs.push(await m("destroy"));
+        } finally {
+          await stack.dispose().catch(() => undefined);
+        }
+      }
+      passSeconds = (Date.now() - passStart) / 1000 - hookSeconds;
+    }
+  } finally {
+    await empty.dispose().catch(() => undefined);
+    fs.rmSync(emptyDir, { recursive: true, force: true });
+  }
+}

@@ -1,0 +1,279 @@
+/**
+ * Renders `bench/results.md` from the measurements.
+ */
+import { ReuseResults } from "./connections";
+import { fmt, fmtRatio, fmtSeconds, median, table } from "./lib";
+import { MachineInfo } from "./machine";
+import { OP_LABELS, OpName, OverheadResults } from "./overhead";
+import { proposals } from "./proposals";
+import { medianRoundRatio, medianSeconds, Run, SubstitutionResults } from "./substitution";
+
+/** Inputs of the report. */
+export interface Report {
+  machine: MachineInfo;
+  loadAtEnd: string;
+  totalSeconds: number;
+  firstAddress: number;
+  substitution?: SubstitutionResults;
+  overhead?: OverheadResults;
+  reuse?: ReuseResults;
+  errors: string[];
+}
+
+function runsCell(runs: Run[] | undefined): string {
+  const all = runs ?? [];
+  const ok = all.filter((r) => r.ok).length;
+  const failed = all.find((r) => !r.ok);
+  return failed ? `${ok}/${all.length}; ${failed.error}` : `${ok}/${all.length}`;
+}
+
+function substitutionSection(s: SubstitutionResults): string {
+  const out: string[] = ["## 1. Substitution", ""];
+  out.push(
+    `Staging (configured by the example stack's \`pulumi up\`) built each closure; production` +
+      ` (\`prod1\`, same stack) then realised it in ${s.rounds} round(s), all variants side by` +
+      " side in each round (`compress=true` and `max-connections=8` in the first round only)," +
+      " its copies deleted (`nix-store --delete`) before every run." +
+      ` Each derivation burns ${s.sizes.work.toLocaleString("en")} \`sh\` loop iterations of CPU` +
+      ` and writes \`/dev/urandom\` bytes (incompressible). MB = 10^6 bytes of NAR` +
+      ` (\`nix-store -q --size\`). Times are medians; ratios are medians of per-round ratios.` +
+      ` "vs raw" = raw-stream time / variant time (1.00 = at the physical limit); "vs raw, same` +
+      ` cipher" compares AES-GCM variants with the AES-GCM raw stream. Connections = serve-user` +
+      ` logins in staging's sshd log per run (root for the raw stream).`,
+    "",
+  );
+  for (const c of s.closures) {
+    const runs = s.runs[c.shape.attr] ?? {};
+    out.push(
+      `### ${c.shape.title}`,
+      "",
+      `${c.paths.length} paths, ${(c.narBytes / 1e6).toFixed(1)} MB NAR; staging built it in` +
+        ` ${c.stagingBuildSeconds.toFixed(1)} s.`,
+      "",
+    );
+    const rows = s.variants.map((v) => {
+      const vr = runs[v.id];
+      const t = medianSeconds(vr);
+      const sameCipherRaw = v.aes ? runs["raw-aes"] : runs.raw;
+      return [
+        v.label,
+        fmtSeconds(t),
+        t ? fmt(c.narBytes / 1e6 / t, 1) : "—",
+        t ? fmt(c.paths.length / t, 1) : "—",
+        v.id === "raw"
+          ? "1.00"
+          : fmt(
+              medianRoundRatio(vr, runs.raw, (a, raw) => raw / a),
+              2,
+            ),
+        v.aes && v.kind !== "raw"
+          ? fmt(
+              medianRoundRatio(vr, sameCipherRaw, (a, raw) => raw / a),
+              2,
+            )
+          : "",
+        v.kind === "local"
+          ? "1.00"
+          : v.kind === "raw"
+            ? ""
+            : fmtRatio(medianRoundRatio(vr, runs.local, (a, local) => local / a)),
+        fmt(median((vr ?? []).map((r) => r.connections)), 0),
+        runsCell(vr),
+      ];
+    });
+    out.push(
+      table(
+        [
+          "variant",
+          "time",
+          "MB/s",
+          "paths/s",
+          "vs raw",
+          "vs raw, same cipher",
+          "speed-up over local build",
+          "connections",
+          "runs ok",
+        ],
+        rows,
+      ),
+      "",
+    );
+  }
+  return out.join("\n");
+}
+
+const OPS: OpName[] = ["up", "preview", "up-noop", "preview-refresh", "destroy"];
+
+function overheadSection(o: OverheadResults): string {
+  const counts = [...new Set(o.runs.map((r) => r.hosts))].sort((a, b) => a - b);
+  const maxN = counts[counts.length - 1];
+  const minN = counts[0];
+  const med = (op: OpName, n: number) =>
+    median(o.runs.filter((r) => r.op === op && r.hosts === n).map((r) => r.seconds));
+  const floor = median(o.emptyPreview);
+  const out: string[] = ["## 2. The tool's overhead", ""];
+  out.push(
+    "The example stack (`Pulumi.yaml` + `index.ts`, TypeScript, `NixSshCache`) on the real Pulumi" +
+      " CLI with a local file backend; staging + N production hosts, a fresh stack per host count" +
+      " (`up --yes --skip-preview`: the update alone; a user's interactive `pulumi up` adds a" +
+      " preview; for the smallest and largest host counts, `destroy` and `up` from scratch again" +
+      " for a second sample). Medians of n samples. No-op operations run with `--expect-no-changes` (they would fail on a change)." +
+      ` Resources in the stack: ${counts.map((n) => `${o.resources[n] ?? "?"} with ${n} host(s)`).join(", ")}.` +
+      ` The floor is the no-op \`pulumi preview\` of an empty TypeScript stack (imports` +
+      ` \`@pulumi/pulumi\`, declares nothing): ${fmtSeconds(floor)} (median of ${o.emptyPreview.length}).`,
+    "",
+  );
+  const count = (op: OpName, n: number) =>
+    o.runs.filter((r) => r.op === op && r.hosts === n).length;
+  const rows = OPS.map((op) => [
+    OP_LABELS[op],
+    ...counts.map((n) => `${fmtSeconds(med(op, n), 1)} (n=${count(op, n)})`),
+    fmtRatio(ratio(med(op, maxN), med(op, minN))),
+    fmtRatio(ratio(med(op, minN), floor)),
+  ]);
+  rows.push([
+    "empty stack: no-op `pulumi preview` (floor)",
+    ...counts.map(() => fmtSeconds(floor, 1)),
+    "",
+    "×1.00",
+  ]);
+  out.push(
+    table(
+      [
+        "operation",
+        ...counts.map((n) => `${n} host${n > 1 ? "s" : ""}`),
+        `${maxN}:${minN} hosts`,
+        `${minN} host vs floor`,
+      ],
+      rows,
+    ),
+    "",
+  );
+  out.push(
+    "SSH logins opened by the operator (root) per host per operation (from each host's" +
+      ' `/var/log/sshd.log`, "Accepted publickey" lines before/after; median over rounds;' +
+      " production = the median production host, min–max across hosts in brackets when they" +
+      " differ), and the production hosts' `nix-ssh` logins on staging (the verify step's" +
+      " substitutions):",
+    "",
+  );
+  const loginRows: string[][] = [];
+  for (const op of OPS) {
+    for (const n of counts) {
+      const rs = o.runs.filter((r) => r.op === op && r.hosts === n);
+      if (rs.length === 0) continue;
+      const perHost = rs.flatMap((r) => r.productionLogins);
+      const lo = Math.min(...perHost);
+      const hi = Math.max(...perHost);
+      loginRows.push([
+        OP_LABELS[op],
+        String(n),
+        fmt(median(rs.map((r) => r.stagingLogins)), 0),
+        `${fmt(median(perHost), 0)}${lo !== hi ? ` (${lo}–${hi})` : ""}`,
+        fmt(median(rs.map((r) => r.serveLogins)), 0),
+        fmt(
+          median(rs.map((r) => r.stagingLogins + r.productionLogins.reduce((a, b) => a + b, 0))),
+          0,
+        ),
+      ]);
+    }
+  }
+  out.push(
+    table(
+      [
+        "operation",
+        "hosts",
+        "staging",
+        "per production host",
+        "nix-ssh on staging",
+        "operator total",
+      ],
+      loginRows,
+    ),
+    "",
+  );
+  return out.join("\n");
+}
+
+function ratio(a: number | undefined, b: number | undefined): number | undefined {
+  return a === undefined || b === undefined || b === 0 ? undefined : a / b;
+}
+
+function reuseSection(r: ReuseResults): string {
+  const counts = [...new Set(r.runs.map((x) => x.hosts))].sort((a, b) => a - b);
+  const strategies = [...new Set(r.runs.map((x) => x.strategy))];
+  const med = (s: string, n: number) =>
+    median(r.runs.filter((x) => x.strategy === s && x.hosts === n).map((x) => x.seconds));
+  const logins = (s: string, n: number) =>
+    median(r.runs.filter((x) => x.strategy === s && x.hosts === n).map((x) => x.loginsPerHost));
+  const labels: Record<string, string> = {
+    today: "today: 1 connection per step (`runScript`)",
+    pooled: "pooled: 1 connection per host, 1 channel per step",
+    batched: "batched: 1 connection, 1 script per host",
+  };
+  const rows = strategies.map((s) => [
+    labels[s] ?? s,
+    ...counts.map((n) => `${fmtSeconds(med(s, n), 3)} (${fmt(logins(s, n), 0)} logins/host)`),
+    ...counts.map((n) => fmtRatio(ratio(med("today", n), med(s, n)))),
+  ]);
+  return [
+    "## 3. Prototype: connection reuse and fewer steps (bench/connections.ts)",
+    "",
+    `The ${r.steps} host scripts a \`preview --refresh\` runs per production host (probe, root` +
+      " key, the three managed files, the NixOS module step that only reports `skipped` on Linux)," +
+      " run by the component's own `runScript`/`hostScript` from this process (ssh2, as the" +
+      " dynamic provider does), concurrently like the engine issues them; on 1 host and on all" +
+      ` production hosts at once; ${r.rounds} interleaved rounds, medians.`,
+    "",
+    table(
+      [
+        "strategy",
+        ...counts.map((n) => `${n} host${n > 1 ? "s" : ""}`),
+        ...counts.map((n) => `speed-up, ${n} host${n > 1 ? "s" : ""}`),
+      ],
+      rows,
+    ),
+    "",
+  ].join("\n");
+}
+
+/** The whole `bench/results.md`. */
+export function renderReport(r: Report): string {
+  const m = r.machine;
+  const out: string[] = [
+    "# nix-ssh-cache benchmarks",
+    "",
+    "Generated by `npm run bench` (bench/run.ts); do not edit by hand, rerun it.",
+    "",
+    table(
+      ["", ""],
+      [
+        ["date", m.date],
+        [
+          "machine",
+          `${m.nproc} CPUs (nproc), ${m.cpuModel}${m.aesNi ? ", AES-NI" : ""}, ${m.memory} RAM`,
+        ],
+        ["kernel", m.kernel],
+        ["Nix", m.nix],
+        ["OpenSSH", m.openssh],
+        ["Node.js / Pulumi", `${m.node} / ${m.pulumi}`],
+        ["load average (1/5/15 min)", `${m.loadAtStart} at start, ${r.loadAtEnd} at end`],
+        ["test hosts", `127.0.0.${r.firstAddress} and up (NSC_BENCH_FIRST_ADDRESS)`],
+        ["duration", `${(r.totalSeconds / 60).toFixed(1)} min`],
+      ],
+    ),
+    "",
+    "All hosts are namespaces on this one machine (loopback network, shared CPUs and disk); other" +
+      " jobs may have shared the CPUs, so compare figures within one table (measured side by side)" +
+      " rather than across runs.",
+    "",
+  ];
+  if (r.errors.length) {
+    out.push("**Errors during this run:**", "", ...r.errors.map((e) => `- ${e}`), "");
+  }
+  if (r.substitution) out.push(substitutionSection(r.substitution));
+  if (r.overhead) out.push(overheadSection(r.overhead));
+  if (r.reuse) out.push(reuseSection(r.reuse));
+  out.push(proposals(r));
+  return out.join("\n") + "\n";
+}

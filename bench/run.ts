@@ -1,0 +1,156 @@
+/**
+ * `npm run bench`: the benchmarks of issue 7, on local test hosts, writing `bench/results.md`.
+ *
+ *   1. substitution: three closure shapes through the cache (ssh://, ssh-ng://, parameters,
+ *      AES-GCM), built locally, and streamed raw over SSH (the limit)
+ *   2. the tool's overhead: up / preview / no-op up / preview --refresh with 1, 4, 8 hosts, the
+ *      empty-stack floor, SSH logins per host per operation
+ *   3. a prototype of connection reuse and batched steps
+ *
+ * Never run from tests. Every step is time-bounded; the whole run is bounded by
+ * NSC_BENCH_BUDGET_MINUTES (default 19). Hosts start at 127.0.0.<NSC_BENCH_FIRST_ADDRESS> (default 2).
+ * Knobs: NSC_BENCH_ROUNDS (substitution rounds, default 3), NSC_BENCH_OVERHEAD_ROUNDS (default 2),
+ * NSC_BENCH_HOSTS (production host counts, default 1,4,8), NSC_BENCH_QUICK=1 (small closures,
+ * one round, 1 host: to check the bench itself; writes bench/results.quick.md).
+ */
+import * as fs from "fs";
+import * as path from "path";
+import { pulumiSkipReason, repoRoot } from "../tests/e2e/pulumi";
+import { e2eSkipReason, startHosts, TestHosts } from "../tests/hosts/harness";
+import { FULL_SIZES, ShapeSizes } from "./closures";
+import { connectionReuseBench, ReuseResults } from "./connections";
+import { elapsedSeconds, envNumber, log } from "./lib";
+import { loadNow, machineInfo } from "./machine";
+import { emptyOverhead, overheadBench, OverheadResults } from "./overhead";
+import { renderReport } from "./report";
+import { emptySubstitution, substitutionBench, SubstitutionResults } from "./substitution";
+
+async function main(): Promise<number> {
+  const skip = e2eSkipReason() ?? pulumiSkipReason();
+  if (skip) {
+    process.stderr.write(`[bench] cannot run: ${skip}\n`);
+    return 1;
+  }
+  const quick = process.env.NSC_BENCH_QUICK === "1";
+  const firstAddress = envNumber("NSC_BENCH_FIRST_ADDRESS", 2);
+  const rounds = envNumber("NSC_BENCH_ROUNDS", quick ? 1 : 3);
+  const overheadRounds = envNumber("NSC_BENCH_OVERHEAD_ROUNDS", quick ? 1 : 2);
+  const budgetMinutes = envNumber("NSC_BENCH_BUDGET_MINUTES", 19);
+  const runTimeout = envNumber("NSC_BENCH_RUN_TIMEOUT", 120);
+  const hangTimeout = envNumber("NSC_BENCH_HANG_TIMEOUT", 10);
+  const sizes: ShapeSizes = quick
+    ? {
+        largeBytes: 16 * 1024 * 1024,
+        chainLength: 40,
+        chainBytes: 64 * 1024,
+        mixedLeaves: 9,
+        work: 2_000,
+      }
+    : { ...FULL_SIZES, work: envNumber("NSC_BENCH_WORK", FULL_SIZES.work) };
+  const productionHosts = 8;
+  const hostCounts = (process.env.NSC_BENCH_HOSTS || (quick ? "1" : "1,4,8"))
+    .split(",")
+    .map(Number);
+  if (hostCounts.some((n) => !Number.isInteger(n) || n < 1 || n > productionHosts)) {
+    throw new Error(`NSC_BENCH_HOSTS: host counts from 1 to ${productionHosts}, e.g. 1,4,8`);
+  }
+
+  const machine = machineInfo();
+  log(`machine: ${machine.nproc} CPUs, ${machine.cpuModel}, load ${machine.loadAtStart}`);
+  const errors: string[] = [];
+  let hosts: TestHosts | undefined;
+  const substitution: SubstitutionResults = emptySubstitution(sizes);
+  const overhead: OverheadResults = emptyOverhead();
+  let reuse: ReuseResults | undefined;
+  const file = path.join(repoRoot, "bench", quick ? "results.quick.md" : "results.md");
+  const write = () =>
+    fs.writeFileSync(
+      file,
+      renderReport({
+        machine,
+        loadAtEnd: loadNow(),
+        totalSeconds: elapsedSeconds(),
+        firstAddress,
+        substitution: substitution.closures.length ? substitution : undefined,
+        overhead: overhead.runs.length ? overhead : undefined,
+        reuse,
+        errors,
+      }),
+    );
+  // Planning leaves a margin for teardown and the report; the watchdog is the hard bound.
+  const secondsLeft = () => budgetMinutes * 60 - 60 - elapsedSeconds();
+  const watchdog = setTimeout(() => {
+    errors.push(
+      `the whole bench exceeded ${budgetMinutes} min and was stopped; figures are partial`,
+    );
+    log(`the whole bench exceeded ${budgetMinutes} min: stopping`);
+    void (hosts?.teardown() ?? Promise.resolve()).finally(() => {
+      write();
+      process.exit(2);
+    });
+  }, budgetMinutes * 60_000);
+  watchdog.unref();
+
+  try {
+    hosts = await startHosts(
+      [
+        { name: "stage" },
+        ...Array.from({ length: productionHosts }, (_, i) => ({ name: `prod${i + 1}` })),
+      ],
+      { firstAddress },
+    );
+    const stage = hosts.byName("stage");
+    const prods = hosts.hosts.filter((h) => h.name !== "stage");
+    log(`test hosts up: ${hosts.hosts.map((h) => `${h.name}=${h.address}`).join(" ")}`);
+    await overheadBench(
+      stage,
+      prods,
+      {
+        hostCounts,
+        rounds: overheadRounds,
+        previews: 2,
+        upsFor: (n) => (n === Math.min(...hostCounts) || n === Math.max(...hostCounts) ? 2 : 1),
+        timeoutSeconds: 300,
+        secondsLeft,
+        withConfiguredStack: async (s, p) => {
+          try {
+            await substitutionBench(
+              s,
+              p,
+              { sizes, rounds, runTimeout, hangTimeout, secondsLeft: () => secondsLeft() - 120 },
+              substitution,
+            );
+          } catch (e) {
+            errors.push(`substitution: ${(e as Error).message.split("\n")[0]}`);
+            log(`substitution FAILED: ${(e as Error).message}`);
+          }
+          try {
+            reuse = await connectionReuseBench(prods, quick ? 2 : 3);
+          } catch (e) {
+            errors.push(`connection reuse prototype: ${(e as Error).message.split("\n")[0]}`);
+            log(`connection reuse FAILED: ${(e as Error).message}`);
+          }
+        },
+      },
+      overhead,
+    );
+  } catch (e) {
+    errors.push((e as Error).message.split("\n")[0]);
+    log(`FAILED: ${(e as Error).message}`);
+  } finally {
+    await hosts?.teardown().catch((e: Error) => errors.push(`teardown: ${e.message}`));
+  }
+
+  clearTimeout(watchdog);
+  write();
+  log(`wrote ${path.relative(process.cwd(), file)} (${errors.length} errors)`);
+  return errors.length ? 1 : 0;
+}
+
+main().then(
+  (code) => process.exit(code),
+  (e: Error) => {
+    process.stderr.write(`[bench] ${e.stack ?? e.message}\n`);
+    process.exit(1);
+  },
+);
