@@ -3,13 +3,12 @@
  * on a private backend, host snapshots, and building/substituting paths.
  */
 import * as assert from "node:assert/strict";
-import { randomBytes } from "crypto";
 import { TestHost } from "../../hosts/harness";
 import { PulumiStack, repoRoot } from "../pulumi";
 
 /** The project name of the example stack (config keys are `nix-ssh-cache:<key>`). */
 export const PROJECT = "nix-ssh-cache";
-export const NIX = "nix --extra-experimental-features nix-command";
+export { buildOnStaging, NIX } from "../helpers";
 
 /** Generous per-test timeout: the machine is shared and has 2 cores. */
 export const TEST_TIMEOUT_MS = 15 * 60 * 1000;
@@ -63,18 +62,6 @@ export function snapshotDiff(before: string, after: string): string {
   const gone = [...a].filter((l) => !b.has(l)).map((l) => `- ${l}`);
   const added = [...b].filter((l) => !a.has(l)).map((l) => `+ ${l}`);
   return [...gone, ...added].slice(0, 40).join("\n");
-}
-
-/** Builds a small unique path on staging as root (signed at build time when signing is set). */
-export async function buildOnStaging(
-  stage: TestHost,
-  label: string,
-): Promise<{ out: string; drv: string }> {
-  const nonce = `${label}-${randomBytes(4).toString("hex")}`;
-  const expr = `builtins.derivation { name = "rel-${nonce}"; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "echo ${nonce} > $out" ]; }`;
-  const drv = (await stage.exec(`nix-instantiate -E '${expr}'`)).stdout.trim();
-  const out = (await stage.exec(`nix-store --realise ${drv}`)).stdout.trim().split("\n").pop()!;
-  return { out, drv };
 }
 
 /** Realises `path` on `host` (through its substituters); asserts success. */
