@@ -177,8 +177,38 @@ export class PulumiStack {
       await this.run(["destroy", "--yes", "--skip-preview"]);
       await this.run(["stack", "rm", "--yes", "--force", this.stack], { scope: "none" });
     } finally {
+      this.killStrayProcesses();
       fs.rmSync(this.workDir, { recursive: true, force: true });
     }
+  }
+
+  /**
+   * SIGKILLs processes started for this stack that outlived their CLI: the CLI starts plugins
+   * (language host, dynamic provider) in process groups of their own, so a killed CLI leaves
+   * them behind. They are recognised by this stack's private PULUMI_HOME in their environment.
+   * Returns their PIDs.
+   */
+  killStrayProcesses(): number[] {
+    const marker = `PULUMI_HOME=${this.env.PULUMI_HOME}\0`;
+    const killed: number[] = [];
+    for (const entry of fs.readdirSync("/proc")) {
+      const pid = Number(entry);
+      if (!Number.isInteger(pid) || pid === process.pid) continue;
+      let environ: string;
+      try {
+        environ = fs.readFileSync(`/proc/${pid}/environ`, "latin1") + "\0";
+      } catch {
+        continue; // gone, or not ours to read
+      }
+      if (!environ.includes(marker)) continue;
+      try {
+        process.kill(pid, "SIGKILL");
+        killed.push(pid);
+      } catch {
+        // already gone
+      }
+    }
+    return killed;
   }
 }
 
