@@ -18,7 +18,7 @@ import {
 } from "./render";
 import { Connection } from "./ssh";
 import { fileStep, hostFacts, probeStep } from "./steps";
-import { FragmentsMode, ProductionArgs, RebuildMode } from "./types";
+import { FragmentOptions, ProductionArgs } from "./types";
 
 /** Paths the plain-Linux path manages on production. */
 export const CLIENT_FILES = {
@@ -97,7 +97,7 @@ export class ClientIdentity extends pulumi.ComponentResource {
 }
 
 /** Arguments of {@link CacheClient}. */
-export interface CacheClientArgs {
+export interface CacheClientArgs extends FragmentOptions {
   /** The production host and how to reach it. */
   host: ProductionArgs;
   /**
@@ -121,16 +121,6 @@ export interface CacheClientArgs {
    * @example `new tls.PrivateKey("web-key", { algorithm: "ED25519" })`
    */
   clientKey?: ClientKeyPair;
-  /** Where the NixOS module goes. @defaultValue `"remote"` */
-  fragments?: FragmentsMode;
-  /** Path of the module on the host. @defaultValue `"/etc/nixos/nix-ssh-cache.nix"` */
-  fragmentPath?: string;
-  /** Folder for the module on the operator's machine (`"local"`). @defaultValue `"nixos"` */
-  localFragmentsDir?: string;
-  /** NixOS only: `nixos-rebuild` mode. @defaultValue `"switch"` */
-  rebuild?: RebuildMode;
-  /** NixOS only: add the module to `configuration.nix` imports when missing. @defaultValue `false` */
-  addImport?: boolean;
   /** Prove the cache works by realising staging's canary path. @defaultValue `true` */
   verify?: boolean;
 }

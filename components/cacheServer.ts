@@ -19,6 +19,7 @@ import { Connection } from "./ssh";
 import { fileStep, hostFacts, probeStep } from "./steps";
 import { LocalFile } from "./trackedFile";
 import {
+  FragmentOptions,
   FragmentsMode,
   Protocol,
   RebuildMode,
@@ -79,7 +80,7 @@ export function signingKeyName(keyName: string, generation: number): string {
 }
 
 /** Arguments of {@link CacheServer}. */
-export interface CacheServerArgs extends SubstituterOptions {
+export interface CacheServerArgs extends SubstituterOptions, FragmentOptions {
   /** The staging host and how to reach it. */
   host: StagingArgs;
   /**
@@ -117,16 +118,6 @@ export interface CacheServerArgs extends SubstituterOptions {
   protocol?: Protocol;
   /** Let clients upload paths (`nix-store --serve --write`). @defaultValue `false` */
   write?: boolean;
-  /** Where the NixOS module goes. @defaultValue `"remote"` */
-  fragments?: FragmentsMode;
-  /** Path of the module on the host (`fragments: "remote"`). @defaultValue `"/etc/nixos/nix-ssh-cache.nix"` */
-  fragmentPath?: string;
-  /** Folder for the module on the operator's machine (`fragments: "local"`). @defaultValue `"nixos"` */
-  localFragmentsDir?: string;
-  /** NixOS only: `nixos-rebuild` mode after the module changed. @defaultValue `"switch"` */
-  rebuild?: RebuildMode;
-  /** NixOS only: add the module to `configuration.nix` imports when missing. @defaultValue `false` */
-  addImport?: boolean;
 }
 
 /**

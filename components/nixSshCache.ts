@@ -7,10 +7,9 @@ import * as tls from "@pulumi/tls";
 import { CacheClient, ClientIdentity, ClientIdentityMode } from "./cacheClient";
 import { CacheCoordinates, CacheServer } from "./cacheServer";
 import {
-  FragmentsMode,
+  FragmentOptions,
   ProductionArgs,
   Protocol,
-  RebuildMode,
   SigningKeyArgs,
   StagingArgs,
   SubstituterOptions,
@@ -18,7 +17,7 @@ import {
 import { NixSshCacheInputError, PlainNixSshCacheArgs, validateArgs } from "./validate";
 
 /** Arguments of {@link NixSshCache}. */
-export interface NixSshCacheArgs extends SubstituterOptions {
+export interface NixSshCacheArgs extends SubstituterOptions, FragmentOptions {
   /**
    * The staging host: builds, signs and serves.
    * @example `{ host: "stage.yourapp.com", user: "ship", privateKey: cfg.requireSecret("sshKey") }`
@@ -66,16 +65,6 @@ export interface NixSshCacheArgs extends SubstituterOptions {
   clientIdentity?: ClientIdentityMode;
   /** Let production upload to staging. @defaultValue `false` */
   write?: boolean;
-  /** Where the NixOS modules go: `"remote"`, `"local"` or `"none"`. @defaultValue `"remote"` */
-  fragments?: FragmentsMode;
-  /** Module path on each host. @defaultValue `"/etc/nixos/nix-ssh-cache.nix"` */
-  fragmentPath?: string;
-  /** Folder for the modules on the operator's machine (`"local"`). @defaultValue `"nixos"` */
-  localFragmentsDir?: string;
-  /** NixOS: `nixos-rebuild` mode. @defaultValue `"switch"` */
-  rebuild?: RebuildMode;
-  /** NixOS: add the module to `configuration.nix` imports when missing. @defaultValue `false` */
-  addImport?: boolean;
 }
 
 /** What the component reports per production host. */

@@ -185,3 +185,38 @@ export interface SubstituterOptions {
    */
   priority?: number;
 }
+
+/**
+ * Where the rendered NixOS modules go and how NixOS hosts apply them; the same options for
+ * `NixSshCache`, `CacheServer` and `CacheClient`.
+ */
+export interface FragmentOptions {
+  /**
+   * Where the NixOS modules go: `"remote"` (on each host), `"local"` (into `localFragmentsDir`
+   * on the operator's machine) or `"none"`.
+   * @defaultValue `"remote"`
+   */
+  fragments?: FragmentsMode;
+  /**
+   * Path of the module on each host (`fragments: "remote"`).
+   * @defaultValue `"/etc/nixos/nix-ssh-cache.nix"`
+   */
+  fragmentPath?: string;
+  /**
+   * Folder for the modules on the operator's machine (`fragments: "local"`), relative to the
+   * Pulumi program's directory or absolute.
+   * @defaultValue `"nixos"`
+   */
+  localFragmentsDir?: string;
+  /**
+   * NixOS only: `nixos-rebuild` mode after a module changed.
+   * @defaultValue `"switch"`
+   */
+  rebuild?: RebuildMode;
+  /**
+   * NixOS only: add the module to `configuration.nix` imports when missing (else the step
+   * fails with the exact line to add).
+   * @defaultValue `false`
+   */
+  addImport?: boolean;
+}
