@@ -61,7 +61,8 @@ async function apply(props: HostStepProps): Promise<Record<string, unknown>> {
   });
 }
 
-const hostStepProvider: pulumi.dynamic.ResourceProvider = {
+/** @internal The provider of {@link HostStep} (exported for the serialization unit test). */
+export const hostStepProvider: pulumi.dynamic.ResourceProvider = {
   async create(inputs: HostStepProps) {
     const result = await apply(inputs);
     const id = `${inputs.connection.host}/${inputs.step}/${Date.now().toString(36)}`;

@@ -126,8 +126,13 @@ describe("reliability: faults on one deployment", { skip }, () => {
         async () => {
           let stopping: Promise<void> | undefined;
           const r = await upWatched(stack, (line) => {
+            // Staging goes down: its sshd stops and the open sessions end (the provider
+            // keeps one connection per host open, which a stopped listener alone would spare).
             if (!stopping && /cache-staging-probe\s+created/.test(line))
-              stopping = stage.stopSshd();
+              stopping = stage
+                .stopSshd()
+                .then(() => stage.exec("pkill -f '^sshd: ' || true"))
+                .then(() => undefined);
           });
           await stopping;
           assert.ok(stopping, `staging probe never created:\n${r.output.slice(-3000)}`);
