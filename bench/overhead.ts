@@ -1,8 +1,9 @@
 /**
  * Part 2: the tool's overhead. The example stack (Pulumi.yaml + index.ts) on the real Pulumi CLI
  * with 1, 4 and 8 production hosts: `up` from scratch, a no-op `preview`, a no-op `up`,
- * `preview --refresh`, and the no-op preview of an empty stack as the floor. SSH logins per host
- * per operation are counted in each host's sshd log.
+ * `preview --refresh`, and the no-op preview of an empty stack as the floor; the operations that
+ * reach hosts run both with the provider's connection reuse and with one connection per step,
+ * side by side. SSH logins per host per operation are counted in each host's sshd log.
  */
 import * as fs from "fs";
 import * as os from "os";
@@ -22,12 +23,14 @@ import {
 const PROJECT = "nix-ssh-cache";
 
 /** An operation measured on a stack. */
-export type OpName = "up" | "preview" | "up-noop" | "preview-refresh" | "destroy";
+export type OpName =
+  "up" | "preview" | "preview-checked" | "up-noop" | "preview-refresh" | "destroy";
 
 /** Label of each operation in the report. */
 export const OP_LABELS: Record<OpName, string> = {
   up: "`pulumi up` from scratch",
   preview: "no-op `pulumi preview`",
+  "preview-checked": "no-op `pulumi preview`, program type-checked by ts-node (before)",
   "up-noop": "no-op `pulumi up`",
   "preview-refresh": "`pulumi preview --refresh` (no drift)",
   destroy: "`pulumi destroy`",
@@ -36,14 +39,28 @@ export const OP_LABELS: Record<OpName, string> = {
 const OP_ARGS: Record<OpName, string[]> = {
   up: ["up", "--yes", "--skip-preview"],
   preview: ["preview", "--expect-no-changes"],
+  "preview-checked": ["preview", "--expect-no-changes"],
   "up-noop": ["up", "--yes", "--skip-preview", "--expect-no-changes"],
   "preview-refresh": ["preview", "--refresh", "--expect-no-changes"],
   destroy: ["destroy", "--yes", "--skip-preview"],
 };
 
+/**
+ * How the dynamic provider reaches hosts: `reuse` (the default: one pooled connection per host)
+ * or `per-step` (one connection per step, as before the pool; `NIX_SSH_CACHE_CONNECTION_REUSE=0`).
+ */
+export type ConnectionMode = "reuse" | "per-step";
+
+/** Label of each connection mode in the report. */
+export const MODE_LABELS: Record<ConnectionMode, string> = {
+  reuse: "one connection per host (default)",
+  "per-step": "one connection per step (before)",
+};
+
 /** One measured operation. */
 export interface OpRun {
   op: OpName;
+  mode: ConnectionMode;
   hosts: number;
   round: number;
   seconds: number;
@@ -82,17 +99,24 @@ function summaryOf(output: string): string {
 async function measured(
   stack: PulumiStack,
   op: OpName,
+  mode: ConnectionMode,
   stage: TestHost,
   prods: TestHost[],
   round: number,
   timeoutSeconds: number,
 ): Promise<OpRun> {
   const snap = (): LoginCounts[] => [stage, ...prods].map(acceptedLogins);
+  // Read by the dynamic provider process the CLI starts (components/ssh.ts).
+  stack.env.NIX_SSH_CACHE_CONNECTION_REUSE = mode === "reuse" ? "1" : "0";
+  // The example project transpiles only (tsconfig.json "ts-node"); "false" type-checks again.
+  if (op === "preview-checked") stack.env.PULUMI_NODEJS_TRANSPILE_ONLY = "false";
+  else delete stack.env.PULUMI_NODEJS_TRANSPILE_ONLY;
   const before = snap();
   const r: TimedCli = await pulumiOk(stack, OP_ARGS[op], timeoutSeconds);
   const after = snap();
   const run: OpRun = {
     op,
+    mode,
     hosts: prods.length,
     round,
     seconds: r.seconds,
@@ -102,7 +126,7 @@ async function measured(
     summary: summaryOf(r.output),
   };
   log(
-    `${prods.length} hosts, round ${round}: ${op} ${r.seconds.toFixed(1)} s; logins staging ${run.stagingLogins}, production ${run.productionLogins.join("/")}${run.summary ? `; ${run.summary}` : ""}`,
+    `${prods.length} hosts, round ${round}: ${op} (${mode}) ${r.seconds.toFixed(1)} s; logins staging ${run.stagingLogins}, production ${run.productionLogins.join("/")}${run.summary ? `; ${run.summary}` : ""}`,
   );
   return run;
 }
@@ -151,7 +175,10 @@ export interface OverheadOptions {
   rounds: number;
   /** No-op previews and refreshes per stack lifecycle. */
   previews: number;
-  /** `up`s from scratch per stack lifecycle (a `destroy` between two) for a host count. */
+  /**
+   * `up`s from scratch per stack lifecycle and connection mode (a `destroy` between two), for a
+   * host count; the modes alternate.
+   */
   upsFor: (hosts: number) => number;
   timeoutSeconds: number;
   /** Seconds left in the whole bench's budget. */
@@ -201,27 +228,40 @@ export async function overheadBench(
         const hostsOfStack = prods.slice(0, n);
         const stack = await exampleStack(`bench${n}r${round}`, stage, hostsOfStack);
         try {
-          const m = (op: OpName) =>
-            measured(stack, op, stage, hostsOfStack, round, o.timeoutSeconds);
-          runs.push(await m("up"));
-          const state = JSON.parse(
-            (await pulumiOk(stack, ["stack", "export"], 60, { scope: "stack" })).output,
-          ) as { deployment?: { resources?: unknown[] } };
-          resources[n] = state.deployment?.resources?.length ?? 0;
-          for (let i = 1; i < o.upsFor(n); i++) {
-            runs.push(await m("destroy"));
-            runs.push(await m("up"));
+          const m = (op: OpName, mode: ConnectionMode = "reuse") =>
+            measured(stack, op, mode, stage, hostsOfStack, round, o.timeoutSeconds);
+          // Both connection modes side by side, the first one alternating between passes:
+          // up A, destroy B, up B, (destroy A, up A, destroy B, up B, ...) ... destroy A.
+          const modes: ConnectionMode[] =
+            round % 2 === 1 ? ["reuse", "per-step"] : ["per-step", "reuse"];
+          for (let k = 0; k < 2 * o.upsFor(n); k++) {
+            if (k > 0) runs.push(await m("destroy", modes[k % 2]));
+            runs.push(await m("up", modes[k % 2]));
+            if (k === 0) {
+              const state = JSON.parse(
+                (await pulumiOk(stack, ["stack", "export"], 60, { scope: "stack" })).output,
+              ) as { deployment?: { resources?: unknown[] } };
+              resources[n] = state.deployment?.resources?.length ?? 0;
+            }
           }
-          for (let i = 0; i < o.previews; i++) runs.push(await m("preview"));
+          // No SSH in these (diff is local): one connection mode is enough. The no-op preview
+          // also runs with the program type-checked on every run, as before tsconfig.json's
+          // "ts-node": { "transpileOnly": true }, side by side.
+          for (let i = 0; i < o.previews; i++) {
+            runs.push(await m("preview"));
+            runs.push(await m("preview-checked"));
+          }
           runs.push(await m("up-noop"));
-          for (let i = 0; i < o.previews; i++) runs.push(await m("preview-refresh"));
+          for (let i = 0; i < o.previews; i++) {
+            for (const mode of modes) runs.push(await m("preview-refresh", mode));
+          }
           if (!hookDone && n === 1 && o.withConfiguredStack) {
             hookDone = true;
             const hookStart = Date.now();
             await o.withConfiguredStack(stage, hostsOfStack[0]);
             hookSeconds = (Date.now() - hookStart) / 1000;
           }
-          runs.push(await m("destroy"));
+          runs.push(await m("destroy", modes[0]));
         } finally {
           await stack.dispose().catch(() => undefined);
         }

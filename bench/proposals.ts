@@ -4,20 +4,37 @@
  * machine does not keep a stale conclusion.
  */
 import { fmt, fmtSeconds, median } from "./lib";
-import type { OpName, OverheadResults } from "./overhead";
+import type { ConnectionMode, OpName, OverheadResults } from "./overhead";
 import type { Report } from "./report";
 import { medianRoundRatio, medianSeconds, SubstitutionResults } from "./substitution";
 
-function opMedian(o: OverheadResults, op: OpName, n: number): number | undefined {
-  return median(o.runs.filter((r) => r.op === op && r.hosts === n).map((r) => r.seconds));
+function opMedian(
+  o: OverheadResults,
+  op: OpName,
+  n: number,
+  mode: ConnectionMode = "reuse",
+): number | undefined {
+  return median(
+    o.runs.filter((r) => r.op === op && r.hosts === n && r.mode === mode).map((r) => r.seconds),
+  );
 }
 
-function loginsPerProd(o: OverheadResults, op: OpName): number | undefined {
-  return median(o.runs.filter((r) => r.op === op).flatMap((r) => r.productionLogins));
+function loginsPerProd(
+  o: OverheadResults,
+  op: OpName,
+  mode: ConnectionMode = "reuse",
+): number | undefined {
+  return median(
+    o.runs.filter((r) => r.op === op && r.mode === mode).flatMap((r) => r.productionLogins),
+  );
 }
 
-function loginsStaging(o: OverheadResults, op: OpName): number | undefined {
-  return median(o.runs.filter((r) => r.op === op).map((r) => r.stagingLogins));
+function loginsStaging(
+  o: OverheadResults,
+  op: OpName,
+  mode: ConnectionMode = "reuse",
+): number | undefined {
+  return median(o.runs.filter((r) => r.op === op && r.mode === mode).map((r) => r.stagingLogins));
 }
 
 /** Time of variant `a` / time of variant `b`, per round, median (>1: `a` is slower). */
@@ -118,10 +135,22 @@ function overheadProposal(r: Report, o: OverheadResults): string[] {
   const hi = counts[counts.length - 1];
   const floor = median(o.emptyPreview);
   const preview1 = opMedian(o, "preview", lo);
-  const refreshLo = opMedian(o, "preview-refresh", lo);
-  const refreshHi = opMedian(o, "preview-refresh", hi);
-  const upLo = opMedian(o, "up", lo);
-  const upHi = opMedian(o, "up", hi);
+  const beforeAfter = (before: number | undefined, after: number | undefined) =>
+    before && after
+      ? `${fmtSeconds(before, 1)} → ${fmtSeconds(after, 1)} (×${fmt(before / after, 2)})`
+      : "not measured";
+  /** `1 host(s) a → b (×r); 8 hosts a → b (×r)` for the smallest and largest host counts. */
+  const byHosts = (f: (n: number) => string) =>
+    (lo === hi ? [lo] : [lo, hi]).map((n) => `${n} host(s) ${f(n)}`).join("; ");
+  const speedUp = (op: OpName) =>
+    byHosts((n) => beforeAfter(opMedian(o, op, n, "per-step"), opMedian(o, op, n, "reuse")));
+  const checked = byHosts((n) =>
+    beforeAfter(opMedian(o, "preview-checked", n), opMedian(o, "preview", n)),
+  );
+  const logins = (op: OpName) =>
+    `${fmt(loginsPerProd(o, op, "per-step"), 0)} → ${fmt(loginsPerProd(o, op, "reuse"), 0)}`;
+  const stagingLogins = (op: OpName) =>
+    `${fmt(loginsStaging(o, op, "per-step"), 0)} → ${fmt(loginsStaging(o, op, "reuse"), 0)}`;
   const reuse = r.reuse;
   const reuseMed = (s: string, n: number) =>
     median(
@@ -131,52 +160,56 @@ function overheadProposal(r: Report, o: OverheadResults): string[] {
   return [
     "### Fewer round trips per host",
     "",
-    `- Figures: every production host gets ${fmt(loginsPerProd(o, "up"), 0)} SSH logins on \`up\`,` +
-      ` ${fmt(loginsPerProd(o, "preview-refresh"), 0)} on \`preview --refresh\`, ${fmt(loginsPerProd(o, "destroy"), 0)} on \`destroy\`;` +
-      ` staging ${fmt(loginsStaging(o, "up"), 0)} / ${fmt(loginsStaging(o, "preview-refresh"), 0)} / ${fmt(loginsStaging(o, "destroy"), 0)}` +
-      " (a no-op `preview` and a no-op `up` open none: `diff` is local). Two of a production host's" +
-      " steps (the NixOS module and `nixos-rebuild`) only report `skipped` on plain Linux, yet" +
-      " each costs a login, on `up` and (the module) on refresh.",
-    `- \`up\` from scratch: ${fmtSeconds(upLo, 1)} with ${lo} host(s), ${fmtSeconds(upHi, 1)} with ${hi}` +
-      ` (×${fmt(upHi && upLo ? upHi / upLo : undefined, 2)}); \`preview --refresh\` ${fmtSeconds(refreshLo, 1)} /` +
-      ` ${fmtSeconds(refreshHi, 1)}, against ${fmtSeconds(preview1, 1)} for a plain no-op preview` +
-      ` and ${fmtSeconds(floor, 1)} for an empty stack: the engine, the Node.js program and the` +
-      " dynamic-provider process are the floor every operation pays; the SSH steps come on top.",
+    "**Landed: connection reuse in the dynamic provider** (`components/ssh.ts`): the steps of a" +
+      " host share one SSH connection per provider process, one channel per step (at most 8 at" +
+      " once, fewer when the host refuses a channel; idle connections close after 10 s; a step" +
+      " that never started is retried on a new connection, one that started is not)." +
+      " `NIX_SSH_CACHE_CONNECTION_REUSE=0` restores one connection per step. Before → after, in" +
+      " this run:",
+    "",
+    `- \`up\` from scratch: ${speedUp("up")};` +
+      ` logins per production host ${logins("up")}, staging ${stagingLogins("up")}.`,
+    `- \`preview --refresh\`: ${speedUp("preview-refresh")};` +
+      ` logins per production host ${logins("preview-refresh")},` +
+      ` staging ${stagingLogins("preview-refresh")}.`,
+    `- \`destroy\`: ${speedUp("destroy")};` + ` logins per production host ${logins("destroy")}.`,
     reuse
-      ? `- Prototype (section 3): the ${reuse.steps} refresh reads of one host took` +
-        ` ${fmtSeconds(reuseMed("today", 1), 3)} with a connection each,` +
-        ` ${fmtSeconds(reuseMed("pooled", 1), 3)} over one pooled connection and` +
-        ` ${fmtSeconds(reuseMed("batched", 1), 3)} as one batched script; on ${reuseHosts} hosts at once` +
-        ` ${fmtSeconds(reuseMed("today", reuseHosts), 3)} / ${fmtSeconds(reuseMed("pooled", reuseHosts), 3)} /` +
-        ` ${fmtSeconds(reuseMed("batched", reuseHosts), 3)}. Each login costs a key exchange, a` +
-        " public-key signature check and an sshd fork on the host: with many hosts on few" +
-        " cores (and on real networks, with latency per round trip) connections add up."
-      : "- (The connection-reuse prototype did not run.)",
+      ? `- In isolation (section 3): the ${reuse.steps} refresh reads of one host took` +
+        ` ${fmtSeconds(reuseMed("per-step", 1), 3)} with a connection each and` +
+        ` ${fmtSeconds(reuseMed("reuse", 1), 3)} over the pool; on ${reuseHosts} hosts at once` +
+        ` ${fmtSeconds(reuseMed("per-step", reuseHosts), 3)} / ${fmtSeconds(reuseMed("reuse", reuseHosts), 3)}.` +
+        " Each login costs a key exchange, a public-key signature check and an sshd fork on the" +
+        " host; on real networks each also costs round trips of latency."
+      : "- (Section 3 did not run.)",
     "",
-    "Proposals, in order of value for effort:",
+    '**Landed: the example project transpiles only** (`"ts-node": { "transpileOnly": true }` in' +
+      " tsconfig.json, which Pulumi's Node.js runtime passes to ts-node): every `pulumi`" +
+      " operation used to type-check `index.ts` and the component's sources before running them;" +
+      " `npm run build` and `npm run lint` (and CI) type-check them already." +
+      ` No-op \`preview\`, type-checked → transpile-only: ${checked}.` +
+      " `PULUMI_NODEJS_TRANSPILE_ONLY=false` type-checks on every run again. Users who import the" +
+      " component into their own TypeScript project can do the same in their tsconfig.json.",
     "",
-    "1. **Connection reuse in the dynamic provider** (`components/ssh.ts`): keep one ssh2" +
-      " `Client` per `user@host:port`+host key in the provider process (on `globalThis`, since the" +
-      " module is serialized into the provider and must not keep module state), run each step" +
-      " on its own channel (`exec`), close idle clients after a few seconds and on process exit;" +
-      " keep the per-run timeout per channel. sshd's default `MaxSessions 10` bounds the" +
-      " channels per connection: queue beyond 8. Logins per host per operation drop to 1, the" +
-      " scripts and the engine are unchanged, the figures are in section 3.",
-    `2. **Fewer HostSteps per production host** (${fmt(loginsPerProd(o, "up"), 0)} → 3): one \`identity\` step` +
-      " (probe + root key: one script, one JSON), one `client config` step writing the known_hosts" +
-      " file, the ssh drop-in and the nix.conf include together (atomically, one nix-daemon" +
-      " restart instead of up to one per file), and `verify`. Drift detection keeps working:" +
-      " the combined `read` reports every file's sha256 and the diff names the file. Staging" +
-      ` likewise (${fmt(loginsStaging(o, "up"), 0)} → 4): probe + signing key; serve user + authorized keys + sshd drop-in +` +
-      " nix.conf; canary; plus the NixOS pair only on NixOS.",
-    "3. **Skip the other OS's steps when the OS is known**: create the NixOS module and" +
-      " `nixos-rebuild` steps (or the plain-Linux files) only when the probe's result says so" +
-      " (it is known on every run after the first, and at the first `up` once the probe ran);" +
-      " on Linux this removes 2 logins per host from `up` and 1 from each refresh even without" +
-      " proposal 2.",
-    "4. Batching all of a host's steps into one script (`batched` in section 3) saves the most" +
-      " logins but serialises the steps within a host; with pooling (1) the gain over `pooled`" +
-      " is small and it would fight Pulumi's one-resource-one-step model. Not proposed.",
+    `What remains is mostly the floor: a no-op \`preview\` takes ${fmtSeconds(preview1, 1)} with` +
+      ` ${lo} host(s) against ${fmtSeconds(floor, 1)} for an empty stack, and opens no connection` +
+      " (`diff` is local): the engine, the Node.js program and the dynamic-provider process.",
+    "",
+    "Further proposals, in order of value for effort:",
+    "",
+    `1. **Fewer HostSteps per production host** (${fmt(loginsPerProd(o, "up", "per-step"), 0)} steps reach a production host on \`up\` → 3):` +
+      " one `identity` step (probe + root key: one script, one JSON), one `client config` step" +
+      " writing the known_hosts file, the ssh drop-in and the nix.conf include together" +
+      " (atomically, one nix-daemon restart instead of up to one per file), and `verify`. With" +
+      " the pool this saves channels and engine round trips rather than logins; the three files" +
+      " are written one after the other today (each depends on the previous one), so `up` on a" +
+      " host also gets shorter. Drift detection keeps working: the combined `read` reports every" +
+      " file's sha256 and the diff names the file.",
+    "2. **Skip the other OS's steps when the OS is known**: the NixOS module and" +
+      " `nixos-rebuild` steps only report `skipped` on plain Linux; the provider could skip the" +
+      " script when the probe's result (an input) already says so. One channel less per step.",
+    "3. Batching all of a host's steps into one script saves the most round trips but" +
+      " serialises the steps within a host and fights Pulumi's one-resource-one-step model" +
+      " (per-step drift, diffs and errors). Not proposed.",
     "",
   ];
 }

@@ -1,10 +1,10 @@
 /**
  * Renders `bench/results.md` from the measurements.
  */
-import { ReuseResults } from "./connections";
+import { ReuseResults, STRATEGIES } from "./connections";
 import { fmt, fmtRatio, fmtSeconds, median, table } from "./lib";
 import { MachineInfo } from "./machine";
-import { OP_LABELS, OpName, OverheadResults } from "./overhead";
+import { ConnectionMode, MODE_LABELS, OP_LABELS, OpName, OpRun, OverheadResults } from "./overhead";
 import { proposals } from "./proposals";
 import { medianRoundRatio, medianSeconds, Run, SubstitutionResults } from "./substitution";
 
@@ -102,35 +102,48 @@ function substitutionSection(s: SubstitutionResults): string {
   return out.join("\n");
 }
 
-const OPS: OpName[] = ["up", "preview", "up-noop", "preview-refresh", "destroy"];
+const OPS: OpName[] = ["up", "preview", "preview-checked", "up-noop", "preview-refresh", "destroy"];
+/** The operations that reach hosts, measured in both connection modes. */
+const SSH_OPS: OpName[] = ["up", "preview-refresh", "destroy"];
+const MODES: ConnectionMode[] = ["reuse", "per-step"];
 
 function overheadSection(o: OverheadResults): string {
   const counts = [...new Set(o.runs.map((r) => r.hosts))].sort((a, b) => a - b);
   const maxN = counts[counts.length - 1];
   const minN = counts[0];
-  const med = (op: OpName, n: number) =>
-    median(o.runs.filter((r) => r.op === op && r.hosts === n).map((r) => r.seconds));
+  const of = (op: OpName, n: number, mode: ConnectionMode) =>
+    o.runs.filter((r) => r.op === op && r.hosts === n && r.mode === mode);
+  const med = (op: OpName, n: number, mode: ConnectionMode = "reuse") =>
+    median(of(op, n, mode).map((r) => r.seconds));
   const floor = median(o.emptyPreview);
   const out: string[] = ["## 2. The tool's overhead", ""];
   out.push(
     "The example stack (`Pulumi.yaml` + `index.ts`, TypeScript, `NixSshCache`) on the real Pulumi" +
       " CLI with a local file backend; staging + N production hosts, a fresh stack per host count" +
       " (`up --yes --skip-preview`: the update alone; a user's interactive `pulumi up` adds a" +
-      " preview; for the smallest and largest host counts, `destroy` and `up` from scratch again" +
-      " for a second sample). Medians of n samples. No-op operations run with `--expect-no-changes` (they would fail on a change)." +
+      " preview). The operations that reach hosts (`up`, `preview --refresh`, `destroy`) run in" +
+      " both connection modes of the dynamic provider, side by side on the same stack: one" +
+      " pooled connection per host (the default since this change) and one connection per step" +
+      " (`NIX_SSH_CACHE_CONNECTION_REUSE=0`, the behaviour before it); the mode that goes first" +
+      " alternates between passes. Medians of n samples. No-op operations run with" +
+      " `--expect-no-changes` (they would fail on a change)." +
       ` Resources in the stack: ${counts.map((n) => `${o.resources[n] ?? "?"} with ${n} host(s)`).join(", ")}.` +
       ` The floor is the no-op \`pulumi preview\` of an empty TypeScript stack (imports` +
       ` \`@pulumi/pulumi\`, declares nothing): ${fmtSeconds(floor)} (median of ${o.emptyPreview.length}).`,
     "",
   );
-  const count = (op: OpName, n: number) =>
-    o.runs.filter((r) => r.op === op && r.hosts === n).length;
-  const rows = OPS.map((op) => [
-    OP_LABELS[op],
-    ...counts.map((n) => `${fmtSeconds(med(op, n), 1)} (n=${count(op, n)})`),
-    fmtRatio(ratio(med(op, maxN), med(op, minN))),
-    fmtRatio(ratio(med(op, minN), floor)),
-  ]);
+  const rows: string[][] = [];
+  for (const op of OPS) {
+    for (const mode of SSH_OPS.includes(op) ? MODES : (["reuse"] as ConnectionMode[])) {
+      if (counts.every((n) => of(op, n, mode).length === 0)) continue;
+      rows.push([
+        OP_LABELS[op] + (SSH_OPS.includes(op) ? `, ${MODE_LABELS[mode]}` : ""),
+        ...counts.map((n) => `${fmtSeconds(med(op, n, mode), 1)} (n=${of(op, n, mode).length})`),
+        fmtRatio(ratio(med(op, maxN, mode), med(op, minN, mode))),
+        fmtRatio(ratio(med(op, minN, mode), floor)),
+      ]);
+    }
+  }
   rows.push([
     "empty stack: no-op `pulumi preview` (floor)",
     ...counts.map(() => fmtSeconds(floor, 1)),
@@ -149,6 +162,71 @@ function overheadSection(o: OverheadResults): string {
     ),
     "",
   );
+
+  // Before / after: the same operation, same stack, measured side by side.
+  const loginsOf = (rs: typeof o.runs) => median(rs.flatMap((r) => r.productionLogins));
+  const pairs: { label: string; before: OpRun[]; after: OpRun[]; n: number }[] = [];
+  for (const n of counts) {
+    pairs.push({
+      label: "no-op `pulumi preview`: type-checked → transpile-only",
+      before: of("preview-checked", n, "reuse"),
+      after: of("preview", n, "reuse"),
+      n,
+    });
+  }
+  for (const op of SSH_OPS) {
+    for (const n of counts) {
+      pairs.push({
+        label: `${OP_LABELS[op]}: one connection per step → per host`,
+        before: of(op, n, "per-step"),
+        after: of(op, n, "reuse"),
+        n,
+      });
+    }
+  }
+  const baRows: string[][] = [];
+  for (const p of pairs) {
+    if (p.before.length === 0 || p.after.length === 0) continue;
+    const b = median(p.before.map((r) => r.seconds));
+    const a = median(p.after.map((r) => r.seconds));
+    baRows.push([
+      p.label,
+      String(p.n),
+      fmtSeconds(b, 1),
+      fmtSeconds(a, 1),
+      fmtRatio(ratio(b, a)),
+      `${fmt(median(p.before.map((r) => r.stagingLogins)), 0)} → ${fmt(median(p.after.map((r) => r.stagingLogins)), 0)}`,
+      `${fmt(loginsOf(p.before), 0)} → ${fmt(loginsOf(p.after), 0)}`,
+    ]);
+  }
+  if (baRows.length) {
+    out.push(
+      "### Before / after: the changes that landed",
+      "",
+      "The same operations on the same stacks, measured side by side in this run. Connection" +
+        " reuse: before = one SSH connection per step (`NIX_SSH_CACHE_CONNECTION_REUSE=0`), after" +
+        " = one pooled connection per host (`components/ssh.ts`). Transpile-only: before = ts-node" +
+        " type-checks the program on every Pulumi operation (`PULUMI_NODEJS_TRANSPILE_ONLY=false`)," +
+        ' after = `"ts-node": { "transpileOnly": true }` in tsconfig.json (`npm run build` and' +
+        " `npm run lint` still type-check). Speed-up = before / after. Logins = the operator's" +
+        " (root) logins on the host during the operation (median production host).",
+      "",
+      table(
+        [
+          "operation",
+          "hosts",
+          "before",
+          "after",
+          "speed-up",
+          "staging logins before → after",
+          "logins per production host before → after",
+        ],
+        baRows,
+      ),
+      "",
+    );
+  }
+
   out.push(
     "SSH logins opened by the operator (root) per host per operation (from each host's" +
       ' `/var/log/sshd.log`, "Accepted publickey" lines before/after; median over rounds;' +
@@ -159,29 +237,33 @@ function overheadSection(o: OverheadResults): string {
   );
   const loginRows: string[][] = [];
   for (const op of OPS) {
-    for (const n of counts) {
-      const rs = o.runs.filter((r) => r.op === op && r.hosts === n);
-      if (rs.length === 0) continue;
-      const perHost = rs.flatMap((r) => r.productionLogins);
-      const lo = Math.min(...perHost);
-      const hi = Math.max(...perHost);
-      loginRows.push([
-        OP_LABELS[op],
-        String(n),
-        fmt(median(rs.map((r) => r.stagingLogins)), 0),
-        `${fmt(median(perHost), 0)}${lo !== hi ? ` (${lo}–${hi})` : ""}`,
-        fmt(median(rs.map((r) => r.serveLogins)), 0),
-        fmt(
-          median(rs.map((r) => r.stagingLogins + r.productionLogins.reduce((a, b) => a + b, 0))),
-          0,
-        ),
-      ]);
+    for (const mode of MODES) {
+      for (const n of counts) {
+        const rs = of(op, n, mode);
+        if (rs.length === 0) continue;
+        const perHost = rs.flatMap((r) => r.productionLogins);
+        const lo = Math.min(...perHost);
+        const hi = Math.max(...perHost);
+        loginRows.push([
+          OP_LABELS[op],
+          SSH_OPS.includes(op) ? MODE_LABELS[mode] : "",
+          String(n),
+          fmt(median(rs.map((r) => r.stagingLogins)), 0),
+          `${fmt(median(perHost), 0)}${lo !== hi ? ` (${lo}–${hi})` : ""}`,
+          fmt(median(rs.map((r) => r.serveLogins)), 0),
+          fmt(
+            median(rs.map((r) => r.stagingLogins + r.productionLogins.reduce((a, b) => a + b, 0))),
+            0,
+          ),
+        ]);
+      }
     }
   }
   out.push(
     table(
       [
         "operation",
+        "connections",
         "hosts",
         "staging",
         "per production host",
@@ -201,29 +283,27 @@ function ratio(a: number | undefined, b: number | undefined): number | undefined
 
 function reuseSection(r: ReuseResults): string {
   const counts = [...new Set(r.runs.map((x) => x.hosts))].sort((a, b) => a - b);
-  const strategies = [...new Set(r.runs.map((x) => x.strategy))];
   const med = (s: string, n: number) =>
     median(r.runs.filter((x) => x.strategy === s && x.hosts === n).map((x) => x.seconds));
   const logins = (s: string, n: number) =>
     median(r.runs.filter((x) => x.strategy === s && x.hosts === n).map((x) => x.loginsPerHost));
   const labels: Record<string, string> = {
-    today: "today: 1 connection per step (`runScript`)",
-    pooled: "pooled: 1 connection per host, 1 channel per step",
-    batched: "batched: 1 connection, 1 script per host",
+    "per-step": "one connection per script (`reuse: false`, before)",
+    reuse: "pooled: one connection per host, one channel per script (default)",
   };
-  const rows = strategies.map((s) => [
+  const rows = STRATEGIES.map((s) => [
     labels[s] ?? s,
     ...counts.map((n) => `${fmtSeconds(med(s, n), 3)} (${fmt(logins(s, n), 0)} logins/host)`),
-    ...counts.map((n) => fmtRatio(ratio(med("today", n), med(s, n)))),
+    ...counts.map((n) => fmtRatio(ratio(med("per-step", n), med(s, n)))),
   ]);
   return [
-    "## 3. Prototype: connection reuse and fewer steps (bench/connections.ts)",
+    "## 3. Connection reuse in isolation (bench/connections.ts)",
     "",
     `The ${r.steps} host scripts a \`preview --refresh\` runs per production host (probe, root` +
       " key, the three managed files, the NixOS module step that only reports `skipped` on Linux)," +
-      " run by the component's own `runScript`/`hostScript` from this process (ssh2, as the" +
-      " dynamic provider does), concurrently like the engine issues them; on 1 host and on all" +
-      ` production hosts at once; ${r.rounds} interleaved rounds, medians.`,
+      " run by the component's own `runScript` from this process, without the Pulumi engine," +
+      " concurrently like the engine issues them; on 1 host and on all production hosts at once;" +
+      ` ${r.rounds} interleaved rounds, medians; the pool is emptied after every run.`,
     "",
     table(
       [

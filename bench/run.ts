@@ -4,8 +4,9 @@
  *   1. substitution: three closure shapes through the cache (ssh://, ssh-ng://, parameters,
  *      AES-GCM), built locally, and streamed raw over SSH (the limit)
  *   2. the tool's overhead: up / preview / no-op up / preview --refresh with 1, 4, 8 hosts, the
- *      empty-stack floor, SSH logins per host per operation
- *   3. a prototype of connection reuse and batched steps
+ *      empty-stack floor, SSH logins per host per operation; the operations that reach hosts
+ *      with and without connection reuse (before / after)
+ *   3. connection reuse in isolation (the component's runScript, pooled and per script)
  *
  * Never run from tests. Every step is time-bounded; the whole run is bounded by
  * NSC_BENCH_BUDGET_MINUTES (default 19). Hosts start at 127.0.0.<NSC_BENCH_FIRST_ADDRESS> (default 2).
@@ -109,7 +110,7 @@ async function main(): Promise<number> {
         hostCounts,
         rounds: overheadRounds,
         previews: 2,
-        upsFor: (n) => (n === Math.min(...hostCounts) || n === Math.max(...hostCounts) ? 2 : 1),
+        upsFor: () => 1,
         timeoutSeconds: 300,
         secondsLeft,
         withConfiguredStack: async (s, p) => {
