@@ -113,9 +113,9 @@ function protocolProposal(s: SubstitutionResults): string[] {
     "",
     "Proposals:",
     "",
-    "1. **Never set `max-connections` or `compress`** (document why in the TSDoc of the URL" +
-      " parameters, with these figures); keep the verify step's timeout, which turns such a hang" +
-      " into an error.",
+    "1. **Never set `max-connections` or `compress`** (in place: the component refuses" +
+      " `maxConnections` above 1 before anything runs, `compress` is off unless asked for and its" +
+      " TSDoc gives these figures; the verify step's timeout turns such a hang into an error).",
     "2. **Cipher**: the ssh client drop-in the component already writes for the staging `Host`" +
       " (`renderSshClientConfig`) can carry `Ciphers aes128-gcm@openssh.com,chacha20-poly1305@openssh.com`" +
       " (AES-GCM preferred, the default kept as fallback for hosts without AES-NI). One line in" +
