@@ -317,24 +317,7 @@ async function acquireConnection(connection: Connection): Promise<LentConnection
   ]);
   const pool = sshPool();
   for (;;) {
-    let entry = pool.entries.get(key);
-    if (!entry) {
-      const created: PoolEntry = {
-        key,
-        conn: openConnection(connection),
-        busy: 0,
-        limit: pool.maxChannels,
-        waiting: [],
-        gone: false,
-      };
-      entry = created;
-      pool.entries.set(key, created);
-      created.conn.then(
-        (c) => c.onGone(() => retireConnection(created)),
-        () => retireConnection(created),
-      );
-    }
-    const held: PoolEntry = entry;
+    const held = pool.entries.get(key) ?? addConnection(pool, key, connection);
     clearTimeout(held.idle);
     if (held.busy < held.limit) held.busy++;
     else await new Promise<void>((wake) => held.waiting.push(wake));
@@ -350,25 +333,39 @@ async function acquireConnection(connection: Connection): Promise<LentConnection
       releaseSlot(held);
       continue;
     }
-    let released = false;
     return {
       ...conn,
-      release() {
-        if (released) return;
-        released = true;
-        releaseSlot(held);
-      },
+      release: () => releaseSlot(held),
       refused() {
-        if (!held.gone && held.busy > 1) held.limit = Math.max(1, held.busy - 1);
+        if (!held.gone && held.busy > 1) held.limit = held.busy - 1;
         else retireConnection(held);
       },
     };
   }
 }
 
+/** Opens a connection into the pool; it leaves the pool when it fails or ends. */
+function addConnection(pool: SshPool, key: string, connection: Connection): PoolEntry {
+  const entry: PoolEntry = {
+    key,
+    conn: openConnection(connection),
+    busy: 0,
+    limit: pool.maxChannels,
+    waiting: [],
+    gone: false,
+  };
+  pool.entries.set(key, entry);
+  entry.conn.then(
+    (c) => c.onGone(() => retireConnection(entry)),
+    () => retireConnection(entry),
+  );
+  return entry;
+}
+
 function releaseSlot(entry: PoolEntry): void {
   entry.busy--;
-  while (entry.waiting.length > 0 && (entry.busy < entry.limit || entry.gone)) {
+  // (A retired entry has no waiters left: retireConnection woke them all.)
+  while (entry.waiting.length > 0 && entry.busy < entry.limit) {
     entry.busy++;
     entry.waiting.shift()?.();
   }
