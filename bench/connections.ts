@@ -13,8 +13,9 @@ import { hostScript } from "../components/host";
 import { closeSshConnections, Connection, runScript } from "../components/ssh";
 import { CLIENT_FILES } from "../components/cacheClient";
 import { DEFAULT_FRAGMENT_PATH } from "../components/cacheServer";
-import { TestHost } from "../tests/hosts/harness";
-import { acceptedLogins, log, loginsSince, median } from "./lib";
+import { operatorConnection } from "../tests/e2e/helpers";
+import { acceptedLogins, loginsSince, TestHost } from "../tests/hosts/harness";
+import { log, median } from "./lib";
 
 /** One host script with its inputs. */
 interface Step {
@@ -36,17 +37,6 @@ function refreshSteps(): Step[] {
     read(hostScript("file", "linux"), { FILE_PATH: CLIENT_FILES.nixConf }),
     read(hostScript("file", "nixos"), { FILE_PATH: DEFAULT_FRAGMENT_PATH }),
   ];
-}
-
-function connectionOf(h: TestHost): Connection {
-  return {
-    host: h.address,
-    port: h.port,
-    user: h.user,
-    privateKey: h.privateKey,
-    hostKey: h.hostKey,
-    become: "none",
-  };
 }
 
 function lastJson(stdout: string): unknown {
@@ -99,7 +89,7 @@ export async function connectionReuseBench(
         const before = group.map(acceptedLogins);
         const start = process.hrtime.bigint();
         const results = await Promise.all(
-          group.map((h) => refreshHost(connectionOf(h), steps, name === "reuse")),
+          group.map((h) => refreshHost(operatorConnection(h), steps, name === "reuse")),
         );
         const seconds = Number(process.hrtime.bigint() - start) / 1e9;
         closeSshConnections();

@@ -1,12 +1,9 @@
 /**
- * Small helpers of the benchmarks: logging, medians, time bounds, the Pulumi CLI with a timeout,
- * SSH connection counts from the test hosts' sshd logs.
+ * Small helpers of the benchmarks: logging, medians, time bounds, the Pulumi CLI with a timeout.
+ * (SSH login counts come from the test-host harness: `acceptedLogins`, `loginsSince`.)
  */
 import { spawn } from "child_process";
-import * as fs from "fs";
-import * as path from "path";
 import { PulumiStack } from "../tests/e2e/pulumi";
-import { TestHost } from "../tests/hosts/harness";
 
 const benchStart = Date.now();
 
@@ -128,30 +125,6 @@ export async function pulumiOk(
     throw new Error(`pulumi ${args.join(" ")} exited ${r.code}:\n${r.output.slice(-4000)}`);
   }
   return r;
-}
-
-/** Counts of accepted SSH logins in a host's sshd log, by login user. */
-export type LoginCounts = Record<string, number>;
-
-/** Accepted public-key logins so far in `host`'s `/var/log/sshd.log`, by user. */
-export function acceptedLogins(host: TestHost): LoginCounts {
-  const file = path.join(host.stateDir, "var-log", "sshd.log");
-  const counts: LoginCounts = {};
-  let text = "";
-  try {
-    text = fs.readFileSync(file, "utf8");
-  } catch {
-    return counts;
-  }
-  for (const m of text.matchAll(/Accepted publickey for (\S+) from/g)) {
-    counts[m[1]] = (counts[m[1]] ?? 0) + 1;
-  }
-  return counts;
-}
-
-/** New logins of `user` between two snapshots. */
-export function loginsSince(before: LoginCounts, after: LoginCounts, user: string): number {
-  return (after[user] ?? 0) - (before[user] ?? 0);
 }
 
 /** Rejects after `seconds` (labelled), or resolves/rejects with the promise. */

@@ -9,16 +9,8 @@ import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
 import { PulumiStack, repoRoot } from "../tests/e2e/pulumi";
-import { TestHost } from "../tests/hosts/harness";
-import {
-  acceptedLogins,
-  log,
-  LoginCounts,
-  loginsSince,
-  pulumiOk,
-  TimedCli,
-  withTimeout,
-} from "./lib";
+import { acceptedLogins, LoginCounts, loginsSince, TestHost } from "../tests/hosts/harness";
+import { log, pulumiOk, TimedCli, withTimeout } from "./lib";
 
 const PROJECT = "nix-ssh-cache";
 
@@ -188,6 +180,18 @@ export interface OverheadOptions {
    * runs last in each pass so this can use whatever time is left.
    */
   withConfiguredStack?: (stage: TestHost, prod: TestHost) => Promise<void>;
+}
+
+/** The runs of `op` in `mode` with `hosts` production hosts (any host count when omitted). */
+export function runsOf(
+  o: OverheadResults,
+  op: OpName,
+  mode: ConnectionMode,
+  hosts?: number,
+): OpRun[] {
+  return o.runs.filter(
+    (r) => r.op === op && r.mode === mode && (hosts === undefined || r.hosts === hosts),
+  );
 }
 
 /** An empty result, filled as the bench goes (a partial report still has what was measured). */

@@ -4,7 +4,7 @@
  * machine does not keep a stale conclusion.
  */
 import { fmt, fmtSeconds, median } from "./lib";
-import type { ConnectionMode, OpName, OverheadResults } from "./overhead";
+import { ConnectionMode, OpName, OverheadResults, runsOf } from "./overhead";
 import type { Report } from "./report";
 import { medianRoundRatio, medianSeconds, SubstitutionResults } from "./substitution";
 
@@ -14,9 +14,7 @@ function opMedian(
   n: number,
   mode: ConnectionMode = "reuse",
 ): number | undefined {
-  return median(
-    o.runs.filter((r) => r.op === op && r.hosts === n && r.mode === mode).map((r) => r.seconds),
-  );
+  return median(runsOf(o, op, mode, n).map((r) => r.seconds));
 }
 
 function loginsPerProd(
@@ -24,9 +22,7 @@ function loginsPerProd(
   op: OpName,
   mode: ConnectionMode = "reuse",
 ): number | undefined {
-  return median(
-    o.runs.filter((r) => r.op === op && r.mode === mode).flatMap((r) => r.productionLogins),
-  );
+  return median(runsOf(o, op, mode).flatMap((r) => r.productionLogins));
 }
 
 function loginsStaging(
@@ -34,7 +30,7 @@ function loginsStaging(
   op: OpName,
   mode: ConnectionMode = "reuse",
 ): number | undefined {
-  return median(o.runs.filter((r) => r.op === op && r.mode === mode).map((r) => r.stagingLogins));
+  return median(runsOf(o, op, mode).map((r) => r.stagingLogins));
 }
 
 /** Time of variant `a` / time of variant `b`, per round, median (>1: `a` is slower). */

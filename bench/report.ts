@@ -4,7 +4,15 @@
 import { ReuseResults, STRATEGIES } from "./connections";
 import { fmt, fmtRatio, fmtSeconds, median, table } from "./lib";
 import { MachineInfo } from "./machine";
-import { ConnectionMode, MODE_LABELS, OP_LABELS, OpName, OpRun, OverheadResults } from "./overhead";
+import {
+  ConnectionMode,
+  MODE_LABELS,
+  OP_LABELS,
+  OpName,
+  OpRun,
+  OverheadResults,
+  runsOf,
+} from "./overhead";
 import { proposals } from "./proposals";
 import { medianRoundRatio, medianSeconds, Run, SubstitutionResults } from "./substitution";
 
@@ -111,8 +119,7 @@ function overheadSection(o: OverheadResults): string {
   const counts = [...new Set(o.runs.map((r) => r.hosts))].sort((a, b) => a - b);
   const maxN = counts[counts.length - 1];
   const minN = counts[0];
-  const of = (op: OpName, n: number, mode: ConnectionMode) =>
-    o.runs.filter((r) => r.op === op && r.hosts === n && r.mode === mode);
+  const of = (op: OpName, n: number, mode: ConnectionMode) => runsOf(o, op, mode, n);
   const med = (op: OpName, n: number, mode: ConnectionMode = "reuse") =>
     median(of(op, n, mode).map((r) => r.seconds));
   const floor = median(o.emptyPreview);

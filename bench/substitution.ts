@@ -7,9 +7,9 @@
  */
 import { renderSshdMatchBlock, serveCommand } from "../components/render";
 import { STAGING_FILES } from "../components/cacheServer";
-import { TestHost } from "../tests/hosts/harness";
+import { acceptedLogins, loginsSince, TestHost } from "../tests/hosts/harness";
 import { benchExpression, shapes, ShapeSizes, ShapeSpec } from "./closures";
-import { acceptedLogins, log, loginsSince, median } from "./lib";
+import { log, median } from "./lib";
 
 /** The serve user for `ssh-ng://`: same Match-block confinement, `nix-daemon --stdio`. */
 const NG_USER = "nix-ssh-ng";

@@ -10,18 +10,9 @@ import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
 import { execFileSync } from "child_process";
+import { repoRoot } from "../tests/e2e/pulumi";
+import { ReliabilityRecord, reliabilityLogPath } from "../tests/e2e/reliability/record";
 
-interface ReliabilityRecord {
-  item: string;
-  case: string;
-  expected: string;
-  observed: string;
-  pass: boolean;
-  durationMs: number;
-  at: string;
-}
-
-const repoRoot = path.resolve(__dirname, "..", "..");
 const ITEM_ORDER = ["bad input", "faults", "security", "destroy"];
 const ITEM_TITLES: Record<string, string> = {
   "bad input": "1. Bad input: rejected by `pulumi preview` before anything runs on a host",
@@ -113,10 +104,7 @@ export function renderReport(records: ReliabilityRecord[], log: string): string 
 }
 
 function main(): void {
-  const log =
-    process.argv[2] ||
-    process.env.NSC_RELIABILITY_LOG ||
-    path.join(repoRoot, "build", "reliability.jsonl");
+  const log = process.argv[2] || reliabilityLogPath();
   const out = process.argv[3] || path.join(repoRoot, "docs", "reliability.md");
   const records = readRecords(log);
   fs.mkdirSync(path.dirname(out), { recursive: true });

@@ -1,13 +1,26 @@
 /**
  * Shared steps of the e2e tests: build a unique path on staging, substitute it on production,
- * read the changed resources out of `pulumi preview --json`.
+ * read the changed resources out of `pulumi preview --json`, reach a test host as the operator.
  */
 import * as assert from "node:assert/strict";
 import { randomBytes } from "crypto";
+import { Connection } from "../../components/ssh";
 import { TestHost } from "../hosts/harness";
 
 /** `nix` with the nix-command feature (Nix 2.8). */
 export const NIX = "nix --extra-experimental-features nix-command";
+
+/** The operator's connection to a test host (its runner key, `hostKey` pinned by default). */
+export function operatorConnection(h: TestHost, hostKey = h.hostKey): Connection {
+  return {
+    host: h.address,
+    port: h.port,
+    user: h.user,
+    privateKey: h.privateKey,
+    hostKey,
+    become: "none",
+  };
+}
 
 /** A store path built on staging and the derivation it came from. */
 export interface BuiltPath {

@@ -5,40 +5,22 @@
  */
 import { after, before, beforeEach, describe, it } from "node:test";
 import * as assert from "node:assert/strict";
-import * as fs from "fs";
-import * as path from "path";
 import { closeSshConnections, Connection, runScript, sshPool } from "../../components/ssh";
-import { e2eSkipReason, startHosts, TestHost, TestHosts } from "../hosts/harness";
+import { acceptedLogins, e2eSkipReason, startHosts, TestHost, TestHosts } from "../hosts/harness";
+import { operatorConnection } from "./helpers";
 
 const skip = e2eSkipReason();
 
-/** Root logins accepted so far by the host's sshd. */
-function rootLogins(h: TestHost): number {
-  const log = fs.readFileSync(path.join(h.stateDir, "var-log", "sshd.log"), "utf8");
-  return [...log.matchAll(/Accepted publickey for root from/g)].length;
-}
-
 /** sshd logs a login just after the client sees it: wait until the count settles. */
 async function settledLogins(h: TestHost): Promise<number> {
-  let last = rootLogins(h);
+  let last = acceptedLogins(h).root ?? 0;
   for (let i = 0; i < 20; i++) {
     await new Promise((r) => setTimeout(r, 100));
-    const now = rootLogins(h);
+    const now = acceptedLogins(h).root ?? 0;
     if (now === last && i >= 2) return now;
     last = now;
   }
   return last;
-}
-
-function connectionOf(h: TestHost, hostKey = h.hostKey): Connection {
-  return {
-    host: h.address,
-    port: h.port,
-    user: h.user,
-    privateKey: h.privateKey,
-    hostKey,
-    become: "none",
-  };
 }
 
 /** `n` concurrent scripts, each printing its own number; returns what they printed. */
@@ -75,7 +57,7 @@ describe("runScript connection reuse", { skip }, () => {
 
   it("runs 12 concurrent scripts over one login, 8 channels at a time", async () => {
     const before = await settledLogins(host);
-    const out = await concurrent(connectionOf(host), 12);
+    const out = await concurrent(operatorConnection(host), 12);
     assert.deepEqual(
       out,
       Array.from({ length: 12 }, (_, i) => String(i)),
@@ -83,13 +65,13 @@ describe("runScript connection reuse", { skip }, () => {
     assert.equal(sshPool().entries.size, 1);
     assert.equal((await settledLogins(host)) - before, 1);
     // The next script reuses the open connection.
-    assert.equal((await runScript(connectionOf(host), "echo again")).stdout.trim(), "again");
+    assert.equal((await runScript(operatorConnection(host), "echo again")).stdout.trim(), "again");
     assert.equal((await settledLogins(host)) - before, 1);
   });
 
   it("opens one connection per script with reuse: false", async () => {
     const before = await settledLogins(host);
-    await concurrent(connectionOf(host), 5, false);
+    await concurrent(operatorConnection(host), 5, false);
     assert.equal(sshPool().entries.size, 0);
     assert.equal((await settledLogins(host)) - before, 5);
   });
@@ -100,7 +82,7 @@ describe("runScript connection reuse", { skip }, () => {
     try {
       await new Promise((r) => setTimeout(r, 500));
       const before = await settledLogins(host);
-      const out = await concurrent(connectionOf(host), 10);
+      const out = await concurrent(operatorConnection(host), 10);
       assert.equal(out.length, 10);
       assert.equal((await settledLogins(host)) - before, 1, "still one login");
     } finally {
@@ -110,7 +92,7 @@ describe("runScript connection reuse", { skip }, () => {
   });
 
   it("times out one script without breaking its siblings or the connection", async () => {
-    const c = connectionOf(host);
+    const c = operatorConnection(host);
     const before = await settledLogins(host);
     const [slow, quick] = await Promise.allSettled([
       runScript(c, "sleep 30", { timeoutMs: 1000 }),
@@ -124,7 +106,7 @@ describe("runScript connection reuse", { skip }, () => {
   });
 
   it("fails a script whose connection the host drops, and reconnects for the next one", async () => {
-    const c = connectionOf(host);
+    const c = operatorConnection(host);
     const before = await settledLogins(host);
     const running = runScript(c, "sleep 20; echo never").then(
       () => new Error("the script finished"),
@@ -143,7 +125,7 @@ describe("runScript connection reuse", { skip }, () => {
     const wrong =
       "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
     const results = await Promise.allSettled(
-      Array.from({ length: 3 }, () => runScript(connectionOf(host, wrong), "echo no")),
+      Array.from({ length: 3 }, () => runScript(operatorConnection(host, wrong), "echo no")),
     );
     for (const r of results) {
       assert.equal(r.status, "rejected");
@@ -157,7 +139,7 @@ describe("runScript connection reuse", { skip }, () => {
 
   it("closes a connection left idle", async () => {
     sshPool().idleMs = 200;
-    await runScript(connectionOf(host), "true");
+    await runScript(operatorConnection(host), "true");
     assert.equal(sshPool().entries.size, 1);
     await new Promise((r) => setTimeout(r, 600));
     assert.equal(sshPool().entries.size, 0);

@@ -505,3 +505,27 @@ function makeHost(s: Started, privateKey: string, keyPath: string, hostKey: stri
     },
   };
 }
+
+/** Counts of accepted SSH logins in a host's sshd log, by login user. */
+export type LoginCounts = Record<string, number>;
+
+/** Accepted public-key logins so far in `host`'s `/var/log/sshd.log`, by user. */
+export function acceptedLogins(host: TestHost): LoginCounts {
+  const file = path.join(host.stateDir, "var-log", "sshd.log");
+  const counts: LoginCounts = {};
+  let text = "";
+  try {
+    text = fs.readFileSync(file, "utf8");
+  } catch {
+    return counts;
+  }
+  for (const m of text.matchAll(/Accepted publickey for (\S+) from/g)) {
+    counts[m[1]] = (counts[m[1]] ?? 0) + 1;
+  }
+  return counts;
+}
+
+/** New logins of `user` between two snapshots. */
+export function loginsSince(before: LoginCounts, after: LoginCounts, user: string): number {
+  return (after[user] ?? 0) - (before[user] ?? 0);
+}
