@@ -3,7 +3,9 @@
  * Every setting is documented in Pulumi.yaml; `npm run demo` runs it on local test hosts.
  */
 import * as pulumi from "@pulumi/pulumi";
-import { FragmentsMode, NixSshCache, Protocol, RebuildMode, SigningKeyArgs } from "./components";
+// The same entry point as in your own project: the package name (here resolved to this
+// repository itself through package.json "exports"; build/components, made by `npm run build`).
+import { FragmentsMode, NixSshCache, Protocol, RebuildMode, SigningKeyArgs } from "nix-ssh-cache";
 
 interface HostConfig {
   host: string;
