@@ -5,6 +5,8 @@
  * beside it, is passed over with the reason. Runs the real script (warm: seconds) with the
  * toolchain found on this test's PATH, linked into temporary directories; the script writes its
  * env file to a temporary path (NSC_SETUP_ENV_FILE), never the repository's `.tools/env.sh`.
+ * And its checks (`scripts/setup-check`) name what a fresh machine lacks: run in a private mount
+ * namespace where `/etc/nix` is empty and `/etc/group` has no `nixbld`, as with `nix-bin` alone.
  */
 import { after, before, describe, it } from "node:test";
 import * as assert from "node:assert/strict";
@@ -12,6 +14,7 @@ import { execFile } from "child_process";
 import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
+import { e2eSkipReason } from "../hosts/harness";
 import { pulumiSkipReason, repoRoot } from "./pulumi";
 
 const skip = pulumiSkipReason();
@@ -132,3 +135,56 @@ describe("scripts/setup: an existing Pulumi", { skip }, () => {
     assert.notEqual(r.envPath, `${dir}:$PATH`);
   });
 });
+
+/** Runs `scripts/setup-check` as root in a private mount namespace after `prepare` (bash). */
+function runCheck(toolchain: string, prepare: string): Promise<{ code: number; output: string }> {
+  const script = `${prepare}\nexec bash ${JSON.stringify(path.join(repoRoot, "scripts", "setup-check"))} "$1"`;
+  return new Promise((resolve) => {
+    execFile(
+      "unshare",
+      ["--mount", "--propagation", "private", "bash", "-euc", script, "check", toolchain],
+      { cwd: repoRoot },
+      (err, stdout, stderr) =>
+        resolve({ code: err ? Number(err.code ?? 1) : 0, output: stdout + stderr }),
+    );
+  });
+}
+
+describe(
+  "scripts/setup-check: what a fresh machine lacks",
+  { skip: e2eSkipReason() ?? skip },
+  () => {
+    let work: string;
+    before(() => {
+      work = fs.mkdtempSync(path.join(os.tmpdir(), "nsc-setup-check-"));
+    });
+    after(() => {
+      if (work) fs.rmSync(work, { recursive: true, force: true });
+    });
+
+    it("passes on this machine", async () => {
+      const r = await runCheck(currentToolchainDir(), "true");
+      assert.equal(r.code, 0, r.output);
+      assert.match(r.output, /^\d+ checks passed$/m);
+    });
+
+    it("names the missing nix.conf and build group, with what to do, and fails", async () => {
+      const group = path.join(work, "group");
+      const prepare = [
+        "mount -t tmpfs tmpfs /etc/nix",
+        `grep -v '^nixbld:' /etc/group > ${group}`,
+        `mount --bind ${group} /etc/group`,
+      ].join("\n");
+      const r = await runCheck(currentToolchainDir(), prepare);
+      assert.equal(r.code, 1, r.output);
+      const missing = r.output.split("\n").filter((l) => l.startsWith("[setup] MISSING: "));
+      assert.deepEqual(
+        missing.map((l) => l.slice("[setup] MISSING: ".length).split(":")[0]),
+        ["group nixbld (Nix build users)", "members of group nixbld", "/etc/nix/nix.conf"],
+        r.output,
+      );
+      for (const line of missing) assert.match(line, /apt-get install nix-setup-systemd/);
+      assert.match(r.output, /3 of \d+ checks failed/);
+    });
+  },
+);
