@@ -285,9 +285,8 @@ function connectConfig(hop: ProxyConnection, where: string): ConnectConfig {
         );
       } else if (!hop.privateKeyPassword) {
         fail("privateKey is encrypted; set privateKeyPassword to its passphrase");
-      } else if (sshUtils.parseKey(hop.privateKey, hop.privateKeyPassword) instanceof Error) {
-        fail("privateKeyPassword does not decrypt privateKey (wrong passphrase?)");
       }
+      // Decrypting is slow (bcrypt_pbkdf): ssh2 does it once, in connect (see handshake).
       config.passphrase = hop.privateKeyPassword;
     }
     config.privateKey = hop.privateKey;
@@ -370,7 +369,13 @@ function handshake(hop: ProxyConnection, where: string, sock?: ClientChannel): P
       client.removeAllListeners("close");
       resolve(client);
     });
-    client.connect(config);
+    try {
+      client.connect(config);
+    } catch {
+      // Only a key that does not decrypt throws here (connectConfig read it); ssh2's message
+      // is not shown: it can quote bytes of the key.
+      fail("privateKeyPassword does not decrypt privateKey (wrong passphrase?)", false);
+    }
   });
 }
 

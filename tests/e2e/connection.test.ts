@@ -94,7 +94,7 @@ describe(
     const viaJump = (extra: Partial<Connection> = {}, proxy: Partial<ProxyConnection> = {}) =>
       login(inner, { host: hidden.privateName, proxy: hop(jump, proxy), ...extra });
 
-    it("reaches a host only through the bastion, which logs the forwarded channel", async () => {
+    it("reaches a host only through the bastion, which logs the forwarded channel", async (t) => {
       // Directly, the operator cannot use the host: its name does not resolve here, and its
       // public address refuses the login user.
       assert.match(
@@ -112,6 +112,9 @@ describe(
       assert.equal(r.code, 0, r.stderr);
       assert.equal(r.stdout.trim(), "root on inner.test");
       assert.equal(forwardsTo(jump, hidden.privateName) - before, 1, "one direct-tcpip channel");
+      for (const line of sshdLog(jump).split("\n")) {
+        if (/direct-tcpip|server_request_direct_tcpip/.test(line)) t.diagnostic(`bastion: ${line}`);
+      }
       const log = sshdLog(inner);
       assert.match(
         log,
