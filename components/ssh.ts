@@ -254,7 +254,9 @@ function forward(proxy: Client, target: Connection, where: string): Promise<Clie
             false,
           );
         }
-        fail(`${via} could not reach ${to}: ${err.message}`, reason === 2);
+        // A refused or timed-out connect may be a booting host; an unknown name is not.
+        const unknownName = /not known|resolve|No address/i.test(err.message);
+        fail(`${via} could not reach ${to}: ${err.message}`, reason === 2 && !unknownName);
       });
     } catch (err) {
       fail(`the connection to ${via} ended: ${(err as Error).message}`, true);

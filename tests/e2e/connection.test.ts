@@ -113,7 +113,8 @@ describe(
       assert.equal(r.stdout.trim(), "root on inner.test");
       assert.equal(forwardsTo(jump, hidden.privateName) - before, 1, "one direct-tcpip channel");
       for (const line of sshdLog(jump).split("\n")) {
-        if (/direct-tcpip|server_request_direct_tcpip/.test(line)) t.diagnostic(`bastion: ${line}`);
+        if (/direct-tcpip|server_request_direct_tcpip/.test(line))
+          t.diagnostic(`bastion: ${line.trim()}`);
       }
       const log = sshdLog(inner);
       assert.match(
