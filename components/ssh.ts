@@ -99,28 +99,61 @@ export function assembleScript(body: string, env: Record<string, string> = {}): 
 }
 
 /**
+ * How sudo runs scripts on one connection, learnt from its first script (see
+ * {@link remoteCommand}): directly, or with a terminal from `script`; and where bash is.
+ */
+export interface SudoMode {
+  how: "direct" | "script";
+  bash: string;
+}
+
+/**
  * The command the SSH channel executes. sshd hands it to the login user's shell (`$SHELL -c`),
- * so it is written to mean the same in sh, bash, zsh and fish: plain words, and one
+ * so it is written to mean the same in sh, bash, zsh and fish: plain words, and at most one
  * single-quoted POSIX `sh` program without `'` or `\\` (fish reads those two differently).
  *
- * As root it is `bash -s` (the script arrives on stdin). Through sudo, the sh program:
- * - finds bash on the login user's PATH and runs it by absolute path, so a `secure_path`
+ * As root it is `bash -s` (the script arrives on stdin). Through sudo, the first script on a
+ * connection probes, in an sh program:
+ * - bash is found on the login user's PATH and run by absolute path, so a `secure_path`
  *   without it (or without Nix: lib.sh completes PATH) does not matter;
- * - runs `sudo -n <bash> -s` directly when sudo accepts that without a terminal;
- * - else (`Defaults requiretty`) gives sudo a controlling terminal with util-linux `script`,
- *   while the script's stdin, stdout and stderr stay the channel's own pipes (passed as fds
- *   3-5 around the terminal): no SSH pty, so nothing is echoed or merged, and the JSON last line
+ * - `sudo -n <bash> -s` runs directly when sudo accepts `sudo -n true` without a terminal;
+ * - else (`Defaults requiretty`) util-linux `script` gives sudo a controlling terminal, while
+ *   the script's stdin, stdout and stderr stay the channel's own pipes (passed as fds 3-5
+ *   around the terminal): no SSH pty, so nothing is echoed or merged, and the JSON last line
  *   and the exit status arrive as without a terminal. `use_pty` needs nothing special: sudo
  *   relays the pipes itself.
+ *
+ * The probe reports its choice on stderr (`nix-ssh-cache-sudo: direct|script <bash>`); later
+ * scripts on the same connection get that command without the probe (`learnt`).
  */
-export function remoteCommand(connection: Pick<Connection, "user" | "become">): string {
+export function remoteCommand(
+  connection: Pick<Connection, "user" | "become">,
+  learnt?: SudoMode,
+): string {
   if (connection.become !== "sudo" || connection.user === "root") return "bash -s";
+  const viaScript = (bash: string) =>
+    `SHELL=/bin/sh exec script -qec "exec sudo -n ${bash} -s <&3 >&4 2>&5" /dev/null 3<&0 4>&1 5>&2 </dev/null >/dev/null`;
+  if (learnt?.how === "direct") return `exec sudo -n ${learnt.bash} -s`;
+  if (learnt?.how === "script") return `exec /bin/sh -c '${viaScript(learnt.bash)}'`;
   const program = [
     'b=$(command -v bash) || { echo "nix-ssh-cache: bash is not on the PATH of user $(id -un)" >&2; exit 127; }',
-    'if sudo -n true </dev/null >/dev/null 2>&1 || ! command -v script >/dev/null 2>&1; then exec sudo -n "$b" -s; fi',
-    'SHELL=/bin/sh exec script -qec "exec sudo -n $b -s <&3 >&4 2>&5" /dev/null 3<&0 4>&1 5>&2 </dev/null >/dev/null',
+    'if sudo -n true </dev/null >/dev/null 2>&1 || ! command -v script >/dev/null 2>&1; then echo "nix-ssh-cache-sudo: direct $b" >&2; exec sudo -n "$b" -s; fi',
+    'echo "nix-ssh-cache-sudo: script $b" >&2',
+    viaScript("$b"),
   ].join("; ");
   return `exec /bin/sh -c '${program}'`;
+}
+
+/** Takes the probe's report out of a script's stderr: the mode it found, and the rest. */
+export function takeSudoMode(stderr: string): { mode?: SudoMode; stderr: string } {
+  // The line the probing command writes first on stderr (other output may come before it).
+  const m = /(?:^|\n)nix-ssh-cache-sudo: (direct|script) (\/[A-Za-z0-9_./+-]+)\n/.exec(stderr);
+  if (!m) return { stderr };
+  const rest = stderr.slice(0, m.index) + (m[0].startsWith("\n") ? "\n" : "");
+  return {
+    mode: { how: m[1] as SudoMode["how"], bash: m[2] },
+    stderr: rest + stderr.slice(m.index + m[0].length),
+  };
 }
 
 /**
@@ -173,6 +206,8 @@ interface ScriptError extends Error {
 /** One open SSH connection, as {@link runOnConnection} uses it. */
 interface OpenConnection {
   client: Client;
+  /** What the connection's scripts learnt (shared by every lent copy). */
+  learnt: { sudo?: SudoMode };
   /** Registers a callback for the connection's end; returns its remover. */
   onGone(callback: (reason: Error) => void): () => void;
   close(): void;
@@ -425,6 +460,7 @@ function watchConnection(client: Client, where: string, proxy?: Client): OpenCon
   proxy?.on("error", () => undefined);
   return {
     client,
+    learnt: {},
     onGone(callback) {
       if (gone) {
         const reason = gone;
@@ -446,7 +482,7 @@ function runOnConnection(
   timeoutMs: number,
 ): Promise<ScriptResult> {
   const where = describeConnection(connection);
-  const command = remoteCommand(connection);
+  const command = remoteCommand(connection, conn.learnt.sudo);
   return new Promise<ScriptResult>((resolve, reject) => {
     // Declared before the closures that use them: Pulumi's closure serializer rejects
     // references to a `const` declared further down.
@@ -493,10 +529,12 @@ function runOnConnection(
         if (code == null && !signal) {
           return fail(`${where}: the connection ended before the script reported its exit status`);
         }
+        const { mode, stderr } = takeSudoMode(Buffer.concat(errs).toString("utf8"));
+        if (mode) conn.learnt.sudo = mode;
         finish(undefined, {
           code: code ?? 128,
           stdout: Buffer.concat(out).toString("utf8"),
-          stderr: Buffer.concat(errs).toString("utf8"),
+          stderr,
         });
       });
       stream.end(script);

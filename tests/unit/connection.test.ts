@@ -9,6 +9,7 @@ import {
   poolKey,
   remoteCommand,
   runScript,
+  takeSudoMode,
 } from "../../components/ssh";
 import { validateArgs, type PlainNixSshCacheArgs } from "../../components/validate";
 import { FAKE_PRIVATE_KEY, hasCommand, withTempDir } from "./fixtures";
@@ -44,6 +45,35 @@ describe("remoteCommand", () => {
     assert.ok(m, command);
     assert.ok(!m[1].includes("\\"), "no backslash");
     assert.match(m[1], /script -qec/);
+  });
+
+  it("once learnt, runs sudo without the probe", () => {
+    const ship = { user: "ship", become: "sudo" as const };
+    assert.equal(
+      remoteCommand(ship, { how: "direct", bash: "/usr/bin/bash" }),
+      "exec sudo -n /usr/bin/bash -s",
+    );
+    const viaScript = remoteCommand(ship, { how: "script", bash: "/usr/bin/bash" });
+    assert.match(
+      viaScript,
+      /^exec \/bin\/sh -c 'SHELL=\/bin\/sh exec script -qec "exec sudo -n \/usr\/bin\/bash -s/,
+    );
+    assert.doesNotMatch(viaScript, /sudo -n true/);
+  });
+
+  it("takes the probe's report out of stderr", () => {
+    assert.deepEqual(takeSudoMode("nix-ssh-cache-sudo: script /bin/bash\nwarning\n"), {
+      mode: { how: "script", bash: "/bin/bash" },
+      stderr: "warning\n",
+    });
+    assert.deepEqual(
+      takeSudoMode("motd\nnix-ssh-cache-sudo: direct /run/current-system/sw/bin/bash\nx\n"),
+      {
+        mode: { how: "direct", bash: "/run/current-system/sw/bin/bash" },
+        stderr: "motd\nx\n",
+      },
+    );
+    assert.deepEqual(takeSudoMode("plain\n"), { stderr: "plain\n" });
   });
 
   for (const shell of ["sh", "bash", "zsh", "fish"]) {
