@@ -5,6 +5,7 @@
  * serializer: keep it self-contained (only `ssh2` and Node built-ins, no module-level state; the
  * connection pool lives on `globalThis`).
  */
+import { existsSync } from "fs";
 import { Client, ClientChannel, ConnectConfig, OpenSSHAgent, utils as sshUtils } from "ssh2";
 
 /**
@@ -294,7 +295,7 @@ function forward(proxy: Client, target: Connection, where: string): Promise<Clie
         fail(`${via} could not reach ${to}: ${err.message}`, reason === 2 && !unknownName);
       });
     } catch (err) {
-      fail(`the connection to ${via} ended: ${(err as Error).message}`, true);
+      fail(`the connection to ${via} ended: ${(err as Error).message}`, false);
     }
   });
 }
@@ -384,6 +385,9 @@ function handshake(hop: ProxyConnection, where: string, sock?: ClientChannel): P
           false,
         );
       }
+      if (err.level === "client-authentication" && !/All configured/.test(err.message)) {
+        return; // one key could not sign: ssh2 goes on with the next method
+      }
       if (err.level === "client-authentication") {
         settled = true; // the close that follows is not a handshake failure
         void authFailureHint(hop, agentSocket(hop), agentProblem).then((hint) => {
@@ -427,6 +431,9 @@ async function authFailureHint(
   if (hop.password) offered.push("password");
   if (agent) {
     let detail = agentProblem ? `unusable: ${agentProblem}` : "";
+    if (agentProblem && !existsSync(agent)) {
+      detail += "; no socket there: start ssh-agent, or fix agentSocketPath / SSH_AUTH_SOCK";
+    }
     if (!detail) {
       const count = await new Promise<number | undefined>((done) => {
         try {

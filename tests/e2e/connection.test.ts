@@ -243,6 +243,16 @@ describe(
         assert.doesNotMatch(poolKey(login(plain)), /agent\.sock/);
       });
 
+      it("says when the agent socket is not there", async () => {
+        const gone = path.join(tmp, "no-agent.sock");
+        assert.match(
+          await rejection(
+            runScript(login(plain, { privateKey: undefined, agentSocketPath: gone }), "true"),
+          ),
+          /authentication failed for user ship with the ssh-agent at .*no-agent\.sock \(unusable: .*; no socket there: start ssh-agent/,
+        );
+      });
+
       it("says when the agent holds no keys", async () => {
         const del = spawnSync("ssh-add", ["-D"], {
           env: { ...process.env, SSH_AUTH_SOCK: socket },
