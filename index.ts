@@ -15,11 +15,20 @@ interface HostConfig {
   name?: string;
   cacheHost?: string;
   become?: "sudo" | "none";
+  agentSocketPath?: string;
+  /** A jump host; it uses sshKey (and sshKeyPassword) too. */
+  proxy?: { host: string; port?: number; user?: string; hostKey?: string };
 }
 
 const cfg = new pulumi.Config();
 const sshKey = cfg.requireSecret("sshKey");
-const withKey = (h: HostConfig) => ({ ...h, privateKey: sshKey });
+const sshKeyPassword = cfg.getSecret("sshKeyPassword");
+const credentials = { privateKey: sshKey, privateKeyPassword: sshKeyPassword };
+const withKey = (h: HostConfig) => ({
+  ...h,
+  ...credentials,
+  proxy: h.proxy && { ...h.proxy, ...credentials },
+});
 
 const cache = new NixSshCache("cache", {
   staging: withKey(cfg.requireObject<HostConfig>("staging")),

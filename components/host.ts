@@ -5,33 +5,50 @@
 import * as fs from "fs";
 import * as path from "path";
 import * as pulumi from "@pulumi/pulumi";
-import { Connection } from "./ssh";
-import { HostArgs } from "./types";
+import { Connection, ProxyConnection } from "./ssh";
+import { HostArgs, ProxyArgs } from "./types";
 
 /** Resolves defaults: port 22, user root, `become: "sudo"` for any other user. */
 export function resolveConnection(args: HostArgs): pulumi.Output<Connection> {
   return pulumi
-    .all([
-      args.host,
-      args.port,
-      args.user,
-      args.privateKey,
-      args.password,
-      args.hostKey,
-      args.become,
-    ])
-    .apply(([host, port, user, privateKey, password, hostKey, become]) => {
-      const login = user ?? "root";
-      const connection: Connection = {
-        host,
-        port: port ?? 22,
-        user: login,
-        become: become ?? (login === "root" ? "none" : "sudo"),
-      };
-      if (privateKey) connection.privateKey = privateKey;
-      if (password) connection.password = password;
-      if (hostKey) connection.hostKey = hostKey.trim();
-      return connection;
+    .all([resolveHop(args), pulumi.output(args.become), pulumi.output(args.proxy)])
+    .apply(([hop, become, proxy]) =>
+      pulumi.output(proxy ? resolveHop(proxy) : undefined).apply((proxyHop) => {
+        const connection: Connection = {
+          ...hop,
+          become: become ?? (hop.user === "root" ? "none" : "sudo"),
+        };
+        if (proxyHop) connection.proxy = proxyHop;
+        return connection;
+      }),
+    );
+}
+
+/** One hop's plain values, unset optional fields left out (they would show in diffs). */
+function resolveHop(args: HostArgs | ProxyArgs): pulumi.Output<ProxyConnection> {
+  return pulumi
+    .output({
+      host: args.host,
+      port: args.port,
+      user: args.user,
+      privateKey: args.privateKey,
+      privateKeyPassword: args.privateKeyPassword,
+      password: args.password,
+      agentSocketPath: args.agentSocketPath,
+      hostKey: args.hostKey,
+      dialErrorLimit: args.dialErrorLimit,
+      perDialTimeout: args.perDialTimeout,
+    })
+    .apply((a) => {
+      const hop: ProxyConnection = { host: a.host, port: a.port ?? 22, user: a.user ?? "root" };
+      if (a.privateKey) hop.privateKey = a.privateKey;
+      if (a.privateKeyPassword) hop.privateKeyPassword = a.privateKeyPassword;
+      if (a.password) hop.password = a.password;
+      if (a.agentSocketPath) hop.agentSocketPath = a.agentSocketPath;
+      if (a.hostKey) hop.hostKey = a.hostKey.trim();
+      if (a.dialErrorLimit !== undefined) hop.dialErrorLimit = a.dialErrorLimit;
+      if (a.perDialTimeout !== undefined) hop.perDialTimeout = a.perDialTimeout;
+      return hop;
     });
 }
 

@@ -86,17 +86,17 @@ function childName(p: ProductionArgs, index: number): string {
 /** Resolves every input to plain values and validates them; rejects with all problems at once. */
 function validated(args: NixSshCacheArgs): pulumi.Output<true> {
   const plainHost = (h: StagingArgs | ProductionArgs) =>
-    pulumi
-      .all([h.host, h.port, h.user, h.privateKey, h.password, h.hostKey, h.become])
-      .apply(([host, port, user, privateKey, password, hostKey, become]) => ({
-        host,
-        port,
-        user,
-        privateKey,
-        password,
-        hostKey,
-        become,
-      }));
+    pulumi.output({
+      host: h.host,
+      port: h.port,
+      user: h.user,
+      privateKey: h.privateKey,
+      privateKeyPassword: h.privateKeyPassword,
+      password: h.password,
+      agentSocketPath: h.agentSocketPath,
+      hostKey: h.hostKey,
+      become: h.become,
+    });
   return pulumi
     .all([
       plainHost(args.staging),

@@ -5,11 +5,15 @@
  * serializer: keep it self-contained (only `ssh2` and Node built-ins, no module-level state; the
  * connection pool lives on `globalThis`).
  */
-import { Client, ClientChannel, ConnectConfig } from "ssh2";
+import { existsSync } from "fs";
+import { Client, ClientChannel, ConnectConfig, OpenSSHAgent, utils as sshUtils } from "ssh2";
 
-/** A resolved connection to one host (plain values; the private key is a secret upstream). */
-export interface Connection {
-  /** DNS name or IP address the operator connects to. */
+/**
+ * A resolved SSH hop (plain values; keys and passwords are secrets upstream). Field names and
+ * defaults are those of `@pulumi/command`'s `remote.ConnectionArgs` / `ProxyConnectionArgs`.
+ */
+export interface ProxyConnection {
+  /** DNS name or IP address. Behind a proxy, it is resolved by the proxy. */
   host: string;
   /** SSH port. */
   port: number;
@@ -17,10 +21,35 @@ export interface Connection {
   user: string;
   /** OpenSSH or PEM private key text. */
   privateKey?: string;
-  /** Password, when no private key is used. */
+  /** Passphrase of an encrypted `privateKey`. */
+  privateKeyPassword?: string;
+  /** Password authentication. */
   password?: string;
+  /**
+   * ssh-agent socket whose keys are offered.
+   * @defaultValue env `SSH_AUTH_SOCK`, only when neither `privateKey` nor `password` is given
+   */
+  agentSocketPath?: string;
   /** Pinned host public key line (`ssh-ed25519 AAAA...`); when set, any other host key is refused. */
   hostKey?: string;
+  /**
+   * Dial attempts before giving up while the host does not answer (refused, unreachable, no
+   * handshake in time); `-1` retries without limit. Authentication and host-key failures are not
+   * retried.
+   * @defaultValue `10`
+   */
+  dialErrorLimit?: number;
+  /**
+   * Seconds one dial attempt (TCP connect + SSH handshake + login) may take; `0`: no limit.
+   * @defaultValue `15`
+   */
+  perDialTimeout?: number;
+}
+
+/** A resolved connection to one host: a hop, optionally through a jump host, and how to become root. */
+export interface Connection extends ProxyConnection {
+  /** A jump host (bastion): the connection is forwarded through it (`direct-tcpip`). */
+  proxy?: ProxyConnection;
   /** `"sudo"` runs the script through `sudo -n`; `"none"` runs it as the login user. */
   become: "sudo" | "none";
 }
@@ -45,9 +74,11 @@ export interface RunOptions {
   reuse?: boolean;
 }
 
-/** A label for messages: `user@host:port`. */
-export function describeConnection(c: Connection): string {
-  return `${c.user}@${c.host}${c.port === 22 ? "" : `:${c.port}`}`;
+/** A label for messages: `user@host:port`, and `(via user@proxy:port)` behind a jump host. */
+export function describeConnection(c: Connection | ProxyConnection): string {
+  const hop = (h: ProxyConnection) => `${h.user}@${h.host}${h.port === 22 ? "" : `:${h.port}`}`;
+  const proxy = (c as Connection).proxy;
+  return proxy ? `${hop(c)} (via ${hop(proxy)})` : hop(c);
 }
 
 /** Quotes a value for bash with single quotes. */
@@ -66,6 +97,64 @@ export function assembleScript(body: string, env: Record<string, string> = {}): 
       return `export ${name}=${shellQuote(env[name])}`;
     });
   return ["set -euo pipefail", ...exports, body, ""].join("\n");
+}
+
+/**
+ * How sudo runs scripts on one connection, learnt from its first script (see
+ * {@link remoteCommand}): directly, or with a terminal from `script`; and where bash is.
+ */
+export interface SudoMode {
+  how: "direct" | "script";
+  bash: string;
+}
+
+/**
+ * The command the SSH channel executes. sshd hands it to the login user's shell (`$SHELL -c`),
+ * so it is written to mean the same in sh, bash, zsh and fish: plain words, and at most one
+ * single-quoted POSIX `sh` program without `'` or `\\` (fish reads those two differently).
+ *
+ * As root it is `bash -s` (the script arrives on stdin). Through sudo, the first script on a
+ * connection probes, in an sh program:
+ * - bash is found on the login user's PATH and run by absolute path, so a `secure_path`
+ *   without it (or without Nix: lib.sh completes PATH) does not matter;
+ * - `sudo -n <bash> -s` runs directly when sudo accepts `sudo -n true` without a terminal;
+ * - else (`Defaults requiretty`) util-linux `script` gives sudo a controlling terminal, while
+ *   the script's stdin, stdout and stderr stay the channel's own pipes (passed as fds 3-5
+ *   around the terminal): no SSH pty, so nothing is echoed or merged, and the JSON last line
+ *   and the exit status arrive as without a terminal. `use_pty` needs nothing special: sudo
+ *   relays the pipes itself.
+ *
+ * The probe reports its choice on stderr (`nix-ssh-cache-sudo: direct|script <bash>`); later
+ * scripts on the same connection get that command without the probe (`learnt`).
+ */
+export function remoteCommand(
+  connection: Pick<Connection, "user" | "become">,
+  learnt?: SudoMode,
+): string {
+  if (connection.become !== "sudo" || connection.user === "root") return "bash -s";
+  const viaScript = (bash: string) =>
+    `SHELL=/bin/sh exec script -qec "exec sudo -n ${bash} -s <&3 >&4 2>&5" /dev/null 3<&0 4>&1 5>&2 </dev/null >/dev/null`;
+  if (learnt?.how === "direct") return `exec sudo -n ${learnt.bash} -s`;
+  if (learnt?.how === "script") return `exec /bin/sh -c '${viaScript(learnt.bash)}'`;
+  const program = [
+    'b=$(command -v bash) || { echo "nix-ssh-cache: bash is not on the PATH of user $(id -un)" >&2; exit 127; }',
+    'if sudo -n true </dev/null >/dev/null 2>&1 || ! command -v script >/dev/null 2>&1; then echo "nix-ssh-cache-sudo: direct $b" >&2; exec sudo -n "$b" -s; fi',
+    'echo "nix-ssh-cache-sudo: script $b" >&2',
+    viaScript("$b"),
+  ].join("; ");
+  return `exec /bin/sh -c '${program}'`;
+}
+
+/** Takes the probe's report out of a script's stderr: the mode it found, and the rest. */
+export function takeSudoMode(stderr: string): { mode?: SudoMode; stderr: string } {
+  // The line the probing command writes first on stderr (other output may come before it).
+  const m = /(?:^|\n)nix-ssh-cache-sudo: (direct|script) (\/[A-Za-z0-9_./+-]+)\n/.exec(stderr);
+  if (!m) return { stderr };
+  const rest = stderr.slice(0, m.index) + (m[0].startsWith("\n") ? "\n" : "");
+  return {
+    mode: { how: m[1] as SudoMode["how"], bash: m[2] },
+    stderr: rest + stderr.slice(m.index + m[0].length),
+  };
 }
 
 /**
@@ -118,6 +207,8 @@ interface ScriptError extends Error {
 /** One open SSH connection, as {@link runOnConnection} uses it. */
 interface OpenConnection {
   client: Client;
+  /** What the connection's scripts learnt (shared by every lent copy). */
+  learnt: { sudo?: SudoMode };
   /** Registers a callback for the connection's end; returns its remover. */
   onGone(callback: (reason: Error) => void): () => void;
   close(): void;
@@ -131,32 +222,150 @@ interface LentConnection extends OpenConnection {
   refused(): void;
 }
 
-/** Opens and authenticates one connection, with the pinned host key checked. */
-function openConnection(connection: Connection): Promise<OpenConnection> {
+/** A failed dial; `retry` when the host did not answer (yet) and another attempt may work. */
+interface DialError extends Error {
+  retry?: boolean;
+}
+
+/**
+ * Opens and authenticates one connection, through its proxy when it has one, retrying dials as
+ * `dialErrorLimit` allows; pinned host keys are checked on every hop.
+ */
+async function openConnection(connection: Connection): Promise<OpenConnection> {
   const where = describeConnection(connection);
-  return new Promise<OpenConnection>((resolve, reject) => {
+  const hop = connection.proxy;
+  const proxy = hop
+    ? await dialWithRetries(hop, () =>
+        handshake(hop, `proxy ${describeConnection(hop)} of ${connection.host}`),
+      )
+    : undefined;
+  try {
+    const client = await dialWithRetries(connection, async () =>
+      handshake(connection, where, proxy ? await forward(proxy, connection, where) : undefined),
+    );
+    return watchConnection(client, where, proxy);
+  } catch (e) {
+    proxy?.end();
+    throw e;
+  }
+}
+
+/** Runs `dial` until it succeeds, fails for good, or `hop.dialErrorLimit` attempts failed. */
+async function dialWithRetries<T>(hop: ProxyConnection, dial: () => Promise<T>): Promise<T> {
+  const limit = hop.dialErrorLimit ?? 10;
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await dial();
+    } catch (e) {
+      const error = e as DialError;
+      if (!error.retry || (limit >= 0 && attempt >= Math.max(limit, 1))) {
+        if (error.retry) {
+          error.message += ` (gave up after ${attempt} attempt${attempt === 1 ? "" : "s"}; raise dialErrorLimit or perDialTimeout if the host is still starting)`;
+        }
+        throw error;
+      }
+      await new Promise((wake) => setTimeout(wake, Math.min(1000 * attempt, 5000)));
+    }
+  }
+}
+
+/** Asks the proxy to open a `direct-tcpip` channel to the target's host and port. */
+function forward(proxy: Client, target: Connection, where: string): Promise<ClientChannel> {
+  const to = `${target.host}:${target.port}`;
+  const via = target.proxy ? describeConnection(target.proxy) : "the proxy";
+  return new Promise<ClientChannel>((resolve, reject) => {
+    const fail = (message: string, retry: boolean) => {
+      const error: DialError = new Error(`${where}: cannot connect: ${message}`);
+      error.retry = retry;
+      reject(error);
+    };
+    try {
+      proxy.forwardOut("127.0.0.1", 0, target.host, target.port, (err, stream) => {
+        if (!err) return resolve(stream);
+        // RFC 4254 reason codes: 1 administratively prohibited, 2 connect failed.
+        const reason = (err as Error & { reason?: number }).reason;
+        if (reason === 1) {
+          return fail(
+            `${via} refused to forward to ${to} (${err.message}); allow TCP forwarding for ${target.proxy?.user ?? "its user"} on the proxy (sshd AllowTcpForwarding yes, PermitOpen ${to})`,
+            false,
+          );
+        }
+        // A refused or timed-out connect may be a booting host; an unknown name is not.
+        const unknownName = /not known|resolve|No address/i.test(err.message);
+        fail(`${via} could not reach ${to}: ${err.message}`, reason === 2 && !unknownName);
+      });
+    } catch (err) {
+      fail(`the connection to ${via} ended: ${(err as Error).message}`, false);
+    }
+  });
+}
+
+/** ssh2 settings of one hop; throws (not retried) when its credentials cannot work. */
+function connectConfig(hop: ProxyConnection, where: string): ConnectConfig {
+  const seconds = hop.perDialTimeout ?? 15;
+  const config: ConnectConfig = {
+    host: hop.host,
+    port: hop.port,
+    username: hop.user,
+    readyTimeout: seconds > 0 ? seconds * 1000 : 0,
+    keepaliveInterval: 15_000,
+  };
+  const fail = (message: string): never => {
+    throw new Error(`${where}: cannot connect: ${message}`);
+  };
+  if (hop.privateKey) {
+    // ssh2's own parse messages are not shown: they can quote bytes of the key.
+    const plain = sshUtils.parseKey(hop.privateKey);
+    if (plain instanceof Error) {
+      if (!/no passphrase given/.test(plain.message)) {
+        fail(
+          "privateKey cannot be read (corrupted or truncated); give the key file's complete contents",
+        );
+      } else if (!hop.privateKeyPassword) {
+        fail("privateKey is encrypted; set privateKeyPassword to its passphrase");
+      }
+      // Decrypting is slow (bcrypt_pbkdf): ssh2 does it once, in connect (see handshake).
+      config.passphrase = hop.privateKeyPassword;
+    }
+    config.privateKey = hop.privateKey;
+  }
+  if (hop.password) config.password = hop.password;
+  const agent = agentSocket(hop);
+  if (agent) config.agent = agent;
+  if (!config.privateKey && !config.password && !config.agent) {
+    fail(
+      "no credentials: set privateKey, password or agentSocketPath (SSH_AUTH_SOCK is not set, so no ssh-agent is used)",
+    );
+  }
+  return config;
+}
+
+/** The agent socket a hop uses: its own, else `SSH_AUTH_SOCK` when it has no key or password. */
+function agentSocket(hop: ProxyConnection): string | undefined {
+  if (hop.agentSocketPath) return hop.agentSocketPath;
+  if (hop.privateKey || hop.password) return undefined;
+  return process.env.SSH_AUTH_SOCK || undefined;
+}
+
+/** One SSH handshake and login; resolves with the ready client (its listeners removed). */
+function handshake(hop: ProxyConnection, where: string, sock?: ClientChannel): Promise<Client> {
+  return new Promise<Client>((resolve, reject) => {
+    const config = connectConfig(hop, where);
+    if (sock) config.sock = sock;
     const client = new Client();
-    const callbacks = new Set<(reason: Error) => void>();
-    let ready = false;
-    let gone: Error | undefined;
+    let settled = false;
     let hostKeyMismatch: string | undefined;
-    const end = (reason: Error) => {
-      if (!ready) return reject(reason);
-      if (gone) return;
-      gone = reason;
-      for (const cb of [...callbacks]) cb(reason);
+    let agentProblem: string | undefined;
+    const fail = (message: string, retry: boolean) => {
+      if (settled) return;
+      settled = true;
+      client.end();
+      const error: DialError = new Error(`${where}: cannot connect: ${message}`);
+      error.retry = retry;
+      reject(error);
     };
-    const config: ConnectConfig = {
-      host: connection.host,
-      port: connection.port,
-      username: connection.user,
-      readyTimeout: 30_000,
-      keepaliveInterval: 15_000,
-    };
-    if (connection.privateKey) config.privateKey = connection.privateKey;
-    if (connection.password) config.password = connection.password;
-    if (connection.hostKey) {
-      const expected = connection.hostKey.trim().split(/\s+/)[1] ?? "";
+    if (hop.hostKey) {
+      const expected = hop.hostKey.trim().split(/\s+/)[1] ?? "";
       config.hostVerifier = (key: Buffer) => {
         const actual = key.toString("base64");
         if (actual === expected) return true;
@@ -164,37 +373,112 @@ function openConnection(connection: Connection): Promise<OpenConnection> {
         return false;
       };
     }
-    client.on("error", (err: Error) => {
-      const reason = hostKeyMismatch
-        ? `the host key does not match the pinned hostKey (pinned ${connection.hostKey?.split(/\s+/)[0]} ${expectedPrefix(connection.hostKey)}..., got ...${hostKeyMismatch.slice(-12)}); if the host was reinstalled, update hostKey`
-        : err.message;
-      end(new Error(`${where}: ${ready ? "connection lost" : "cannot connect"}: ${reason}`));
+    client.on("error", (err: Error & { level?: string; code?: string }) => {
+      if (err.level === "agent") {
+        // ssh2 goes on with the next method; say why the agent gave nothing if all fail.
+        agentProblem = err.message;
+        return;
+      }
+      if (hostKeyMismatch) {
+        return fail(
+          `the host key does not match the pinned hostKey (pinned ${hop.hostKey?.split(/\s+/)[0]} ${expectedPrefix(hop.hostKey)}..., got ...${hostKeyMismatch.slice(-12)}); if the host was reinstalled, update hostKey`,
+          false,
+        );
+      }
+      if (err.level === "client-authentication" && !/All configured/.test(err.message)) {
+        return; // one key could not sign: ssh2 goes on with the next method
+      }
+      if (err.level === "client-authentication") {
+        settled = true; // the close that follows is not a handshake failure
+        void authFailureHint(hop, agentSocket(hop), agentProblem).then((hint) => {
+          const error: DialError = new Error(`${where}: cannot connect: ${hint}`);
+          reject(error);
+        });
+        client.end();
+        return;
+      }
+      const transient =
+        err.level === "client-timeout" ||
+        (err.level === "client-socket" && err.code !== "ENOTFOUND");
+      fail(err.message, transient);
     });
-    client.on("close", () =>
-      end(
-        new Error(
-          `${where}: ${ready ? "the connection closed" : "cannot connect: the connection closed during the handshake"}`,
-        ),
-      ),
-    );
+    client.on("close", () => fail("the connection closed during the handshake", true));
     client.once("ready", () => {
-      ready = true;
-      resolve({
-        client,
-        onGone(callback) {
-          if (gone) {
-            const reason = gone;
-            queueMicrotask(() => callback(reason));
-            return () => undefined;
-          }
-          callbacks.add(callback);
-          return () => callbacks.delete(callback);
-        },
-        close: () => client.end(),
-      });
+      if (settled) return client.end();
+      settled = true;
+      client.removeAllListeners("error");
+      client.removeAllListeners("close");
+      resolve(client);
     });
-    client.connect(config);
+    try {
+      client.connect(config);
+    } catch {
+      // Only a key that does not decrypt throws here (connectConfig read it); ssh2's message
+      // is not shown: it can quote bytes of the key.
+      fail("privateKeyPassword does not decrypt privateKey (wrong passphrase?)", false);
+    }
   });
+}
+
+/** Why a login was refused, and what to do: which credentials were offered, what the agent holds. */
+async function authFailureHint(
+  hop: ProxyConnection,
+  agent: string | undefined,
+  agentProblem: string | undefined,
+): Promise<string> {
+  const offered: string[] = [];
+  if (hop.privateKey) offered.push("privateKey");
+  if (hop.password) offered.push("password");
+  if (agent) {
+    let detail = agentProblem ? `unusable: ${agentProblem}` : "";
+    if (agentProblem && !existsSync(agent)) {
+      detail += "; no socket there: start ssh-agent, or fix agentSocketPath / SSH_AUTH_SOCK";
+    }
+    if (!detail) {
+      const count = await new Promise<number | undefined>((done) => {
+        try {
+          new OpenSSHAgent(agent).getIdentities((err, keys) =>
+            done(err ? undefined : keys?.length),
+          );
+        } catch {
+          done(undefined);
+        }
+      });
+      if (count === 0) detail = "holds no keys; add one with ssh-add";
+      else if (count !== undefined) detail = `offered ${count} key${count === 1 ? "" : "s"}`;
+    }
+    offered.push(`the ssh-agent at ${agent}${detail ? ` (${detail})` : ""}`);
+  }
+  return `authentication failed for user ${hop.user} with ${offered.join(", ")}; authorise the key in ~${hop.user}/.ssh/authorized_keys on ${hop.host}, or give the credentials that are`;
+}
+
+/** Wraps a ready client: reports its end once to the scripts on it; ends the proxy with it. */
+function watchConnection(client: Client, where: string, proxy?: Client): OpenConnection {
+  const callbacks = new Set<(reason: Error) => void>();
+  let gone: Error | undefined;
+  const end = (reason: Error) => {
+    proxy?.end();
+    if (gone) return;
+    gone = reason;
+    for (const cb of [...callbacks]) cb(reason);
+  };
+  client.on("error", (err: Error) => end(new Error(`${where}: connection lost: ${err.message}`)));
+  client.on("close", () => end(new Error(`${where}: the connection closed`)));
+  proxy?.on("error", () => undefined);
+  return {
+    client,
+    learnt: {},
+    onGone(callback) {
+      if (gone) {
+        const reason = gone;
+        queueMicrotask(() => callback(reason));
+        return () => undefined;
+      }
+      callbacks.add(callback);
+      return () => callbacks.delete(callback);
+    },
+    close: () => client.end(),
+  };
 }
 
 /** Runs the assembled script on a channel of `conn`, bounded by `timeoutMs`. */
@@ -205,8 +489,7 @@ function runOnConnection(
   timeoutMs: number,
 ): Promise<ScriptResult> {
   const where = describeConnection(connection);
-  const command =
-    connection.become === "sudo" && connection.user !== "root" ? "sudo -n bash -s" : "bash -s";
+  const command = remoteCommand(connection, conn.learnt.sudo);
   return new Promise<ScriptResult>((resolve, reject) => {
     // Declared before the closures that use them: Pulumi's closure serializer rejects
     // references to a `const` declared further down.
@@ -253,10 +536,12 @@ function runOnConnection(
         if (code == null && !signal) {
           return fail(`${where}: the connection ended before the script reported its exit status`);
         }
+        const { mode, stderr } = takeSudoMode(Buffer.concat(errs).toString("utf8"));
+        if (mode) conn.learnt.sudo = mode;
         finish(undefined, {
           code: code ?? 128,
           stdout: Buffer.concat(out).toString("utf8"),
-          stderr: Buffer.concat(errs).toString("utf8"),
+          stderr,
         });
       });
       stream.end(script);
@@ -280,7 +565,7 @@ export interface PoolEntry {
 
 /**
  * The connections the dynamic provider process shares between steps: one per user, host, port,
- * credentials and pinned host key; up to `maxChannels` (8) channels at once on each (OpenSSH's
+ * credentials, pinned host key and proxy (see {@link poolKey}); up to `maxChannels` (8) channels at once on each (OpenSSH's
  * `MaxSessions` is 10 by default; fewer when the host refuses a channel), more scripts wait; a
  * connection closes after `idleMs` (10 s) without a script, or when the host ends it (the next
  * script opens a new one).
@@ -307,14 +592,7 @@ export function sshPool(): SshPool {
 
 /** Waits for a channel slot on the host's pooled connection (opening it when needed). */
 async function acquireConnection(connection: Connection): Promise<LentConnection> {
-  const key = JSON.stringify([
-    connection.user,
-    connection.host,
-    connection.port,
-    connection.hostKey ?? "",
-    connection.privateKey ?? "",
-    connection.password ?? "",
-  ]);
+  const key = poolKey(connection);
   const pool = sshPool();
   for (;;) {
     const held = pool.entries.get(key) ?? addConnection(pool, key, connection);
@@ -342,6 +620,24 @@ async function acquireConnection(connection: Connection): Promise<LentConnection
       },
     };
   }
+}
+
+/**
+ * What identifies a distinct connection: every hop's address, user, pinned key and credentials
+ * (the agent socket as resolved). Dial limits do not: they only say how hard to try.
+ */
+export function poolKey(connection: Connection): string {
+  const hop = (h: ProxyConnection) => [
+    h.user,
+    h.host,
+    h.port,
+    h.hostKey ?? "",
+    h.privateKey ?? "",
+    h.privateKeyPassword ?? "",
+    h.password ?? "",
+    agentSocket(h) ?? "",
+  ];
+  return JSON.stringify([hop(connection), connection.proxy ? hop(connection.proxy) : null]);
 }
 
 /** Opens a connection into the pool; it leaves the pool when it fails or ends. */
@@ -414,6 +710,11 @@ export async function runJsonScript(
     const lines = result.stderr.trim().split("\n").filter(Boolean);
     const own = lines.filter((l) => l.startsWith("nix-ssh-cache:"));
     const detail = (own.length ? own : lines.slice(-5)).join("\n");
+    if (/sudo: sorry, you must have a tty/.test(result.stderr)) {
+      throw new Error(
+        `${where}: ${options.step} failed: sudo on the host requires a terminal (Defaults requiretty) and util-linux \`script\` is not installed there; install it, or exempt ${connection.user} from requiretty`,
+      );
+    }
     if (
       /sudo: a password is required|sudo: .*not allowed|is not in the sudoers/.test(result.stderr)
     ) {

@@ -80,6 +80,58 @@ export interface HostArgs {
    * @defaultValue `"sudo"` when `user` is not `"root"`, else `"none"`
    */
   become?: pulumi.Input<"sudo" | "none">;
+  /** Passphrase of an encrypted `privateKey`. Pass a Pulumi secret. */
+  privateKeyPassword?: pulumi.Input<string>;
+  /**
+   * Path of an ssh-agent socket whose keys are offered (as `@pulumi/command`'s
+   * `agentSocketPath`).
+   * @defaultValue env `SSH_AUTH_SOCK` of `pulumi`, only when neither `privateKey` nor `password` is given
+   */
+  agentSocketPath?: pulumi.Input<string>;
+  /**
+   * A jump host (bastion) the connection goes through, e.g.
+   * `{ host: "bastion.example.com", user: "jump", hostKey: "ssh-ed25519 AAAA…" }`; it resolves
+   * and reaches `host:port` itself (SSH `direct-tcpip`, like `ssh -J`).
+   * @defaultValue none (direct connection)
+   */
+  proxy?: pulumi.Input<ProxyArgs>;
+  /**
+   * Dial attempts while the host does not answer (e.g. still booting); `-1`: no limit.
+   * @defaultValue `10`
+   */
+  dialErrorLimit?: pulumi.Input<number>;
+  /**
+   * Seconds one dial attempt (connect, handshake, login) may take; `0`: no limit.
+   * @defaultValue `15`
+   */
+  perDialTimeout?: pulumi.Input<number>;
+}
+
+/**
+ * A jump host: the fields of `@pulumi/command`'s `remote.ProxyConnectionArgs`, plus `hostKey`.
+ * Give it its own credentials, or it uses env `SSH_AUTH_SOCK` (ssh-agent).
+ */
+export interface ProxyArgs {
+  /** DNS name or IP address of the jump host. */
+  host: pulumi.Input<string>;
+  /** @defaultValue `22` */
+  port?: pulumi.Input<number>;
+  /** @defaultValue `"root"` */
+  user?: pulumi.Input<string>;
+  /** Private key for the jump host (a Pulumi secret). */
+  privateKey?: pulumi.Input<string>;
+  /** Passphrase of an encrypted `privateKey` (a Pulumi secret). */
+  privateKeyPassword?: pulumi.Input<string>;
+  /** Password for the jump host (a Pulumi secret). */
+  password?: pulumi.Input<string>;
+  /** @defaultValue env `SSH_AUTH_SOCK`, only when neither `privateKey` nor `password` is given */
+  agentSocketPath?: pulumi.Input<string>;
+  /** Pinned host key of the jump host, `"ssh-ed25519 AAAA…"`. @defaultValue not verified */
+  hostKey?: pulumi.Input<string>;
+  /** @defaultValue `10` */
+  dialErrorLimit?: pulumi.Input<number>;
+  /** @defaultValue `15` */
+  perDialTimeout?: pulumi.Input<number>;
 }
 
 /**

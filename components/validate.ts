@@ -17,8 +17,12 @@ export interface PlainHost {
   user?: string;
   /** OpenSSH/PEM private key block. */
   privateKey?: string;
+  /** Passphrase of an encrypted `privateKey`. */
+  privateKeyPassword?: string;
   /** Login password. */
   password?: string;
+  /** ssh-agent socket. */
+  agentSocketPath?: string;
   /** Pinned host public key line. */
   hostKey?: string;
   /** `"sudo"` or `"none"`. */
@@ -180,9 +184,14 @@ function checkHost(
   if (h.become !== undefined && h.become !== "sudo" && h.become !== "none") {
     problems.push(`${path}.become (${show(h.become)}${on}): must be "sudo" or "none"`);
   }
-  if (h.privateKey === undefined && h.password === undefined) {
+  if (
+    h.privateKey === undefined &&
+    h.password === undefined &&
+    h.agentSocketPath === undefined &&
+    !process.env.SSH_AUTH_SOCK
+  ) {
     problems.push(
-      `${path} (host ${show(h.host)}): no credentials; set privateKey (an OpenSSH/PEM private key, as a Pulumi secret) or password`,
+      `${path} (host ${show(h.host)}): no credentials; set privateKey (an OpenSSH/PEM private key, as a Pulumi secret), password or agentSocketPath (SSH_AUTH_SOCK is not set)`,
     );
   }
   if (
@@ -197,9 +206,19 @@ function checkHost(
     // ssh2 would only fail when connecting, after other hosts were already changed. ssh2's own
     // message is not shown: it can quote bytes of the key.
     const parsed = sshUtils.parseKey(h.privateKey);
-    if (parsed instanceof Error) {
+    if (parsed instanceof Error && /no passphrase given/.test(parsed.message)) {
+      if (!h.privateKeyPassword) {
+        problems.push(
+          `${path}.privateKey (<secret>${on}): is encrypted; set privateKeyPassword to its passphrase (as a Pulumi secret)`,
+        );
+      } else if (sshUtils.parseKey(h.privateKey, h.privateKeyPassword) instanceof Error) {
+        problems.push(
+          `${path}.privateKeyPassword (<secret>${on}): does not decrypt privateKey (wrong passphrase?)`,
+        );
+      }
+    } else if (parsed instanceof Error) {
       problems.push(
-        `${path}.privateKey (<secret>${on}): cannot be read (corrupted, truncated or passphrase-protected); give the unencrypted key file's complete contents`,
+        `${path}.privateKey (<secret>${on}): cannot be read (corrupted or truncated); give the key file's complete contents`,
       );
     }
   }

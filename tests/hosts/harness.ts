@@ -33,6 +33,19 @@ export interface HostSpec {
   loginUser?: "root" | string;
   /** Root has its own `~/.ssh/id_ed25519` pair. Default true; false => root has no SSH key at all. */
   rootKey?: boolean;
+  /** Login shell of the login user (root too): sh (dash), bash, zsh or fish. Default "bash". */
+  loginShell?: "sh" | "bash" | "zsh" | "fish";
+  /**
+   * sudo policy of a non-root login user, always password-less: "nopasswd" (Debian's defaults),
+   * "requiretty" (`Defaults requiretty`: sudo refuses without a terminal), "use_pty"
+   * (`Defaults use_pty`). Default "nopasswd".
+   */
+  sudoPolicy?: "nopasswd" | "requiretty" | "use_pty";
+  /**
+   * sudo's `secure_path` (`Defaults secure_path="..."`), e.g. one without Nix's directory.
+   * Default: Debian's (which holds /usr/bin, where nix-bin puts Nix).
+   */
+  securePath?: string;
 }
 
 export interface ExecResult {
@@ -222,7 +235,17 @@ export async function startHosts(
     const loginUser = s.loginUser ?? "root";
     if (!/^[a-z_][a-z0-9_-]*$/.test(loginUser))
       throw new Error(`host ${s.name}: bad loginUser "${loginUser}"`);
-    return { name: s.name, nixDaemon: s.nixDaemon ?? true, loginUser, rootKey: s.rootKey ?? true };
+    if (s.securePath !== undefined && !/^[A-Za-z0-9_/.:-]+$/.test(s.securePath))
+      throw new Error(`host ${s.name}: bad securePath "${s.securePath}"`);
+    return {
+      name: s.name,
+      nixDaemon: s.nixDaemon ?? true,
+      loginUser,
+      rootKey: s.rootKey ?? true,
+      loginShell: s.loginShell ?? "bash",
+      sudoPolicy: s.sudoPolicy ?? "nopasswd",
+      securePath: s.securePath ?? "",
+    };
   });
   const addresses = full.map((_, i) => `127.0.0.${first + i}`);
   for (const [i, a] of addresses.entries()) {
@@ -308,6 +331,9 @@ export async function startHosts(
             NSC_LOGIN_USER: spec.loginUser,
             NSC_ROOT_KEY: spec.rootKey ? "1" : "0",
             NSC_NIX_DAEMON: spec.nixDaemon ? "1" : "0",
+            NSC_LOGIN_SHELL: spec.loginShell,
+            NSC_SUDO_POLICY: spec.sudoPolicy,
+            NSC_SECURE_PATH: spec.securePath,
             NSC_RUNNER_PUB: `${keyPath}.pub`,
             NSC_HOSTS_FILE: hostsFile,
           },

@@ -11,6 +11,9 @@
 #   NSC_NIX_DAEMON   1: run nix-daemon; 0: don't
 #   NSC_RUNNER_PUB   file with the runner's public key (goes to authorized_keys)
 #   NSC_HOSTS_FILE   file with the /etc/hosts content for every host
+#   NSC_LOGIN_SHELL  optional: sh|bash|zsh|fish, the login user's shell (default bash)
+#   NSC_SUDO_POLICY  optional: nopasswd|requiretty|use_pty (default nopasswd)
+#   NSC_SECURE_PATH  optional: sudo's secure_path (default: Debian's)
 # Contract inside the host (no systemd):
 #   sshd:       pid in /run/sshd.pid, log /var/log/sshd.log; reload = kill -HUP "$(cat /run/sshd.pid)"
 #   nix-daemon: pid in /run/nix-daemon.pid, log /var/log/nix-daemon.log; restart = kill that pid,
@@ -78,17 +81,34 @@ if [[ $NSC_ROOT_KEY == 1 ]]; then
   ssh-keygen -q -t ed25519 -N '' -C "root@$NSC_FQDN" -f /root/.ssh/id_ed25519
 fi
 
-if [[ $NSC_LOGIN_USER != root ]]; then
+login_shell=$(command -v "${NSC_LOGIN_SHELL:-bash}")
+grep -qx "$login_shell" /etc/shells || echo "$login_shell" >>/etc/shells
+if [[ $NSC_LOGIN_USER == root ]]; then
+  usermod -s "$login_shell" root
+else
   u=$NSC_LOGIN_USER
-  useradd -m -s /bin/bash "$u"
+  useradd -m -s "$login_shell" "$u"
   usermod -p '*' "$u" # not locked: key login works, no password login
   install -d -m 0700 -o "$u" -g "$u" "/home/$u/.ssh"
   printf '%s\n' "$runner_pub" >"/home/$u/.ssh/authorized_keys"
   chown "$u:$u" "/home/$u/.ssh/authorized_keys"
   chmod 0600 "/home/$u/.ssh/authorized_keys"
-  printf '%s ALL=(ALL) NOPASSWD:ALL\n' "$u" >"/etc/sudoers.d/$u"
+  {
+    printf '%s ALL=(ALL) NOPASSWD:ALL\n' "$u"
+    case ${NSC_SUDO_POLICY:-nopasswd} in
+      nopasswd) ;;
+      requiretty) printf 'Defaults requiretty\n' ;;
+      use_pty) printf 'Defaults use_pty\n' ;;
+      *) log "unknown NSC_SUDO_POLICY ${NSC_SUDO_POLICY}" && exit 1 ;;
+    esac
+    if [[ -n ${NSC_SECURE_PATH:-} ]]; then
+      printf 'Defaults secure_path="%s"\n' "$NSC_SECURE_PATH"
+    fi
+  } >"/etc/sudoers.d/$u"
   chmod 0440 "/etc/sudoers.d/$u"
+  visudo -cq
 fi
+log "login user $NSC_LOGIN_USER: shell $login_shell, sudo ${NSC_SUDO_POLICY:-nopasswd}${NSC_SECURE_PATH:+, secure_path $NSC_SECURE_PATH}"
 
 # Nix: /nix starts empty.
 install -d -m 0755 /nix/var /nix/var/nix /nix/var/log /nix/var/log/nix

@@ -1,4 +1,4 @@
-import { describe, it } from "node:test";
+import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import {
   NixSshCacheInputError,
@@ -277,6 +277,12 @@ const BAD: Case[] = [
 ];
 
 describe("validateArgs: bad inputs", () => {
+  // A host without key or password is fine when an ssh-agent is there (as in @pulumi/command).
+  const agent = process.env.SSH_AUTH_SOCK;
+  before(() => delete process.env.SSH_AUTH_SOCK);
+  after(() => {
+    if (agent !== undefined) process.env.SSH_AUTH_SOCK = agent;
+  });
   for (const [title, mutate, path, host] of BAD) {
     it(`${title}: names ${path} and the host`, () => {
       const args = good();
