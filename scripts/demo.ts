@@ -277,6 +277,9 @@ async function main(): Promise<void> {
       const note = k.trim().endsWith("-nix-ssh-cache") ? "  (generated: root had no key)" : "";
       detail(`productionRootKeys : ${shortKey(k)}${note}`);
     }
+    detail(
+      `signedPaths        = ${String(out.signedPaths)}  (paths already on staging, signed once: signExistingPaths)`,
+    );
     detail(`verified           = ${String(out.verified)}`);
     if (out.verified !== true) {
       throw new DemoError(
