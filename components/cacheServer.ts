@@ -307,6 +307,7 @@ export class CacheServer extends pulumi.ComponentResource {
       localPath: path.join(args.localFragmentsDir ?? "nixos", `${name}.nix`),
       rebuild: args.rebuild ?? "switch",
       addImport: args.addImport ?? false,
+      checkEnv: { CHECK_SIGNING_KEYS: keyFiles.join(" ") },
       dependsOn: [...signingKeys, probe],
       parent: this,
     });
@@ -429,6 +430,11 @@ export interface NixosModuleStepsArgs {
   localPath: string;
   rebuild: RebuildMode;
   addImport: boolean;
+  /**
+   * What nixos-apply checks is in force after `nixos-rebuild switch`: `CHECK_SIGNING_KEYS`
+   * (staging) or `CHECK_SUBSTITUTER` + `CHECK_PUBLIC_KEYS` (production).
+   */
+  checkEnv: pulumi.Input<Record<string, string>>;
   dependsOn: pulumi.Resource[];
   parent: pulumi.Resource;
 }
@@ -461,11 +467,12 @@ export function nixosModuleSteps(name: string, a: NixosModuleStepsArgs): pulumi.
       connection: a.connection,
       step: "nixos-rebuild",
       script: hostScript("nixos-apply", "nixos"),
-      env: {
+      env: pulumi.output(a.checkEnv).apply((check) => ({
         MODULE_PATH: a.fragmentPath,
         REBUILD: a.rebuild,
         ADD_IMPORT: a.addImport ? "1" : "0",
-      },
+        ...check,
+      })),
       readable: false,
       removable: false,
       removeEnv: {},
