@@ -33,6 +33,11 @@ export interface HostSpec {
   loginUser?: "root" | string;
   /** Root has its own `~/.ssh/id_ed25519` pair. Default true; false => root has no SSH key at all. */
   rootKey?: boolean;
+  /**
+   * Flavours applied inside the host before its services start: `tests/hosts/flavours/<name>.sh`
+   * is sourced by host-init.sh for each, e.g. `["nixos"]`. Default none.
+   */
+  flavours?: string[];
 }
 
 export interface ExecResult {
@@ -222,7 +227,17 @@ export async function startHosts(
     const loginUser = s.loginUser ?? "root";
     if (!/^[a-z_][a-z0-9_-]*$/.test(loginUser))
       throw new Error(`host ${s.name}: bad loginUser "${loginUser}"`);
-    return { name: s.name, nixDaemon: s.nixDaemon ?? true, loginUser, rootKey: s.rootKey ?? true };
+    const flavours = s.flavours ?? [];
+    for (const f of flavours) {
+      if (!/^[a-z][a-z0-9-]*$/.test(f)) throw new Error(`host ${s.name}: bad flavour "${f}"`);
+    }
+    return {
+      name: s.name,
+      nixDaemon: s.nixDaemon ?? true,
+      loginUser,
+      rootKey: s.rootKey ?? true,
+      flavours,
+    };
   });
   const addresses = full.map((_, i) => `127.0.0.${first + i}`);
   for (const [i, a] of addresses.entries()) {
@@ -310,6 +325,8 @@ export async function startHosts(
             NSC_NIX_DAEMON: spec.nixDaemon ? "1" : "0",
             NSC_RUNNER_PUB: `${keyPath}.pub`,
             NSC_HOSTS_FILE: hostsFile,
+            NSC_FLAVOURS: spec.flavours.join(" "),
+            NSC_HOST_DIR: path.dirname(script),
           },
         },
       );

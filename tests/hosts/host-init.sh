@@ -11,6 +11,9 @@
 #   NSC_NIX_DAEMON   1: run nix-daemon; 0: don't
 #   NSC_RUNNER_PUB   file with the runner's public key (goes to authorized_keys)
 #   NSC_HOSTS_FILE   file with the /etc/hosts content for every host
+#   NSC_FLAVOURS     space-separated flavours: tests/hosts/flavours/<name>.sh is sourced for each,
+#                    after users and Nix dirs are set up, before services start
+#   NSC_HOST_DIR     absolute path of tests/hosts
 # Contract inside the host (no systemd):
 #   sshd:       pid in /run/sshd.pid, log /var/log/sshd.log; reload = kill -HUP "$(cat /run/sshd.pid)"
 #   nix-daemon: pid in /run/nix-daemon.pid, log /var/log/nix-daemon.log; restart = kill that pid,
@@ -98,6 +101,12 @@ install -d -m 0755 /nix/var/nix/db /nix/var/nix/gcroots /nix/var/nix/profiles \
 install -d -m 1777 /nix/var/nix/gcroots/per-user /nix/var/nix/profiles/per-user
 
 log "users and nix dirs done"
+
+for flavour in ${NSC_FLAVOURS:-}; do
+  # shellcheck source=/dev/null
+  source "$NSC_HOST_DIR/flavours/$flavour.sh"
+  log "flavour $flavour applied"
+done
 /usr/sbin/sshd -t
 /usr/sbin/sshd -E /var/log/sshd.log
 log "sshd started on $NSC_ADDRESS:22 (pid $(cat /run/sshd.pid))"
