@@ -90,8 +90,10 @@ check() {
   shift
   if ! msg=$( ("$@") 2>&1); then
     case "$msg" in *trusted-public-keys*) setting=trusted-public-keys ;; esac
+    msg=${msg#nix-ssh-cache: }
+    msg=${msg%%: remove that line*} # nix.conf is generated here: the fix is in the configuration
     where=$(mentions "$setting")
-    nsc_die "after nixos-rebuild ${rebuild}: ${msg#nix-ssh-cache: }. nix.conf is generated on NixOS: the line comes from your configuration${where:+ (${where})}; remove it there (a left-over of the tutorial? nix.extraOptions is appended after the module's nix.settings and wins)"
+    nsc_die "after nixos-rebuild ${rebuild}: ${msg}. nix.conf is generated on NixOS: the line comes from your configuration${where:+ (${where})}; remove it there (a left-over of the tutorial? nix.extraOptions is appended after the module's nix.settings and wins)"
   fi
 }
 if [ "$rebuild" = switch ]; then
