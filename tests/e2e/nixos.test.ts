@@ -50,6 +50,12 @@ async function addImport(host: TestHost): Promise<string> {
   return edited;
 }
 
+/** The step's own message (`nix-ssh-cache: …`) in a failed up's output. */
+function reported(output: string): string {
+  const line = output.split("\n").find((l) => l.includes("nix-ssh-cache: "));
+  return line?.trim() ?? "(no nix-ssh-cache message)";
+}
+
 async function snapshot(host: TestHost): Promise<string> {
   const r = await host.exec(SYSTEM_FILES.map((f) => `echo "== ${f}"; cat ${f}`).join("; "));
   return r.stdout;
@@ -97,9 +103,10 @@ describe("NixOS: staging and prod1 NixOS-flavoured, prod2 plain Linux", { skip }
     if (!localDirExisted) fs.rmSync(LOCAL_DIR, { recursive: true, force: true });
   });
 
-  it("a configuration.nix that does not import the module fails with the line to add", async () => {
+  it("a configuration.nix that does not import the module fails with the line to add", async (t) => {
     const up = await stack.up();
     assert.notEqual(up.code, 0, up.output);
+    t.diagnostic(reported(up.output));
     assert.ok(
       up.output.includes(`${CONFIG} does not import ${MODULE}`) &&
         up.output.includes("imports = [ ./nix-ssh-cache.nix ];"),
@@ -111,7 +118,7 @@ describe("NixOS: staging and prod1 NixOS-flavoured, prod2 plain Linux", { skip }
     assert.notEqual((await stage.exec("id nix-ssh", { check: false })).code, 0);
   });
 
-  it("a string-valued nix.settings.secret-key-files left over: the conflicting option is named", async () => {
+  it("a string-valued nix.settings.secret-key-files left over: the conflicting option is named", async (t) => {
     stageConfiguration = await addImport(stage);
     await addImport(prod1);
     const leftOver = withLines(stageConfiguration, [
@@ -120,6 +127,7 @@ describe("NixOS: staging and prod1 NixOS-flavoured, prod2 plain Linux", { skip }
     await stage.exec(`cat > ${CONFIG}`, { input: leftOver });
     const up = await stack.up();
     assert.notEqual(up.code, 0, up.output);
+    t.diagnostic(reported(up.output));
     assert.match(
       up.output,
       /nixos-rebuild switch failed: the option nix\.settings\.secret-key-files is defined multiple times/,
@@ -130,7 +138,7 @@ describe("NixOS: staging and prod1 NixOS-flavoured, prod2 plain Linux", { skip }
     );
   });
 
-  it("the tutorial's nix.extraOptions secret-key-files is reported with its file", async () => {
+  it("the tutorial's nix.extraOptions secret-key-files is reported with its file", async (t) => {
     const leftOver = withLines(stageConfiguration, [
       "  nix.extraOptions = ''",
       "    secret-key-files = /etc/nix/tutorial-key.pem",
@@ -139,6 +147,7 @@ describe("NixOS: staging and prod1 NixOS-flavoured, prod2 plain Linux", { skip }
     await stage.exec(`cat > ${CONFIG}`, { input: leftOver });
     const up = await stack.up();
     assert.notEqual(up.code, 0, up.output);
+    t.diagnostic(reported(up.output));
     assert.match(
       up.output,
       /after nixos-rebuild switch: the signing key \/etc\/shipnix\/binary\/cache-priv-key\.pem is not in force/,
