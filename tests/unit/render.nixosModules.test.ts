@@ -90,6 +90,38 @@ describe("renderStagingModule", () => {
     );
   });
 
+  it(
+    "with the tutorial's left-overs in configuration.nix: a string conflicts, extraOptions wins",
+    { skip: NO_NIX },
+    () => {
+      withTempDir((dir) => {
+        writeFileSync(
+          join(dir, "nix-ssh-cache.nix"),
+          renderStagingModule({ clientKeys: [], secretKeyFile: SEED_SECRET_KEY_FILE }),
+        );
+        const configuration = join(dir, "configuration.nix");
+        const write = (line: string) =>
+          writeFileSync(
+            configuration,
+            `{ config, lib, pkgs, ... }:\n{\n  imports = [ ./nix-ssh-cache.nix ];\n${line}\n}\n`,
+          );
+        write('  nix.settings.secret-key-files = "/etc/nix/old.pem";');
+        assert.throws(
+          () => evalNixosConfiguration(configuration),
+          /The option `nix\.settings\.secret-key-files' is defined multiple times/,
+        );
+        write("  nix.extraOptions = ''\n    secret-key-files = /etc/nix/old.pem\n  '';");
+        const nixConf = evalNixosConfiguration(configuration).files["/etc/nix/nix.conf"];
+        const settings = nixConf.split("\n").filter((l) => l.startsWith("secret-key-files"));
+        // Nix keeps the last value: the left-over, not the module's key
+        assert.deepEqual(settings, [
+          `secret-key-files = ${SEED_SECRET_KEY_FILE}`,
+          "secret-key-files = /etc/nix/old.pem",
+        ]);
+      });
+    },
+  );
+
   it("rejects a malformed client key", () => {
     assert.throws(
       () => renderStagingModule({ clientKeys: ["ssh-rsa notbase64!"], secretKeyFile: "/k" }),
