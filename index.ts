@@ -41,6 +41,7 @@ const cache = new NixSshCache("cache", {
   rebuild: cfg.get("rebuild") as RebuildMode | undefined,
   protocol: cfg.get("protocol") as Protocol | undefined,
   signingKey: cfg.getObject<SigningKeyArgs>("signingKey"),
+  signExistingPaths: cfg.getBoolean("signExistingPaths"),
 });
 
 export const cachePublicKey = cache.cachePublicKey;
@@ -52,3 +53,5 @@ export const productionModule = cache.productionModule;
 export const verified = cache.verified;
 export const hosts = cache.hosts;
 export const coordinates = cache.coordinates;
+/** Paths already on staging that the signing key newly signed (`signExistingPaths`). */
+export const signedPaths = cache.server.signedPaths;

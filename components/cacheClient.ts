@@ -248,6 +248,10 @@ export class CacheClient extends pulumi.ComponentResource {
       localPath: path.join(args.localFragmentsDir ?? "nixos", `${name}.nix`),
       rebuild: args.rebuild ?? "switch",
       addImport: args.addImport ?? false,
+      checkEnv: cache.apply((c) => ({
+        CHECK_SUBSTITUTER: c.substituterUrl,
+        CHECK_PUBLIC_KEYS: c.publicKeys.join(" "),
+      })),
       dependsOn: [probe, ...keySteps],
       parent: this,
     });

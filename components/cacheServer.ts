@@ -116,8 +116,24 @@ export interface CacheServerArgs extends SubstituterOptions, FragmentOptions {
    * @defaultValue `"ssh"`
    */
   protocol?: Protocol;
-  /** Let clients upload paths (`nix-store --serve --write`). @defaultValue `false` */
+  /**
+   * Let clients upload paths (`nix.sshServe.write`, `nix-store --serve --write`). `nix-ssh` is
+   * not a trusted Nix user (`nix.sshServe.trusted` exists only from NixOS 25.05 and is not set),
+   * so the daemon accepts only uploads signed by a key staging trusts, or content-addressed
+   * paths. Note that `ssh://` clients always start `nix-store --serve --write`: the serving
+   * command is forced on staging (sshd `ForceCommand`), so without `write` the flag is dropped.
+   * @defaultValue `false`
+   */
   write?: boolean;
+  /**
+   * Sign the paths already in staging's store once, when the signing key is first configured
+   * (`nix store sign --all`): `secret-key-files` signs only what the daemon builds afterwards,
+   * and `nix-store --serve` sends only the signatures a path already has, so without this the
+   * paths staging built before the first `up` are built again on production. Runs again only
+   * when the key changes. The step reports the number of paths signed (`signedPaths`).
+   * @defaultValue `true`
+   */
+  signExistingPaths?: boolean;
 }
 
 /**
@@ -155,6 +171,11 @@ export class CacheServer extends pulumi.ComponentResource {
   public readonly os: pulumi.Output<string>;
   /** All a client needs (see {@link CacheCoordinates}); ready once staging is fully configured. */
   public readonly coordinates: pulumi.Output<CacheCoordinates>;
+  /**
+   * How many paths of staging's store the current key newly signed (`signExistingPaths`, or
+   * after a key rotation); `0` when neither ran.
+   */
+  public readonly signedPaths: pulumi.Output<number>;
 
   constructor(name: string, args: CacheServerArgs, opts?: pulumi.ComponentResourceOptions) {
     super("nix-ssh-cache:index:CacheServer", name, {}, opts);
@@ -286,34 +307,50 @@ export class CacheServer extends pulumi.ComponentResource {
       localPath: path.join(args.localFragmentsDir ?? "nixos", `${name}.nix`),
       rebuild: args.rebuild ?? "switch",
       addImport: args.addImport ?? false,
+      checkEnv: { CHECK_SIGNING_KEYS: keyFiles.join(" ") },
       dependsOn: [...signingKeys, probe],
       parent: this,
     });
 
-    // After a rotation: add the current key's signature to every path already in the store, so
-    // they keep substituting once older keys are retired. Runs once signing is configured (paths
-    // built meanwhile are signed at build time), again whenever the current key changes.
+    const signStoreStep = (stepName: string, label: string): HostStep =>
+      new HostStep(
+        stepName,
+        {
+          connection,
+          step: label,
+          script: hostScript("sign-store"),
+          env: this.cachePublicKey.apply((k) => ({ KEY_FILE: keyFile, PUBLIC_KEY: k })),
+          readable: false,
+          removable: false,
+          removeEnv: {},
+          driftKeys: [],
+          triggers: [],
+          timeoutSeconds: 3600,
+        },
+        { ...child, dependsOn: [nixConf, ...nixosSteps] },
+      );
+    // Add the current key's signature to every path already in the store, once signing is
+    // configured (paths built meanwhile are signed at build time), again whenever the current
+    // key changes (the env carries it). Generation 0: the paths staging built before the cache
+    // existed (`signExistingPaths`). After a rotation: so they keep substituting once older keys
+    // are retired.
+    const signExisting =
+      generation === 0 && (args.signExistingPaths ?? true)
+        ? [signStoreStep(`${name}-sign-store`, "sign the paths already in the store")]
+        : [];
     const signStore =
       generation > 0
         ? [
-            new HostStep(
+            signStoreStep(
               `${name}-sign-store-${generation}`,
-              {
-                connection,
-                step: `sign the store with key ${generation}`,
-                script: hostScript("sign-store"),
-                env: this.cachePublicKey.apply((k) => ({ KEY_FILE: keyFile, PUBLIC_KEY: k })),
-                readable: false,
-                removable: false,
-                removeEnv: {},
-                driftKeys: [],
-                triggers: [],
-                timeoutSeconds: 3600,
-              },
-              { ...child, dependsOn: [nixConf, ...nixosSteps] },
+              `sign the store with key ${generation}`,
             ),
           ]
-        : [];
+        : signExisting;
+    this.signedPaths =
+      signStore.length > 0
+        ? signStore[0].result.apply((r) => Number(r.signed ?? r.paths ?? 0))
+        : pulumi.output(0);
 
     // The canary: built and signed once staging is configured; rebuilt when the keys change.
     // Not when the authorised keys change: adding or removing a production host must not make
@@ -379,6 +416,7 @@ export class CacheServer extends pulumi.ComponentResource {
       module: this.module,
       os: this.os,
       coordinates: this.coordinates,
+      signedPaths: this.signedPaths,
     });
   }
 }
@@ -392,6 +430,11 @@ export interface NixosModuleStepsArgs {
   localPath: string;
   rebuild: RebuildMode;
   addImport: boolean;
+  /**
+   * What nixos-apply checks is in force after `nixos-rebuild switch`: `CHECK_SIGNING_KEYS`
+   * (staging) or `CHECK_SUBSTITUTER` + `CHECK_PUBLIC_KEYS` (production).
+   */
+  checkEnv: pulumi.Input<Record<string, string>>;
   dependsOn: pulumi.Resource[];
   parent: pulumi.Resource;
 }
@@ -424,11 +467,12 @@ export function nixosModuleSteps(name: string, a: NixosModuleStepsArgs): pulumi.
       connection: a.connection,
       step: "nixos-rebuild",
       script: hostScript("nixos-apply", "nixos"),
-      env: {
+      env: pulumi.output(a.checkEnv).apply((check) => ({
         MODULE_PATH: a.fragmentPath,
         REBUILD: a.rebuild,
         ADD_IMPORT: a.addImport ? "1" : "0",
-      },
+        ...check,
+      })),
       readable: false,
       removable: false,
       removeEnv: {},

@@ -63,8 +63,19 @@ export interface NixSshCacheArgs extends SubstituterOptions, FragmentOptions {
    * @example `"dedicated"`
    */
   clientIdentity?: ClientIdentityMode;
-  /** Let production upload to staging. @defaultValue `false` */
+  /**
+   * Let production upload to staging (see `CacheServerArgs.write`: only signed or
+   * content-addressed paths, `nix-ssh` is not a trusted user).
+   * @defaultValue `false`
+   */
   write?: boolean;
+  /**
+   * Sign the paths already in staging's store once, when the signing key is first configured
+   * (`nix store sign --all`), so production substitutes what staging built before the first
+   * `up` (see `CacheServerArgs.signExistingPaths`).
+   * @defaultValue `true`
+   */
+  signExistingPaths?: boolean;
 }
 
 /** What the component reports per production host. */
@@ -249,6 +260,7 @@ export class NixSshCache extends pulumi.ComponentResource {
         removeSigningKeyOnDestroy: args.removeSigningKeyOnDestroy,
         protocol: args.protocol,
         write: args.write,
+        signExistingPaths: args.signExistingPaths,
         ...common,
       },
       { parent: this },

@@ -261,7 +261,11 @@ export interface FragmentOptions {
    */
   localFragmentsDir?: string;
   /**
-   * NixOS only: `nixos-rebuild` mode after a module changed.
+   * NixOS only: `nixos-rebuild` mode after a module changed. After `"switch"` the configuration
+   * in force is checked (`nix show-config`: staging's signing key, production's substituter and
+   * cache key), and a setting of yours that wins over the module (e.g. the tutorial's
+   * `nix.extraOptions` with `secret-key-files`) fails the step, naming its file and line.
+   * `"boot"` and `"none"` check nothing; `"none"` leaves the system as it was.
    * @defaultValue `"switch"`
    */
   rebuild?: RebuildMode;

@@ -257,6 +257,20 @@ async function main(): Promise<void> {
     );
     detail("sshKey     = (secret)");
 
+    // The tutorial's situation: staging already built the app before the cache existed.
+    const previous = (
+      await timed(
+        "   staging's previous release, built before up",
+        async () => {
+          const expr = `builtins.derivation { name = "demo-previous-release"; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "echo previous > $out" ]; }`;
+          const r = await onHost(stage, "nix-build", `nix-build --no-out-link -E '${expr}'`);
+          return r.stdout.trim().split("\n").pop() ?? "";
+        },
+        () => "unsigned: no signing key yet",
+      )
+    ).value;
+    detail(previous);
+
     // 3. preview, up, outputs
     await timed(
       "3. pulumi preview",
@@ -277,6 +291,9 @@ async function main(): Promise<void> {
       const note = k.trim().endsWith("-nix-ssh-cache") ? "  (generated: root had no key)" : "";
       detail(`productionRootKeys : ${shortKey(k)}${note}`);
     }
+    detail(
+      `signedPaths        = ${String(out.signedPaths)}  (paths already on staging, signed once: signExistingPaths)`,
+    );
     detail(`verified           = ${String(out.verified)}`);
     if (out.verified !== true) {
       throw new DemoError(
@@ -285,6 +302,14 @@ async function main(): Promise<void> {
       );
     }
     const keyName = cachePublicKey.split(":")[0];
+    await timed(
+      "   prod1 fetches the previous release",
+      async () => {
+        await onHost(prod1, "nix-store --realise", `nix-store --realise ${previous}`);
+        return checkSigned(prod1, previous, keyName);
+      },
+      () => `signed by ${keyName} on staging after the fact (signExistingPaths), substituted`,
+    );
 
     // 4. the point of it all
     const nonce = `${Date.now().toString(36)}${crypto.randomBytes(3).toString("hex")}`;

@@ -239,3 +239,67 @@ nsc_signatures() {
   nix --extra-experimental-features nix-command path-info "$@" --sigs "$path" 2>/dev/null |
     awk '{for (i = 2; i <= NF; i++) if ($i !~ /^ca:/ && $i ~ /^[^:]+:[A-Za-z0-9+\/]+=*$/) print $i}'
 }
+
+# --- effective-configuration checks (provisional copy in the nixos branch: the hosts branch
+# owns these; same names and signatures) ---
+
+# nsc_nix_config_value NAME: the value of nix.conf setting NAME in force (`nix show-config`).
+nsc_nix_config_value() {
+  nix --extra-experimental-features nix-command show-config 2>/dev/null | sed -n "s/^$1 = //p"
+}
+
+# nsc_nix_conf_winner NAME [FILE]: "FILE:LINE: TEXT" of the last line setting NAME (not
+# extra-NAME) in FILE (default /etc/nix/nix.conf) and the files it includes, in Nix's reading
+# order: the line that wins. Prints nothing when no such line exists.
+nsc_nix_conf_winner() {
+  local name=$1 file=${2:-/etc/nix/nix.conf} line n=0 inc dir last=""
+  [ -r "$file" ] || return 0
+  dir=$(dirname -- "$file")
+  while IFS= read -r line || [ -n "$line" ]; do
+    n=$((n + 1))
+    if [[ $line =~ ^[[:space:]]*\!?include[[:space:]]+([^[:space:]]+) ]]; then
+      inc=${BASH_REMATCH[1]}
+      [[ $inc == /* ]] || inc=$dir/$inc
+      inc=$(nsc_nix_conf_winner "$name" "$inc")
+      [ -z "$inc" ] || last=$inc
+    elif [[ $line =~ ^[[:space:]]*${name}[[:space:]]*= ]]; then
+      last="${file}:${n}: ${line}"
+    fi
+  done <"$file"
+  [ -z "$last" ] || printf '%s\n' "$last"
+}
+
+# nsc_check_signing_effective KEYFILE...: every KEYFILE is in the secret-key-files in force;
+# else die naming the nix.conf line that wins.
+nsc_check_signing_effective() {
+  local effective f missing=() winner
+  effective=" $(nsc_nix_config_value secret-key-files) "
+  for f in "$@"; do
+    [[ $effective == *" $f "* ]] || missing+=("$f")
+  done
+  [ "${#missing[@]}" -eq 0 ] && return 0
+  winner=$(nsc_nix_conf_winner secret-key-files)
+  nsc_die "the signing key ${missing[*]} is not in force: nix show-config has secret-key-files =${effective% }; ${winner:-a later setting} wins (Nix keeps the last value of a setting): remove that line"
+}
+
+# nsc_check_substituter_effective URL PUBLIC_KEY...: URL (possibly with ?parameters) is among
+# the substituters in force and every PUBLIC_KEY among trusted-public-keys; else die naming the
+# nix.conf line that wins.
+nsc_check_substituter_effective() {
+  local url=$1 s found=0 effective k missing=() winner
+  shift
+  for s in $(nsc_nix_config_value substituters); do
+    case "$s" in "$url" | "$url?"*) found=1 ;; esac
+  done
+  if [ "$found" = 0 ]; then
+    winner=$(nsc_nix_conf_winner substituters)
+    nsc_die "the substituter ${url} is not in force: nix show-config has substituters = $(nsc_nix_config_value substituters); ${winner:-a later setting} wins (Nix keeps the last value of a setting): remove that line"
+  fi
+  effective=" $(nsc_nix_config_value trusted-public-keys) "
+  for k in "$@"; do
+    [[ $effective == *" $k "* ]] || missing+=("$k")
+  done
+  [ "${#missing[@]}" -eq 0 ] && return 0
+  winner=$(nsc_nix_conf_winner trusted-public-keys)
+  nsc_die "the cache key ${missing[*]} is not trusted in force: nix show-config has trusted-public-keys =${effective% }; ${winner:-a later setting} wins (Nix keeps the last value of a setting): remove that line"
+}

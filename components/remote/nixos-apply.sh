@@ -1,8 +1,11 @@
 # shellcheck shell=bash
 # nixos-apply.sh (NixOS only): make configuration.nix import the rendered module, then rebuild.
 # Inputs: MODULE_PATH (default /etc/nixos/nix-ssh-cache.nix), REBUILD=switch|boot|none (default
-#   switch), ADD_IMPORT=0|1 (default 0), NIXOS_CONFIG (default /etc/nixos/configuration.nix).
-# Output: {"rebuilt":bool,"importAdded":bool}
+#   switch), ADD_IMPORT=0|1 (default 0), NIXOS_CONFIG (default /etc/nixos/configuration.nix),
+#   after `switch` the configuration in force is checked: CHECK_SIGNING_KEYS (staging: key files,
+#   space-separated, must be in secret-key-files), CHECK_SUBSTITUTER + CHECK_PUBLIC_KEYS
+#   (production: the URL must be a substituter, the keys trusted).
+# Output: {"rebuilt":bool,"importAdded":bool,"checked":bool}
 #
 # ADD_IMPORT=1 edits configuration.nix once (idempotent: nothing happens when the module's file
 # name already appears in it): the module path is put right after the first `[` following the
@@ -53,11 +56,56 @@ if ! grep -qF -- "$name" "$config"; then
   nsc_log "added ${ref} to the imports of ${config}"
 fi
 
+# mentions WORD: "FILE:LINE: TEXT" of the lines of the NixOS configuration (the .nix files under
+# configuration.nix's directory, this module excluded) that contain WORD, `; `-separated.
+mentions() {
+  { grep -rnF --include='*.nix' -- "$1" "$(dirname -- "$config")" 2>/dev/null || true; } |
+    { grep -vF -- "${module}:" || true; } | head -n 5 | sed 's/:\([0-9][0-9]*\):[[:space:]]*/:\1: /' |
+    paste -sd ';' - | sed 's/;/; /g'
+}
+
 rebuilt=false
+checked=false
 if [ "$rebuild" != none ]; then
   nsc_log "running nixos-rebuild ${rebuild}"
-  nixos-rebuild "$rebuild" </dev/null >&2 ||
+  rebuild_log=$(mktemp)
+  trap 'rm -f "${edited:-}" "$rebuild_log"' EXIT
+  if ! nixos-rebuild "$rebuild" </dev/null 2>&1 | tee "$rebuild_log" >&2; then
+    # NixOS: "The option `a.b' is defined multiple times ..." (older: "The unique option ...";
+    # newer: "... has conflicting definition values")
+    option=$(sed -n "s/.*option \`\([^']*\)' \(is defined multiple times\|has conflicting definition values\).*/\1/p" "$rebuild_log" | head -n 1)
+    if [ -n "$option" ]; then
+      where=$(mentions "${option##*.}")
+      nsc_die "nixos-rebuild ${rebuild} failed: the option ${option} is defined multiple times, by ${module} and by your configuration${where:+ (${where})}; remove your own definition (e.g. the tutorial's ${option} left in configuration.nix): the module sets it (the configuration is left as is)"
+    fi
     nsc_die "nixos-rebuild ${rebuild} failed; see its messages above (the configuration is left as is)"
+  fi
   rebuilt=true
 fi
-printf '{"rebuilt":%s,"importAdded":%s}\n' "$rebuilt" "$added"
+
+# After a switch, what is in force must be what the module says: a setting in nix.extraOptions
+# (the tutorial put secret-key-files there) is appended after nix.settings and wins.
+check() {
+  local setting=$1 msg where
+  shift
+  if ! msg=$( ("$@") 2>&1); then
+    case "$msg" in *trusted-public-keys*) setting=trusted-public-keys ;; esac
+    msg=${msg#nix-ssh-cache: }
+    msg=${msg%%: remove that line*} # nix.conf is generated here: the fix is in the configuration
+    where=$(mentions "$setting")
+    nsc_die "after nixos-rebuild ${rebuild}: ${msg}. nix.conf is generated on NixOS: the line comes from your configuration${where:+ (${where})}; remove it there (a left-over of the tutorial? nix.extraOptions is appended after the module's nix.settings and wins)"
+  fi
+}
+if [ "$rebuild" = switch ]; then
+  if [ -n "${CHECK_SIGNING_KEYS:-}" ]; then
+    read -r -a keys <<<"$CHECK_SIGNING_KEYS"
+    check secret-key-files nsc_check_signing_effective "${keys[@]}"
+    checked=true
+  fi
+  if [ -n "${CHECK_SUBSTITUTER:-}" ]; then
+    read -r -a keys <<<"${CHECK_PUBLIC_KEYS:-}"
+    check substituters nsc_check_substituter_effective "$CHECK_SUBSTITUTER" "${keys[@]}"
+    checked=true
+  fi
+fi
+printf '{"rebuilt":%s,"importAdded":%s,"checked":%s}\n' "$rebuilt" "$added" "$checked"

@@ -48,7 +48,9 @@ export interface ProductionModuleArgs {
   /**
    * Staging's SSH port. When not 22 the known-hosts entry is `[name]:port` and
    * `programs.ssh.extraConfig` gets a `Host` block with `Port` (Nix 2.8 does not take the port
-   * from the substituter URL).
+   * from the substituter URL), closed by `Host *`: `extraConfig` is a `lines` option, an imported
+   * module's text comes before `configuration.nix`'s, so without the reset the user's own
+   * global lines that follow would apply to staging only.
    * @defaultValue `22`
    */
   stagingPort?: number;
@@ -143,7 +145,10 @@ export function renderProductionModule(args: ProductionModuleArgs): string {
     "  };",
   ];
   if (port !== 22) {
-    lines.push(`  programs.ssh.extraConfig = ${nixString(`Host ${name}\n  Port ${port}\n`)};`);
+    // `Host *` ends the block: text merged after it (the user's own extraConfig) stays global.
+    lines.push(
+      `  programs.ssh.extraConfig = ${nixString(`Host ${name}\n  Port ${port}\nHost *\n`)};`,
+    );
   }
   lines.push("}");
   return HEADER("production") + lines.join("\n") + "\n";

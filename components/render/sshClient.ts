@@ -72,13 +72,15 @@ export interface SshClientConfigArgs {
  * `ssh_config`, so its values win) for the staging host: pinned known-hosts file,
  * `StrictHostKeyChecking yes` and `BatchMode yes` (never prompt, no trust on first use; a
  * changed key fails with "Host key verification failed"), plus `Port`, `Ciphers` and
- * `IdentityFile` when given. Ends with a newline.
+ * `IdentityFile` when given. Ends with `Host *` (a scope reset, so lines that follow this text
+ * stay global whatever the OpenSSH version does at the end of an included file; 9.2 closes the
+ * block there itself) and a newline.
  *
  * @throws Error when a value is empty or contains whitespace or quotes
  * @example
  * ```ts
  * renderSshClientConfig({ hostName: "stage.test", knownHostsFile: "/etc/nix-ssh-cache/known_hosts" });
- * // "...Host stage.test\n  UserKnownHostsFile /etc/nix-ssh-cache/known_hosts\n  StrictHostKeyChecking yes\n  BatchMode yes\n"
+ * // "...Host stage.test\n  UserKnownHostsFile /etc/nix-ssh-cache/known_hosts\n  StrictHostKeyChecking yes\n  BatchMode yes\nHost *\n"
  * ```
  */
 export function renderSshClientConfig(args: SshClientConfigArgs): string {
@@ -108,5 +110,7 @@ export function renderSshClientConfig(args: SshClientConfigArgs): string {
     args.ciphers.forEach((c) => assertToken(c, "Ciphers entry"));
     lines.push(`  Ciphers ${args.ciphers.join(",")}`);
   }
+  // End the block: whatever follows this text (the user's lines, other drop-ins) stays global.
+  lines.push("Host *");
   return lines.join("\n") + "\n";
 }

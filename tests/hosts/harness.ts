@@ -46,6 +46,11 @@ export interface HostSpec {
    * Default: Debian's (which holds /usr/bin, where nix-bin puts Nix).
    */
   securePath?: string;
+  /**
+   * Flavours applied inside the host before its services start: `tests/hosts/flavours/<name>.sh`
+   * is sourced by host-init.sh for each, e.g. `["nixos"]`. Default none.
+   */
+  flavours?: string[];
 }
 
 export interface ExecResult {
@@ -237,6 +242,10 @@ export async function startHosts(
       throw new Error(`host ${s.name}: bad loginUser "${loginUser}"`);
     if (s.securePath !== undefined && !/^[A-Za-z0-9_/.:-]+$/.test(s.securePath))
       throw new Error(`host ${s.name}: bad securePath "${s.securePath}"`);
+    const flavours = s.flavours ?? [];
+    for (const f of flavours) {
+      if (!/^[a-z][a-z0-9-]*$/.test(f)) throw new Error(`host ${s.name}: bad flavour "${f}"`);
+    }
     return {
       name: s.name,
       nixDaemon: s.nixDaemon ?? true,
@@ -245,6 +254,7 @@ export async function startHosts(
       loginShell: s.loginShell ?? "bash",
       sudoPolicy: s.sudoPolicy ?? "nopasswd",
       securePath: s.securePath ?? "",
+      flavours,
     };
   });
   const addresses = full.map((_, i) => `127.0.0.${first + i}`);
@@ -336,6 +346,8 @@ export async function startHosts(
             NSC_SECURE_PATH: spec.securePath,
             NSC_RUNNER_PUB: `${keyPath}.pub`,
             NSC_HOSTS_FILE: hostsFile,
+            NSC_FLAVOURS: spec.flavours.join(" "),
+            NSC_HOST_DIR: path.dirname(script),
           },
         },
       );

@@ -14,6 +14,9 @@
 #   NSC_LOGIN_SHELL  optional: sh|bash|zsh|fish, the login user's shell (default bash)
 #   NSC_SUDO_POLICY  optional: nopasswd|requiretty|use_pty (default nopasswd)
 #   NSC_SECURE_PATH  optional: sudo's secure_path (default: Debian's)
+#   NSC_FLAVOURS     space-separated flavours: tests/hosts/flavours/<name>.sh is sourced for each,
+#                    after users and Nix dirs are set up, before services start
+#   NSC_HOST_DIR     absolute path of tests/hosts
 # Contract inside the host (no systemd):
 #   sshd:       pid in /run/sshd.pid, log /var/log/sshd.log; reload = kill -HUP "$(cat /run/sshd.pid)"
 #   nix-daemon: pid in /run/nix-daemon.pid, log /var/log/nix-daemon.log; restart = kill that pid,
@@ -118,6 +121,12 @@ install -d -m 0755 /nix/var/nix/db /nix/var/nix/gcroots /nix/var/nix/profiles \
 install -d -m 1777 /nix/var/nix/gcroots/per-user /nix/var/nix/profiles/per-user
 
 log "users and nix dirs done"
+
+for flavour in ${NSC_FLAVOURS:-}; do
+  # shellcheck source=/dev/null
+  source "$NSC_HOST_DIR/flavours/$flavour.sh"
+  log "flavour $flavour applied"
+done
 /usr/sbin/sshd -t
 /usr/sbin/sshd -E /var/log/sshd.log
 log "sshd started on $NSC_ADDRESS:22 (pid $(cat /run/sshd.pid))"

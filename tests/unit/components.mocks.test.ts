@@ -41,6 +41,7 @@ function stepResult(inputs: Record<string, unknown>): Record<string, unknown> {
   if (step === "root SSH key") return { publicKey: ED25519_KEY };
   if (step === "canary build") return { path: `/nix/store/abc-nix-ssh-cache-canary-${env.NONCE}` };
   if (step.startsWith("verify")) return { verified: true };
+  if (step.startsWith("sign ")) return { keyName: "stage.test", paths: 5, signed: 3 };
   return { exists: true, sha256: "0" };
 }
 
@@ -248,5 +249,44 @@ describe("CacheServer signing key generations (mocks)", () => {
       KEY_FILE: "/etc/shipnix/binary/cache-priv-key-2.pem",
       PUBLIC_KEY: CACHE_KEY("stage.test-2"),
     });
+  });
+});
+
+describe("CacheServer signExistingPaths (mocks)", () => {
+  let server: import("../../components").CacheServer;
+
+  before(async () => {
+    const { CacheServer } = await import("../../components");
+    server = new CacheServer("first", {
+      host: { host: "stage.test", privateKey: FAKE_PRIVATE_KEY },
+      authorizedKeys: [ED25519_KEY],
+    });
+    new CacheServer("nosign", {
+      host: { host: "stage2.test", privateKey: FAKE_PRIVATE_KEY },
+      authorizedKeys: [ED25519_KEY],
+      signExistingPaths: false,
+    });
+    await promiseOf(server.coordinates);
+  });
+
+  it("by default signs the store once with the first key", () => {
+    const sign = seen.find((s) => s.name === "first-sign-store")!;
+    assert.ok(sign, "first-sign-store step");
+    assert.equal(sign.inputs.step, "sign the paths already in the store");
+    assert.deepEqual(sign.inputs.env, {
+      KEY_FILE: "/etc/shipnix/binary/cache-priv-key.pem",
+      PUBLIC_KEY: CACHE_KEY("stage.test"),
+    });
+  });
+
+  it("reports the number of paths it newly signed", async () => {
+    assert.equal(await promiseOf(server.signedPaths), 3);
+  });
+
+  it("signExistingPaths: false adds no step", () => {
+    assert.equal(
+      seen.some((s) => s.name === "nosign-sign-store"),
+      false,
+    );
   });
 });

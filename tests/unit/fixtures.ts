@@ -4,7 +4,7 @@
  * @packageDocumentation
  */
 import { execFileSync, spawnSync } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
@@ -87,3 +87,33 @@ export const RSA_PEM_PRIVATE_KEY =
   "RDwMDcVVEv4mVxaAuQJACIk8U3AZgn0q2eV7eaMYMQW8i2zVtR3zg+28c9E7Hz3i\n" +
   "o4Q6At2d23VXMuj3lW8pJuWVWC5Qvm7TjrdU9wbSSw==\n" +
   "-----END RSA PRIVATE KEY-----\n";
+
+/** The test hosts' NixOS module-system stand-in (tests/hosts/flavours/nixos-eval.nix). */
+export function nixosEvalFile(): string {
+  const candidates = [
+    join(__dirname, "../hosts/flavours/nixos-eval.nix"), // ts-node / source tree
+    join(__dirname, "../../../tests/hosts/flavours/nixos-eval.nix"), // build/tests/unit
+  ];
+  const found = candidates.find((p) => existsSync(p));
+  if (!found) throw new Error(`nixos-eval.nix not found; looked in: ${candidates.join(", ")}`);
+  return found;
+}
+
+/** What {@link evalNixosConfiguration} returns (see nixos-eval.nix). */
+export interface NixosEvaluation {
+  /** The merged option values. */
+  config: Record<string, unknown>;
+  /** What NixOS would write to /etc, by path. */
+  files: Record<string, string>;
+}
+
+/**
+ * Evaluates a configuration.nix with its imports as NixOS would merge them (list options
+ * concatenated, `lines` options joined, imports first), with stub module arguments, through
+ * `nix-instantiate --eval --strict --json`.
+ */
+export function evalNixosConfiguration(configurationFile: string): NixosEvaluation {
+  const argv = ["--readonly-mode", "--eval", "--strict", "--json", nixosEvalFile()];
+  argv.push("--arg", "configuration", configurationFile);
+  return JSON.parse(execFileSync("nix-instantiate", argv, { encoding: "utf8" })) as NixosEvaluation;
+}

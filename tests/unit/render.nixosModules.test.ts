@@ -1,5 +1,6 @@
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { renderProductionModule, renderStagingModule } from "../../components/render/nixosModules";
@@ -14,6 +15,8 @@ import {
   SEED_SECRET_KEY_FILE,
   SEED_STAGING_HOST,
   SEED_SUBSTITUTER,
+  evalNixosConfiguration,
+  hasCommand,
   nixEval,
   withTempDir,
 } from "./fixtures";
@@ -86,6 +89,38 @@ describe("renderStagingModule", () => {
       /nix\.settings\.secret-key-files = \[ "\/k\/cache-priv-key-1\.pem" "\/k\/cache-priv-key\.pem" \];/,
     );
   });
+
+  it(
+    "with the tutorial's left-overs in configuration.nix: a string conflicts, extraOptions wins",
+    { skip: NO_NIX },
+    () => {
+      withTempDir((dir) => {
+        writeFileSync(
+          join(dir, "nix-ssh-cache.nix"),
+          renderStagingModule({ clientKeys: [], secretKeyFile: SEED_SECRET_KEY_FILE }),
+        );
+        const configuration = join(dir, "configuration.nix");
+        const write = (line: string) =>
+          writeFileSync(
+            configuration,
+            `{ config, lib, pkgs, ... }:\n{\n  imports = [ ./nix-ssh-cache.nix ];\n${line}\n}\n`,
+          );
+        write('  nix.settings.secret-key-files = "/etc/nix/old.pem";');
+        assert.throws(
+          () => evalNixosConfiguration(configuration),
+          /The option `nix\.settings\.secret-key-files' is defined multiple times/,
+        );
+        write("  nix.extraOptions = ''\n    secret-key-files = /etc/nix/old.pem\n  '';");
+        const nixConf = evalNixosConfiguration(configuration).files["/etc/nix/nix.conf"];
+        const settings = nixConf.split("\n").filter((l) => l.startsWith("secret-key-files"));
+        // Nix keeps the last value: the left-over, not the module's key
+        assert.deepEqual(settings, [
+          `secret-key-files = ${SEED_SECRET_KEY_FILE}`,
+          "secret-key-files = /etc/nix/old.pem",
+        ]);
+      });
+    },
+  );
 
   it("rejects a malformed client key", () => {
     assert.throws(
@@ -172,8 +207,66 @@ describe("renderProductionModule", () => {
       hostNames: ["[stage.test]:2222"],
       publicKey: HOST_KEY_NO_COMMENT,
     });
-    assert.equal(value.programs.ssh.extraConfig, "Host stage.test\n  Port 2222\n");
+    assert.equal(value.programs.ssh.extraConfig, "Host stage.test\n  Port 2222\nHost *\n");
   });
+
+  it(
+    "ends the Port block with Host *: a user's global ssh_config line after it is not captured",
+    { skip: NO_NIX || (hasCommand("ssh") ? false : "no ssh client") },
+    () => {
+      withTempDir((dir) => {
+        writeFileSync(
+          join(dir, "nix-ssh-cache.nix"),
+          renderProductionModule({
+            substituterUrl: "ssh://nix-ssh@stage.test",
+            trustedPublicKeys: [SEED_CACHE_PUBLIC_KEY],
+            stagingHostName: "stage.test",
+            stagingHostKey: HOST_KEY,
+            stagingPort: 2222,
+          }),
+        );
+        // The user's own configuration.nix: imports the module, has a global client option.
+        const configuration = join(dir, "configuration.nix");
+        writeFileSync(
+          configuration,
+          [
+            "{ config, lib, pkgs, ... }:",
+            "{",
+            "  imports = [ ./nix-ssh-cache.nix ];",
+            '  programs.ssh.extraConfig = "ServerAliveInterval 30\n";',
+            '  nix.settings.substituters = [ "https://cache.example.org" ];',
+            "}",
+          ].join("\n"),
+        );
+        const evaluated = evalNixosConfiguration(configuration);
+        // list options merge: the user's substituter is kept beside staging's
+        const settings = (evaluated.config.nix as { settings: Record<string, unknown> }).settings;
+        assert.deepEqual(settings.substituters, [
+          "ssh://nix-ssh@stage.test",
+          "https://cache.example.org",
+        ]);
+        // the module's text comes first (imports first), the user's line after it
+        const sshConfig = evaluated.files["/etc/ssh/ssh_config"];
+        assert.ok(
+          sshConfig.indexOf("Port 2222") < sshConfig.indexOf("ServerAliveInterval 30"),
+          sshConfig,
+        );
+        const file = join(dir, "ssh_config");
+        writeFileSync(file, sshConfig);
+        const sshG = (host: string) =>
+          execFileSync("ssh", ["-G", "-F", file, host], { encoding: "utf8" });
+        const other = sshG("other.test");
+        assert.match(other, /^serveraliveinterval 30$/m, "the user's global line stays global");
+        assert.match(other, /^port 22$/m);
+        const staging = sshG("stage.test");
+        assert.match(staging, /^port 2222$/m);
+        assert.match(staging, /^serveraliveinterval 30$/m);
+        // Without the reset the same text would capture the user's line (what this prevents).
+        writeFileSync(file, sshConfig.replace("  Port 2222\nHost *\n", "  Port 2222\n"));
+        assert.match(sshG("other.test"), /^serveraliveinterval 0$/m);
+      });
+    },
+  );
 
   it("escapes a hostile substituter URL so Nix reads it back verbatim", { skip: NO_NIX }, () => {
     const url = 'ssh://nix-ssh@stage.test?x="${builtins.abort "pwned"}\\';

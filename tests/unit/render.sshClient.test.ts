@@ -61,7 +61,8 @@ describe("renderSshClientConfig", () => {
       "Host stage.test\n" +
         "  UserKnownHostsFile /etc/nix-ssh-cache/known_hosts\n" +
         "  StrictHostKeyChecking yes\n" +
-        "  BatchMode yes\n",
+        "  BatchMode yes\n" +
+        "Host *\n",
     );
   });
 
@@ -100,6 +101,35 @@ describe("renderSshClientConfig", () => {
         assert.match(out, /^identityfile \/root\/.ssh\/id_ed25519$/m);
         const other = execFileSync("ssh", ["-G", "-F", file, "other.test"], { encoding: "utf8" });
         assert.match(other, /^port 22$/m, "other hosts are unaffected");
+      });
+    },
+  );
+
+  it(
+    "as an ssh_config.d drop-in, does not capture the global lines after the Include",
+    { skip: hasCommand("ssh") ? false : "no ssh client" },
+    () => {
+      withTempDir((dir) => {
+        const dropIn = join(dir, "nix-ssh-cache.conf");
+        const text = renderSshClientConfig({
+          hostName: "stage.test",
+          knownHostsFile: "/etc/nix-ssh-cache/known_hosts",
+          port: 2222,
+        });
+        writeFileSync(dropIn, text);
+        // Debian's ssh_config: the drop-ins are included first, the user's lines follow.
+        const main = join(dir, "ssh_config");
+        writeFileSync(main, `Include ${dropIn}\nServerAliveInterval 30\n`);
+        const sshG = (host: string) =>
+          execFileSync("ssh", ["-G", "-F", main, host], { encoding: "utf8" });
+        assert.match(sshG("other.test"), /^serveraliveinterval 30$/m);
+        assert.match(sshG("stage.test"), /^serveraliveinterval 30$/m);
+        assert.match(sshG("stage.test"), /^port 2222$/m);
+        // The same holds when the user's line is the body of the drop-in itself (a file that
+        // concatenates drop-ins, or an OpenSSH that keeps an included Host block open; 9.2
+        // closes it at the end of the included file).
+        writeFileSync(main, `${text}ServerAliveInterval 30\n`);
+        assert.match(sshG("other.test"), /^serveraliveinterval 30$/m);
       });
     },
   );
