@@ -87,13 +87,13 @@ sshd_block_problem() {
   user=$(awk 'tolower($1) == "match" && tolower($2) == "user" {print $3; exit}' "$FILE_PATH")
   want=$(awk 'tolower($1) == "forcecommand" {$1 = ""; sub(/^[ \t]+/, ""); print; exit}' "$FILE_PATH")
   [ -n "$user" ] && [ -n "$want" ] || return 0
-  got=$(nsc_sshd_effective "$config" "$user" | awk '$1 == "forcecommand" {$1 = ""; sub(/^ /, ""); print; exit}')
+  got=$(nsc_sshd_effective "$config" "$user" | awk '$1 == "forcecommand" && !n++ {$1 = ""; sub(/^ /, ""); print}')
   [ "$got" = "$want" ] && return 0
-  if [ -z "$got" ]; then
+  if [ -z "$got" ] || [ "$got" = none ]; then
     printf "sshd would not apply %s: 'sshd -T -C user=%s' shows no ForceCommand; does %s Include %s? (add 'Include %s/*.conf' at the top of %s)" \
       "$FILE_PATH" "$user" "$config" "$FILE_PATH" "$(dirname -- "$FILE_PATH")" "$config"
   else
-    where=$(grep -rinE '^[[:space:]]*ForceCommand' -- "$config" "$(dirname -- "$FILE_PATH")" 2>/dev/null | grep -vF -- "$FILE_PATH:" | head -n 1) || where=""
+    where=$(grep -rinE '^[[:space:]]*ForceCommand' -- "$config" "$(dirname -- "$FILE_PATH")" 2>/dev/null | grep -vF -- "$FILE_PATH:" | sed -n 1p) || where=""
     printf "sshd would not apply %s: 'sshd -T -C user=%s' shows ForceCommand '%s' from an earlier line (%s); sshd keeps the first value. Remove it" \
       "$FILE_PATH" "$user" "$got" "${where:-see sshd_config}"
   fi
@@ -179,7 +179,7 @@ apply)
   case "$after" in
   sshd)
     if [ "$content_changed" = true ]; then
-      sshd_config=$(nsc_sshd_config_of "$(nsc_sshd_listeners | head -n 1)")
+      sshd_config=$(nsc_sshd_config_of "$(nsc_sshd_listeners | sed -n 1p)")
       problem=""
       if ! msg=$("$(nsc_sshd_bin)" -t -f "$sshd_config" 2>&1); then
         problem="sshd rejects the configuration with the new ${FILE_PATH}: $(printf '%s' "$msg" | tr '\n' ' ')"
