@@ -113,7 +113,8 @@ export interface TestHosts {
   teardown(): Promise<void>;
 }
 
-const READY_TIMEOUT_MS = 30_000;
+/** Generous: under load (many hosts starting at once on a busy machine) `cp -a /etc` alone took 13 s. */
+const READY_TIMEOUT_MS = 120_000;
 const STOP_GRACE_MS = 2_000;
 const HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /** PATH of `exec` inside a host: an administrator's login PATH (Nix's profile first). */
