@@ -275,6 +275,88 @@ describe("host scripts on flavoured hosts", { skip }, () => {
     assert.equal(await out(ro, "ls -la /etc/nix; cat /var/lib/managed-config/nix.conf"), before);
   });
 
+  it("a symlinked sshd drop-in: written through to a writable target, refused on a read-only one", async () => {
+    await nopid.exec(
+      `rm -f ${SSHD_DROP_IN} && mkdir -p /var/lib/sshd-cfg && touch /var/lib/sshd-cfg/drop.conf && chmod 0600 /var/lib/sshd-cfg/drop.conf && ln -s /var/lib/sshd-cfg/drop.conf ${SSHD_DROP_IN}`,
+    );
+    const env = {
+      ACTION: "apply",
+      FILE_PATH: SSHD_DROP_IN,
+      FILE_CONTENT: MATCH_BLOCK,
+      FILE_MODE: "0644",
+      FILE_OWNER: "root:root",
+      AFTER: "sshd",
+    };
+    const r = await step(nopid, "file", env);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(await out(nopid, `readlink ${SSHD_DROP_IN}`), "/var/lib/sshd-cfg/drop.conf");
+    assert.equal(await out(nopid, "stat -c '%a' /var/lib/sshd-cfg/drop.conf"), "644");
+    assert.match(
+      await out(nopid, "cat /var/lib/sshd-cfg/drop.conf"),
+      /ForceCommand nix-store --serve/,
+    );
+    // read-only: nothing changes, the target is named
+    await nopid.exec(
+      "mount --bind /var/lib/sshd-cfg /var/lib/sshd-cfg && mount -o remount,bind,ro /var/lib/sshd-cfg",
+    );
+    try {
+      const before = await out(nopid, `ls -la /etc/ssh/sshd_config.d; cat ${SSHD_DROP_IN}`);
+      const bad = await step(nopid, "file", {
+        ...env,
+        FILE_CONTENT: MATCH_BLOCK.replace("PermitTTY no", "PermitTTY no\n  X11Forwarding no"),
+      });
+      assert.notEqual(bad.code, 0);
+      assert.match(
+        bad.stderr,
+        /is a symlink to \/var\/lib\/sshd-cfg\/drop\.conf, which is not writable.*Nothing was changed/,
+      );
+      assert.equal(await out(nopid, `ls -la /etc/ssh/sshd_config.d; cat ${SSHD_DROP_IN}`), before);
+    } finally {
+      await nopid.exec(`umount /var/lib/sshd-cfg; rm -f ${SSHD_DROP_IN}`);
+    }
+  });
+
+  it("nixos-apply edits a symlinked configuration.nix through to its target (absolute import), or names the target", async () => {
+    const module = "/etc/nixos/nix-ssh-cache.nix";
+    await plain.exec(
+      `touch /etc/NIXOS && mkdir -p /etc/nixos /var/lib/nixcfg && printf '{ ... }: {}\n' >${module} &&
+       printf '{ config, pkgs, ... }:\n{\n  imports = [ ./hardware.nix ];\n}\n' >/var/lib/nixcfg/configuration.nix &&
+       chmod 0640 /var/lib/nixcfg/configuration.nix && ln -sfn /var/lib/nixcfg/configuration.nix /etc/nixos/configuration.nix`,
+    );
+    try {
+      const env = { MODULE_PATH: module, REBUILD: "none", ADD_IMPORT: "1" };
+      const r = await step(plain, "nixos-apply", env);
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(
+        await out(plain, "readlink /etc/nixos/configuration.nix"),
+        "/var/lib/nixcfg/configuration.nix",
+      );
+      assert.equal(await out(plain, "stat -c '%a' /var/lib/nixcfg/configuration.nix"), "640");
+      assert.match(
+        await out(plain, "cat /var/lib/nixcfg/configuration.nix"),
+        /imports = \[ \/etc\/nixos\/nix-ssh-cache\.nix \.\/hardware\.nix \];/,
+      );
+      // a read-only target: nothing changes, the target and the import to add are named
+      await plain.exec(
+        `printf '{ config, pkgs, ... }:\n{\n}\n' >/var/lib/nixcfg/configuration.nix && mount --bind /var/lib/nixcfg /var/lib/nixcfg && mount -o remount,bind,ro /var/lib/nixcfg`,
+      );
+      const bad = await step(plain, "nixos-apply", env);
+      assert.notEqual(bad.code, 0);
+      assert.match(
+        bad.stderr,
+        /\/var\/lib\/nixcfg\/configuration\.nix is not writable.*nothing was changed.*imports = \[ \/etc\/nixos\/nix-ssh-cache\.nix \];/,
+      );
+      assert.equal(
+        await out(plain, "cat /var/lib/nixcfg/configuration.nix"),
+        "{ config, pkgs, ... }:\n{\n}",
+      );
+    } finally {
+      await plain.exec(
+        "umount /var/lib/nixcfg 2>/dev/null; rm -rf /etc/NIXOS /etc/nixos /var/lib/nixcfg",
+      );
+    }
+  });
+
   it("root's ~/.ssh/config turning host-key checking off is found with ssh -G and named", async () => {
     const env = {
       ACTION: "apply",

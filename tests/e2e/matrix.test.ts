@@ -17,8 +17,6 @@
  */
 import { after, before, describe, it } from "node:test";
 import * as assert from "node:assert/strict";
-import * as fs from "fs";
-import * as path from "path";
 import { e2eSkipReason, startHosts, TestHost, TestHosts } from "../hosts/harness";
 import { buildOnStaging, NIX, signaturesOf, substitute } from "./helpers";
 import { CliResult, pulumiSkipReason, PulumiStack, repoRoot } from "./pulumi";
@@ -61,30 +59,36 @@ function passed(stack: string, perHost: Record<string, number>): void {
 }
 const stackSeconds: Record<string, number> = {};
 
-/** `pulumi up` with an event log; returns the result and each host's step time (seconds). */
+/**
+ * `pulumi up --json` (engine events, one JSON object a line); returns the result and each host's
+ * step time: seconds between its first step starting and its last step's outputs (resources are
+ * named `cache-staging-*` and `cache-<production name>-*`).
+ */
 async function upTimed(
   stack: PulumiStack,
   extra: string[] = [],
 ): Promise<{ r: CliResult; perHost: Record<string, number> }> {
-  const log = path.join(stack.workDir, `events-${Date.now()}.jsonl`);
-  const r = await stack.up([...extra, "--event-log", log]);
+  const r = await stack.up([...extra, "--json"]);
   const first: Record<string, number> = {};
   const last: Record<string, number> = {};
-  const text = fs.existsSync(log) ? fs.readFileSync(log, "utf8") : "";
-  for (const line of text.split("\n")) {
-    if (!line.trim()) continue;
-    const ev = JSON.parse(line) as {
-      timestamp: number;
+  for (const line of r.stdout.split("\n")) {
+    if (!line.startsWith("{")) continue;
+    let ev: {
+      timestamp?: number;
       resourcePreEvent?: { metadata: { urn: string; op: string } };
       resOutputsEvent?: { metadata: { urn: string; op: string } };
     };
+    try {
+      ev = JSON.parse(line) as typeof ev;
+    } catch {
+      continue;
+    }
     const meta = ev.resourcePreEvent?.metadata ?? ev.resOutputsEvent?.metadata;
-    if (!meta || meta.op === "same") continue;
+    if (!meta || meta.op === "same" || ev.timestamp === undefined) continue;
     const m = /::cache-([a-z0-9]+)-/.exec(meta.urn);
     if (!m) continue;
-    const host = m[1];
-    first[host] = Math.min(first[host] ?? Infinity, ev.timestamp);
-    last[host] = Math.max(last[host] ?? 0, ev.timestamp);
+    first[m[1]] = Math.min(first[m[1]] ?? Infinity, ev.timestamp);
+    last[m[1]] = Math.max(last[m[1]] ?? 0, ev.timestamp);
   }
   const perHost: Record<string, number> = {};
   for (const h of Object.keys(first)) perHost[h] = last[h] - first[h];
