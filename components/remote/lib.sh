@@ -523,9 +523,10 @@ nsc_respawn_nix_daemon() {
 # end of the main nix.conf.
 
 # nsc_daemon_env NAME: NAME's value in nix-daemon's environment (root's defaults without one).
+# (callers that ask several times set NSC_DAEMON_ENV_PID once: finding the daemon reads /proc)
 nsc_daemon_env() {
-  local pid
-  pid=$(nsc_nix_daemon_pid)
+  local pid=${NSC_DAEMON_ENV_PID-unset}
+  [ "$pid" != unset ] || pid=$(nsc_nix_daemon_pid)
   if [ -n "$pid" ] && [ -r "/proc/$pid/environ" ]; then
     tr '\0' '\n' <"/proc/$pid/environ" | sed -n "s/^$1=//p" | sed -n 1p
   elif [ "$1" = HOME ]; then
@@ -579,6 +580,8 @@ _nsc_conf_file() {
 nsc_nix_conf_events() {
   local setting=$1 conf_dir user_files home xdg_home xdg_dirs nix_config f n=0 text
   local -a files=() dirs=()
+  local NSC_DAEMON_ENV_PID
+  NSC_DAEMON_ENV_PID=$(nsc_nix_daemon_pid)
   conf_dir=$(nsc_daemon_env NIX_CONF_DIR)
   _nsc_conf_file "${conf_dir:-/etc/nix}/nix.conf" "$setting" 0
   user_files=$(nsc_daemon_env NIX_USER_CONF_FILES)
@@ -653,6 +656,8 @@ _nsc_require_effective() {
 _nsc_require_shown() {
   local setting=$1 shown v name
   local -a envv=()
+  local NSC_DAEMON_ENV_PID
+  NSC_DAEMON_ENV_PID=$(nsc_nix_daemon_pid)
   shift
   for name in NIX_CONF_DIR NIX_USER_CONF_FILES XDG_CONFIG_HOME XDG_CONFIG_DIRS HOME NIX_CONFIG; do
     v=$(nsc_daemon_env "$name")
