@@ -233,13 +233,13 @@ nsc_pid_alive() {
 
 # --- processes found the way an administrator would: by what they listen on -----------------
 
-# nsc_pids_holding INODE...: PIDs of the processes with an open fd on one of these sockets.
+# nsc_pids_holding INODE...: PIDs of the processes with an open fd on one of these sockets (one
+# pass over /proc/*/fd; processes that come and go meanwhile are skipped).
 nsc_pids_holding() {
-  local inode
-  for inode in "$@"; do
-    # (processes come and go while find runs: its complaints are not errors here)
-    { find /proc/[0-9]*/fd -maxdepth 1 -lname "socket:\[${inode}\]" 2>/dev/null || true; } | cut -d/ -f3
-  done | sort -un
+  [ "$#" -gt 0 ] || return 0
+  { find /proc/[0-9]*/fd -maxdepth 1 -lname 'socket:*' -printf '%h %l\n' 2>/dev/null || true; } |
+    awk -v want=" $* " '{ gsub(/[^0-9]/, "", $2); if (index(want, " " $2 " ")) { split($1, p, "/"); print p[3] } }' |
+    sort -un
 }
 
 # nsc_unix_listen_inodes PATH: inodes of the listening unix sockets bound to PATH.
@@ -446,19 +446,17 @@ nsc_restart_nix_daemon() {
     fi
   fi
   unit=nix-daemon
-  {
-    if nsc_has_openrc && rc-service --exists "$unit" 2>/dev/null && rc-service "$unit" status >/dev/null 2>&1; then
-      rc-service "$unit" restart >&2 || nsc_die "rc-service ${unit} restart failed"
-      nsc_log "restarted nix-daemon (rc-service ${unit} restart)"
-      return 0
-    fi
-    if ! nsc_has_systemd && [ -x "/etc/init.d/$unit" ] && command -v service >/dev/null 2>&1 &&
-      service "$unit" status >/dev/null 2>&1; then
-      service "$unit" restart >&2 || nsc_die "service ${unit} restart failed"
-      nsc_log "restarted nix-daemon (service ${unit} restart)"
-      return 0
-    fi
-  }
+  if nsc_has_openrc && rc-service --exists "$unit" 2>/dev/null && rc-service "$unit" status >/dev/null 2>&1; then
+    rc-service "$unit" restart >&2 || nsc_die "rc-service ${unit} restart failed"
+    nsc_log "restarted nix-daemon (rc-service ${unit} restart)"
+    return 0
+  fi
+  if ! nsc_has_systemd && [ -x "/etc/init.d/$unit" ] && command -v service >/dev/null 2>&1 &&
+    service "$unit" status >/dev/null 2>&1; then
+    service "$unit" restart >&2 || nsc_die "service ${unit} restart failed"
+    nsc_log "restarted nix-daemon (service ${unit} restart)"
+    return 0
+  fi
   pid=$(nsc_nix_daemon_pid)
   if [ -z "$pid" ]; then
     nsc_log "no nix-daemon is running: nothing to restart (its next start reads the new configuration)"

@@ -11,25 +11,26 @@ nix_daemon_pidfile=/run/nix-daemon.pid
 # shellcheck source=/dev/null
 [ -r /run/nsc/services.env ] && source /run/nsc/services.env
 
-# holders INODE...: PIDs with an fd on one of these sockets.
+# holders INODE...: PIDs with an fd on one of these sockets (one pass over /proc/*/fd).
 holders() {
-  local i
-  for i in "$@"; do
-    # (processes come and go while find runs: its complaints are not errors here)
-    { find /proc/[0-9]*/fd -maxdepth 1 -lname "socket:\[$i\]" 2>/dev/null || true; } | cut -d/ -f3
-  done | sort -un
+  [ "$#" -gt 0 ] || return 0
+  { find /proc/[0-9]*/fd -maxdepth 1 -lname 'socket:*' -printf '%h %l\n' 2>/dev/null || true; } |
+    awk -v want=" $* " '{ gsub(/[^0-9]/, "", $2); if (index(want, " " $2 " ")) { split($1, p, "/"); print p[3] } }' |
+    sort -un
 }
 
+# sshd_pids: the sshd processes holding a listening TCP socket.
 sshd_pids() {
   local -a inodes
+  local pid
   mapfile -t inodes < <(awk 'NR > 1 && $4 == "0A" {print $10}' /proc/net/tcp /proc/net/tcp6 2>/dev/null)
   [ "${#inodes[@]}" -gt 0 ] || return 0
   for pid in $(holders "${inodes[@]}"); do
-    [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = sshd ] && echo "$pid"
+    if [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = sshd ]; then echo "$pid"; fi
   done
-  return 0
 }
 
+# nix_daemon_pids: the processes holding the daemon socket's listening socket.
 nix_daemon_pids() {
   local -a inodes
   mapfile -t inodes < <(awk -v p="$socket" 'NR > 1 && $NF == p && $4 == "00010000" {print $7}' /proc/net/unix)
