@@ -221,6 +221,7 @@ export class CacheClient extends pulumi.ComponentResource {
             port: c.port,
           }),
         ),
+        after: "ssh",
         label: "ssh client drop-in",
         onlyOn: "linux",
       },

@@ -256,7 +256,9 @@ export class CacheServer extends pulumi.ComponentResource {
         triggers: [],
         timeoutSeconds: 60,
       },
-      { ...child, dependsOn: [probe] },
+      // after the signing keys: their step refuses a host that already signs with another key
+      // before anything is changed
+      { ...child, dependsOn: [probe, ...signingKeys] },
     );
     const authorizedKeys = fileStep(
       `${name}-authorized-keys`,
@@ -274,11 +276,13 @@ export class CacheServer extends pulumi.ComponentResource {
       {
         connection,
         path: STAGING_FILES.sshdDropIn,
-        content: renderSshdMatchBlock({
-          user: "nix-ssh",
-          authorizedKeysFile: STAGING_FILES.authorizedKeys,
-          forceCommand: serveCommand(protocol, args.write ?? false),
-        }),
+        content: facts.apply((f) =>
+          renderSshdMatchBlock({
+            user: "nix-ssh",
+            authorizedKeysFile: STAGING_FILES.authorizedKeys,
+            forceCommand: serveCommand(protocol, args.write ?? false, f.nixBin),
+          }),
+        ),
         after: "sshd",
         label: "sshd drop-in",
         onlyOn: "linux",

@@ -13,6 +13,8 @@ export interface HostFacts {
   daemonRunning: boolean;
   init: string;
   hostKey: string;
+  /** Directory the Nix tools were found in, e.g. `/nix/var/nix/profiles/default/bin`. */
+  nixBin?: string;
 }
 
 /**
@@ -58,8 +60,11 @@ export interface FileStepArgs {
   mode?: string;
   /** `user:group`. */
   owner?: string;
-  /** What to do after a change: reload sshd (after `sshd -t`), or include + restart nix-daemon. */
-  after?: "none" | "sshd" | "nix";
+  /**
+   * What to do after a change: reload sshd (after `sshd -t`), include + restart nix-daemon and
+   * check the settings are in force, or (`"ssh"`) check root's ssh really uses the pin.
+   */
+  after?: "none" | "sshd" | "nix" | "ssh";
   /** Only act on hosts of this kind (the step reports `skipped` elsewhere). */
   onlyOn?: "nixos" | "linux";
   /** Label for messages, e.g. `sshd drop-in`. */

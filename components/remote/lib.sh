@@ -5,11 +5,15 @@
 # `set -euo pipefail`, `export NAME='value'` lines, this file, then one step script.
 # Conventions: the last line of stdout is one JSON object; everything else goes to stderr.
 
-PATH="/run/wrappers/bin:/run/current-system/sw/bin:/nix/var/nix/profiles/default/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin${PATH:+:$PATH}"
+# Nix where installers put it (NixOS, the multi-user installer, root's single-user profile, the
+# distribution's package), before the usual system directories: a non-interactive SSH session and
+# sudo's secure_path read no /etc/profile.d.
+NSC_ROOT_HOME=$(getent passwd root 2>/dev/null | cut -d: -f6) || NSC_ROOT_HOME=""
+NSC_ROOT_HOME=${NSC_ROOT_HOME:-/root}
+PATH="/run/wrappers/bin:/run/current-system/sw/bin:/nix/var/nix/profiles/default/bin:${NSC_ROOT_HOME}/.nix-profile/bin:/nix/var/nix/profiles/per-user/root/profile/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin${PATH:+:$PATH}"
 export PATH
 umask 022
 
-NSC_NIX_DAEMON_PIDFILE=/run/nix-daemon.pid
 NSC_NIX_DAEMON_SOCKET=/nix/var/nix/daemon-socket/socket
 # shellcheck disable=SC2034 # used by the step scripts
 NSC_STATE_DIR=/var/lib/nix-ssh-cache
@@ -94,49 +98,106 @@ nsc_atomic_write() {
   fi
 }
 
-# nsc_file_mode PATH: octal mode without leading zeros, e.g. 644.
-nsc_file_mode() { stat -c '%a' -- "$1"; }
+# nsc_file_mode PATH: octal mode without leading zeros, e.g. 644 (of the file a symlink points to).
+nsc_file_mode() { stat -L -c '%a' -- "$1"; }
 
-# nsc_file_owner PATH: user:group.
-nsc_file_owner() { stat -c '%U:%G' -- "$1"; }
+# nsc_file_owner PATH: user:group (of the file a symlink points to).
+nsc_file_owner() { stat -L -c '%U:%G' -- "$1"; }
 
-# nsc_rewrite_keep_attrs PATH: like nsc_atomic_write, keeping PATH's current mode and owner
-# (root:root 0644 when PATH does not exist yet).
-nsc_rewrite_keep_attrs() {
-  local path=$1 mode=0644 owner=root:root
-  if [ -e "$path" ]; then
-    mode=$(nsc_file_mode "$path")
-    owner=$(stat -c '%u:%g' -- "$path")
+# nsc_edit_target PATH: the file an in-place edit of PATH must change: PATH itself, or the
+# final target when PATH is a symlink (a symlink is never replaced). Fails on a dangling link.
+nsc_edit_target() {
+  local path=$1 target
+  if [ -L "$path" ]; then
+    target=$(readlink -f -- "$path") || target=""
+    { [ -n "$target" ] && [ -e "$target" ]; } ||
+      nsc_die "${path} is a symlink to $(readlink -- "$path"), which does not exist; fix the link (nix-ssh-cache never replaces a symlink)"
+    printf '%s\n' "$target"
+  else
+    printf '%s\n' "$path"
   fi
-  nsc_atomic_write "$path" "$mode" "$owner"
 }
 
-# nsc_ensure_line FILE LINE: append LINE to FILE unless an identical line exists.
-# Returns 0 when FILE changed, 1 when it already had the line.
+# nsc_writable_in_place PATH: true when PATH (a regular file, or a new file) can be replaced
+# atomically: its directory accepts a temp file and a rename (not a read-only filesystem).
+nsc_writable_in_place() {
+  local dir
+  dir=$(dirname -- "$1")
+  while [ ! -e "$dir" ]; do dir=$(dirname -- "$dir"); done
+  [ -d "$dir" ] && [ -w "$dir" ] && { [ ! -e "$1" ] || [ -w "$1" ]; }
+}
+
+# nsc_describe_link PATH: " (a symlink to TARGET)" when PATH is a symlink, else nothing.
+nsc_describe_link() {
+  if [ -L "$1" ]; then printf ' (a symlink to %s)' "$(readlink -f -- "$1")"; fi
+}
+
+# nsc_rewrite_keep_attrs PATH: like nsc_atomic_write, keeping the current mode and owner of the
+# file PATH names (root:root 0644 when it does not exist yet). A symlink is written through: its
+# target is replaced (atomically, in the target's directory) and the link stays as it is.
+nsc_rewrite_keep_attrs() {
+  local path=$1 target mode=0644 owner=root:root
+  target=$(nsc_edit_target "$path")
+  if [ -e "$target" ]; then
+    mode=$(stat -c '%a' -- "$target")
+    owner=$(stat -c '%u:%g' -- "$target")
+  fi
+  nsc_writable_in_place "$target" ||
+    nsc_die "cannot write ${path}$(nsc_describe_link "$path"): ${target} is not writable (read-only filesystem or managed elsewhere)"
+  nsc_atomic_write "$target" "$mode" "$owner"
+}
+
+# nsc_ensure_line FILE LINE [WHAT]: append LINE to FILE unless an identical line exists; writes
+# through a symlink to its target. When the target cannot be written, fails before changing
+# anything, naming the target and the line to add there by hand (WHAT: the line to name there,
+# default LINE). Returns 0 when FILE changed, 1 when it already had the line.
 nsc_ensure_line() {
-  local file=$1 line=$2
+  local file=$1 line=$2 what=${3:-$2} target
   if [ -e "$file" ] && grep -qxF -- "$line" "$file"; then
     return 1
   fi
+  nsc_check_line_addable "$file" "$what"
+  target=$(nsc_edit_target "$file")
   {
-    if [ -s "$file" ]; then
-      cat -- "$file"
+    if [ -s "$target" ]; then
+      cat -- "$target"
       # add a newline when the file does not end with one
-      [ -z "$(tail -c 1 -- "$file")" ] || printf '\n'
+      [ -z "$(tail -c 1 -- "$target")" ] || printf '\n'
     fi
     printf '%s\n' "$line"
   } | nsc_rewrite_keep_attrs "$file"
   return 0
 }
 
-# nsc_remove_line FILE LINE: remove every line identical to LINE from FILE.
-# Returns 0 when FILE changed, 1 when it did not contain the line (or does not exist).
+# nsc_check_line_addable FILE LINE: fail (changing nothing) when LINE could not be added to FILE
+# because FILE, or the file its symlink points to, cannot be written.
+nsc_check_line_addable() {
+  local file=$1 line=$2 target
+  if [ -L "$file" ]; then
+    target=$(nsc_edit_target "$file")
+    nsc_writable_in_place "$target" ||
+      nsc_die "${file} is a symlink to ${target}, which is not writable (read-only filesystem or managed by another tool); nix-ssh-cache does not replace the symlink. Add this line at the end of ${target} (with the tool that manages it), then run pulumi up again:  ${line}"
+  else
+    nsc_writable_in_place "$file" ||
+      nsc_die "${file} is not writable (read-only filesystem?); add this line at its end by hand, then run pulumi up again:  ${line}"
+  fi
+}
+
+# nsc_remove_line FILE LINE: remove every line identical to LINE from FILE (through a symlink to
+# its target). Returns 0 when FILE changed, 1 when it did not contain the line (or does not
+# exist). When the target cannot be written it changes nothing, warns naming the target and the
+# line to remove by hand, and returns 1.
 nsc_remove_line() {
-  local file=$1 line=$2
+  local file=$1 line=$2 target
   if [ ! -e "$file" ] || ! grep -qxF -- "$line" "$file"; then
     return 1
   fi
-  { grep -vxF -- "$line" "$file" || true; } | nsc_rewrite_keep_attrs "$file"
+  target=$(nsc_edit_target "$file")
+  if ! nsc_writable_in_place "$target"; then
+    nsc_log "warning: cannot remove '${line}' from ${file}$(nsc_describe_link "$file"): ${target} is not writable; remove that line from ${target} by hand"
+    return 1
+  fi
+  { grep -vxF -- "$line" "$target" || true; } | nsc_rewrite_keep_attrs "$file"
   return 0
 }
 
@@ -146,12 +207,193 @@ nsc_is_nixos() { [ -e /etc/NIXOS ]; }
 # nsc_has_systemd: true when systemd is the running init.
 nsc_has_systemd() { [ -d /run/systemd/system ]; }
 
+# nsc_has_openrc: true when OpenRC manages services.
+nsc_has_openrc() { command -v rc-service >/dev/null 2>&1 && [ -d /run/openrc ]; }
+
+# nsc_init_system: systemd, openrc, sysvinit (an /etc/init.d script manager) or none.
+nsc_init_system() {
+  if nsc_has_systemd; then
+    echo systemd
+  elif nsc_has_openrc; then
+    echo openrc
+  elif [ "$(cat /proc/1/comm 2>/dev/null)" = init ] && command -v service >/dev/null 2>&1; then
+    echo sysvinit
+  else
+    echo none
+  fi
+}
+
 # nsc_pid_alive PIDFILE: true when PIDFILE names a live process.
 nsc_pid_alive() {
   local pid
   [ -r "$1" ] || return 1
   pid=$(tr -dc '0-9' <"$1")
   [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null
+}
+
+# --- processes found the way an administrator would: by what they listen on -----------------
+
+# nsc_pids_holding INODE...: PIDs of the processes with an open fd on one of these sockets (one
+# pass over /proc/*/fd; processes that come and go meanwhile are skipped).
+nsc_pids_holding() {
+  [ "$#" -gt 0 ] || return 0
+  { find /proc/[0-9]*/fd -maxdepth 1 -lname 'socket:*' -printf '%h %l\n' 2>/dev/null || true; } |
+    awk -v want=" $* " '{ gsub(/[^0-9]/, "", $2); if (index(want, " " $2 " ")) { split($1, p, "/"); print p[3] } }' |
+    sort -un
+}
+
+# nsc_unix_listen_inodes PATH: inodes of the listening unix sockets bound to PATH.
+nsc_unix_listen_inodes() {
+  awk -v p="$1" 'NR > 1 && $NF == p && $4 == "00010000" {print $7}' /proc/net/unix 2>/dev/null
+}
+
+# nsc_tcp_listen_inodes: inodes of all listening TCP sockets (IPv4 and IPv6).
+nsc_tcp_listen_inodes() {
+  awk 'NR > 1 && $4 == "0A" && $10 != "0" {print $10}' /proc/net/tcp /proc/net/tcp6 2>/dev/null
+}
+
+# nsc_socket_inodes_of PID: inodes of the sockets PID has open.
+nsc_socket_inodes_of() {
+  { find "/proc/$1/fd" -maxdepth 1 -lname 'socket:*' -printf '%l\n' 2>/dev/null || true; } | tr -dc '0-9\n' | sort -u
+}
+
+# nsc_masters PID...: those PIDs whose parent is not among them (the listener, not its children).
+nsc_masters() {
+  local pid ppid
+  for pid in "$@"; do
+    ppid=$(awk '/^PPid:/ {print $2}' "/proc/$pid/status" 2>/dev/null) || continue
+    case " $* " in *" $ppid "*) ;; *) echo "$pid" ;; esac
+  done
+}
+
+# nsc_sshd_listeners: PIDs of the sshd processes that hold a listening TCP socket.
+nsc_sshd_listeners() {
+  local listening pid inode
+  listening=" $(nsc_tcp_listen_inodes | tr '\n' ' ') "
+  grep -lx 'sshd' /proc/[0-9]*/comm 2>/dev/null | cut -d/ -f3 | while read -r pid; do
+    for inode in $(nsc_socket_inodes_of "$pid"); do
+      case "$listening" in *" $inode "*)
+        echo "$pid"
+        break
+        ;;
+      esac
+    done
+  done | sort -un
+}
+
+# nsc_listen_state PID...: "PID:INODE" for each listening TCP socket these PIDs hold; changes
+# when an sshd re-executes itself on SIGHUP (it closes and re-opens its listening sockets).
+nsc_listen_state() {
+  local listening pid inode
+  listening=" $(nsc_tcp_listen_inodes | tr '\n' ' ') "
+  for pid in "$@"; do
+    for inode in $(nsc_socket_inodes_of "$pid"); do
+      case "$listening" in *" $inode "*) echo "$pid:$inode" ;; esac
+    done
+  done | sort | tr '\n' ' '
+}
+
+# nsc_sshd_config_of PID: the configuration file an sshd process reads (its -f, else the default).
+nsc_sshd_config_of() {
+  local -a argv=()
+  local i
+  [ -n "${1:-}" ] && [ -r "/proc/$1/cmdline" ] && mapfile -d '' -t argv <"/proc/$1/cmdline"
+  for ((i = 0; i < ${#argv[@]}; i++)); do
+    case "${argv[i]}" in
+    -f) [ $((i + 1)) -lt ${#argv[@]} ] && {
+      echo "${argv[i + 1]}"
+      return 0
+    } ;;
+    -f?*) echo "${argv[i]#-f}" && return 0 ;;
+    esac
+  done
+  echo /etc/ssh/sshd_config
+}
+
+# nsc_sshd_bin: the sshd executable.
+nsc_sshd_bin() { command -v sshd || echo /usr/sbin/sshd; }
+
+# nsc_sshd_effective CONFIG USER: `sshd -T` for a connection of USER (what sshd would apply).
+nsc_sshd_effective() {
+  "$(nsc_sshd_bin)" -T -f "$1" -C "user=$2,host=localhost,addr=127.0.0.1,laddr=127.0.0.1,lport=22" 2>&1
+}
+
+# nsc_reload_sshd: make the running sshd re-read its configuration (sessions survive), found
+# the way an administrator would: systemd (ssh/sshd unit), OpenRC / an init script, the PidFile
+# of sshd's effective configuration (`sshd -T`), the sshd process that listens. Then proves it:
+# the listening sshd re-executed itself (new listening sockets), else fails saying what to run.
+nsc_reload_sshd() {
+  local listeners before method="" unit pidfile pid i now host
+  host=$(hostname 2>/dev/null || echo "this host")
+  mapfile -t listeners < <(nsc_sshd_listeners)
+  before=$(nsc_listen_state "${listeners[@]}")
+  if nsc_has_systemd; then
+    for unit in ssh.service sshd.service; do
+      if systemctl is-active --quiet "$unit" 2>/dev/null; then
+        systemctl reload "$unit" >&2 || nsc_die "systemctl reload ${unit} failed on ${host}; check 'systemctl status ${unit}'"
+        method="systemctl reload ${unit}"
+        break
+      fi
+    done
+  fi
+  if [ -z "$method" ] && nsc_has_openrc; then
+    for unit in sshd ssh; do
+      if rc-service --exists "$unit" 2>/dev/null && rc-service "$unit" status >/dev/null 2>&1; then
+        rc-service "$unit" reload >&2 || nsc_die "rc-service ${unit} reload failed on ${host}"
+        method="rc-service ${unit} reload"
+        break
+      fi
+    done
+  fi
+  if [ -z "$method" ] && ! nsc_has_systemd && command -v service >/dev/null 2>&1; then
+    for unit in ssh sshd; do
+      if [ -x "/etc/init.d/$unit" ] && service "$unit" status >/dev/null 2>&1; then
+        service "$unit" reload >&2 || nsc_die "service ${unit} reload failed on ${host}"
+        method="service ${unit} reload"
+        break
+      fi
+    done
+  fi
+  if [ -z "$method" ]; then
+    pidfile=$("$(nsc_sshd_bin)" -T 2>/dev/null | awk '$1 == "pidfile" && !n++ {print $2}') || pidfile=""
+    if [ -n "$pidfile" ] && [ "$pidfile" != none ] && nsc_pid_alive "$pidfile" &&
+      [ "$(cat "/proc/$(tr -dc '0-9' <"$pidfile")/comm" 2>/dev/null)" = sshd ]; then
+      kill -HUP "$(tr -dc '0-9' <"$pidfile")"
+      method="kill -HUP \$(cat ${pidfile})"
+    fi
+  fi
+  if [ -z "$method" ] && [ "${#listeners[@]}" -gt 0 ]; then
+    mapfile -t listeners < <(nsc_masters "${listeners[@]}")
+    kill -HUP "${listeners[@]}"
+    method="kill -HUP ${listeners[*]} (the listening sshd)"
+  fi
+  [ -n "$method" ] ||
+    nsc_die "cannot reload sshd on ${host}: no systemd or OpenRC unit or init script runs it, the PidFile of its configuration (${pidfile:-none}) names no live sshd, and no sshd process listens. Start sshd, then run pulumi up again"
+  # Proof: every listening sshd re-executed (its listening sockets are new).
+  if [ -n "$before" ]; then
+    for ((i = 0; i < 100; i++)); do
+      mapfile -t listeners < <(nsc_sshd_listeners)
+      now=$(nsc_listen_state "${listeners[@]}")
+      if [ -n "$now" ] && ! nsc_listen_state_overlap "$before" "$now"; then
+        nsc_log "reloaded sshd (${method})"
+        return 0
+      fi
+      sleep 0.1
+    done
+    nsc_die "sshd on ${host} did not reload after '${method}' (its listening sockets did not change within 10 s); reload it by hand (e.g. kill -HUP <pid of the listening sshd>, found with: ss -ltnp | grep sshd) and run pulumi up again"
+  fi
+  # No sshd process holds its own listening socket (e.g. socket activation): new connections
+  # start an sshd that reads the new configuration.
+  nsc_log "reloaded sshd (${method}; no listening sshd process to check)"
+}
+
+# nsc_listen_state_overlap BEFORE NOW: true when a "PID:INODE" pair is in both.
+nsc_listen_state_overlap() {
+  local w
+  for w in $1; do
+    case " $2 " in *" $w "*) return 0 ;; esac
+  done
+  return 1
 }
 
 # nsc_nix_daemon_socket_ok: true when the daemon socket accepts a connection and answers.
@@ -163,64 +405,389 @@ nsc_nix_daemon_socket_ok() {
   [[ $out == *"is not valid"* ]]
 }
 
-# nsc_nix_daemon_running: systemd unit active, or pid file names a live process, or the
-# socket answers.
+# nsc_nix_daemon_pid: PID of the nix-daemon process listening on the daemon socket (the
+# listener, not its per-connection children); nothing when no process listens there.
+nsc_nix_daemon_pid() {
+  local -a holders inodes
+  mapfile -t inodes < <(nsc_unix_listen_inodes "$NSC_NIX_DAEMON_SOCKET")
+  [ "${#inodes[@]}" -gt 0 ] || return 0
+  mapfile -t holders < <(nsc_pids_holding "${inodes[@]}")
+  [ "${#holders[@]}" -gt 0 ] || return 0
+  nsc_masters "${holders[@]}" | sed -n 1p
+}
+
+# nsc_nix_daemon_running: a systemd unit active, or a process listening on the daemon socket,
+# or the socket answers.
 nsc_nix_daemon_running() {
   if nsc_has_systemd && systemctl is-active --quiet nix-daemon.service 2>/dev/null; then
     return 0
   fi
-  nsc_pid_alive "$NSC_NIX_DAEMON_PIDFILE" && return 0
+  [ -n "$(nsc_nix_daemon_pid)" ] && return 0
   nsc_nix_daemon_socket_ok
 }
 
-# nsc_reload_sshd: make sshd re-read its configuration (existing sessions survive).
-nsc_reload_sshd() {
-  if nsc_has_systemd; then
-    systemctl reload ssh 2>/dev/null || systemctl reload sshd ||
-      nsc_die "could not reload sshd (systemctl reload ssh/sshd failed); check 'systemctl status ssh'"
-  elif nsc_pid_alive /run/sshd.pid; then
-    kill -HUP "$(tr -dc '0-9' </run/sshd.pid)"
-    sleep 0.5
-  else
-    nsc_die "cannot reload sshd: no systemd and /run/sshd.pid names no live process; reload sshd by hand (kill -HUP its PID)"
-  fi
-  nsc_log "reloaded sshd"
-}
-
-# nsc_restart_nix_daemon: restart nix-daemon so it re-reads nix.conf. Does nothing when no
-# daemon is running (the next start reads the new configuration anyway).
+# nsc_restart_nix_daemon: restart nix-daemon so it re-reads nix.conf, found the way an
+# administrator would: systemd (service; an idle socket-activated daemon needs nothing), OpenRC /
+# an init script, else the process listening on the daemon socket, started again with its own
+# command line, environment, working directory and log file. Does nothing when no daemon runs
+# (the next start reads the new configuration).
 nsc_restart_nix_daemon() {
-  local pid i
+  local unit pid
   if nsc_has_systemd; then
     if systemctl is-active --quiet nix-daemon.service 2>/dev/null; then
-      systemctl restart nix-daemon.service ||
+      systemctl restart nix-daemon.service >&2 ||
         nsc_die "could not restart nix-daemon (systemctl restart nix-daemon failed); check 'systemctl status nix-daemon'"
-      nsc_log "restarted nix-daemon (systemd)"
+      nsc_log "restarted nix-daemon (systemctl restart nix-daemon.service)"
+      return 0
     fi
-    # socket-activated and idle: the next connection starts a daemon with the new config.
+    if systemctl is-active --quiet nix-daemon.socket 2>/dev/null; then
+      nsc_log "nix-daemon is socket-activated and idle: the next connection starts it with the new configuration"
+      return 0
+    fi
+  fi
+  unit=nix-daemon
+  if nsc_has_openrc && rc-service --exists "$unit" 2>/dev/null && rc-service "$unit" status >/dev/null 2>&1; then
+    rc-service "$unit" restart >&2 || nsc_die "rc-service ${unit} restart failed"
+    nsc_log "restarted nix-daemon (rc-service ${unit} restart)"
     return 0
   fi
-  nsc_pid_alive "$NSC_NIX_DAEMON_PIDFILE" || return 0
-  pid=$(tr -dc '0-9' <"$NSC_NIX_DAEMON_PIDFILE")
-  kill "$pid" 2>/dev/null || true
+  if ! nsc_has_systemd && [ -x "/etc/init.d/$unit" ] && command -v service >/dev/null 2>&1 &&
+    service "$unit" status >/dev/null 2>&1; then
+    service "$unit" restart >&2 || nsc_die "service ${unit} restart failed"
+    nsc_log "restarted nix-daemon (service ${unit} restart)"
+    return 0
+  fi
+  pid=$(nsc_nix_daemon_pid)
+  if [ -z "$pid" ]; then
+    nsc_log "no nix-daemon is running: nothing to restart (its next start reads the new configuration)"
+    return 0
+  fi
+  nsc_respawn_nix_daemon "$pid"
+}
+
+# nsc_respawn_nix_daemon PID: stop the nix-daemon PID and start it again as it was started:
+# same executable and arguments (/proc/PID/cmdline, /proc/PID/exe), environment
+# (/proc/PID/environ), working directory, and stdout/stderr file when it logged to one. A pid
+# file naming PID (in /run or /var/run) is updated.
+nsc_respawn_nix_daemon() {
+  local old=$1 exe cwd log=/dev/null out new i f
+  local -a argv envv
+  mapfile -d '' -t argv <"/proc/$old/cmdline"
+  mapfile -d '' -t envv <"/proc/$old/environ"
+  [ "${#argv[@]}" -gt 0 ] || nsc_die "cannot read nix-daemon's command line (/proc/${old}/cmdline)"
+  exe=$(readlink "/proc/$old/exe" 2>/dev/null) || exe=""
+  case "$exe" in "" | *" (deleted)") exe=${argv[0]} ;; esac
+  cwd=$(readlink "/proc/$old/cwd" 2>/dev/null) || cwd=/
+  out=$(readlink "/proc/$old/fd/2" 2>/dev/null) || out=""
+  case "$out" in /dev/* | "") ;; /*) [ -f "$out" ] && log=$out ;; esac
+  kill -TERM "$old" 2>/dev/null || true
   for ((i = 0; i < 100; i++)); do
-    kill -0 "$pid" 2>/dev/null || break
+    kill -0 "$old" 2>/dev/null || break
     sleep 0.1
   done
-  if kill -0 "$pid" 2>/dev/null; then
-    kill -KILL "$pid" 2>/dev/null || true
+  if kill -0 "$old" 2>/dev/null; then
+    kill -KILL "$old" 2>/dev/null || true
     sleep 0.2
   fi
   # close the lock fd (9): the daemon outlives this script
-  setsid nix-daemon </dev/null >>/var/log/nix-daemon.log 2>&1 9>&- &
-  pid=$!
-  printf '%s\n' "$pid" | nsc_atomic_write "$NSC_NIX_DAEMON_PIDFILE" 0644 root:root
+  (cd "$cwd" 2>/dev/null || cd /
+  # shellcheck disable=SC2016 # expanded by the inner bash
+  exec env -i "${envv[@]}" "$(command -v setsid)" "$(command -v bash)" -c 'exe=$1; shift; exec -a "$0" "$exe" "$@"' \
+    "${argv[0]}" "$exe" "${argv[@]:1}" </dev/null >>"$log" 2>&1 9>&-) &
   for ((i = 0; i < 100; i++)); do
-    nsc_nix_daemon_socket_ok && break
-    kill -0 "$pid" 2>/dev/null || nsc_die "nix-daemon exited right after restart; see /var/log/nix-daemon.log"
+    new=$(nsc_nix_daemon_pid)
+    if [ -n "$new" ] && [ "$new" != "$old" ] && nsc_nix_daemon_socket_ok; then break; fi
+    new=""
     sleep 0.1
   done
-  nsc_log "restarted nix-daemon (pid ${pid})"
+  [ -n "$new" ] ||
+    nsc_die "nix-daemon did not come back after its restart ($(printf '%q ' "${argv[@]}")); see ${log}; start it by hand and run pulumi up again"
+  for f in /run/*.pid /run/*/*.pid /var/run/*.pid; do
+    if [ ! -f "$f" ] || [ -L "$f" ] || [ "$(tr -dc '0-9' <"$f")" != "$old" ]; then continue; fi
+    printf '%s\n' "$new" | nsc_atomic_write "$f" "$(stat -c '%a' -- "$f")" "$(stat -c '%u:%g' -- "$f")"
+  done
+  nsc_log "restarted nix-daemon (pid ${old} -> ${new}, same command line and environment)"
+}
+
+# --- effective configuration ------------------------------------------------------------------
+# What is in force, not what was written. nix.conf is read as Nix does (2.8, loadConfFile):
+# ${NIX_CONF_DIR:-/etc/nix}/nix.conf with its `include`/`!include` files inline, then the user
+# files (NIX_USER_CONF_FILES, else $XDG_CONFIG_DIRS/nix/nix.conf and $XDG_CONFIG_HOME/nix/nix.conf,
+# the latter last), then NIX_CONFIG; `NAME = v` replaces, `extra-NAME = v` appends. The
+# environment is nix-daemon's (/proc/PID/environ), the process whose configuration matters.
+#
+# A pending change can be checked before it is made: NSC_CONF_PENDING_PATH (a file) is read from
+# NSC_CONF_PENDING_SRC instead, and NSC_CONF_PENDING_APPEND (a line) is read as if it were at the
+# end of the main nix.conf.
+
+# nsc_daemon_env NAME: NAME's value in nix-daemon's environment (root's defaults without one).
+# (callers that ask several times set NSC_DAEMON_ENV_PID once: finding the daemon reads /proc)
+nsc_daemon_env() {
+  local pid=${NSC_DAEMON_ENV_PID-unset}
+  [ "$pid" != unset ] || pid=$(nsc_nix_daemon_pid)
+  if [ -n "$pid" ] && [ -r "/proc/$pid/environ" ]; then
+    tr '\0' '\n' <"/proc/$pid/environ" | sed -n "s/^$1=//p" | sed -n 1p
+  elif [ "$1" = HOME ]; then
+    echo "$NSC_ROOT_HOME"
+  fi
+}
+
+# _nsc_conf_line FILE LINENO TEXT SETTING DEPTH: one nix.conf line, as events (see below).
+_nsc_conf_line() {
+  local file=$1 n=$2 text=$3 setting=$4 depth=$5 inc
+  local -a t
+  text=${text%%#*}
+  read -r -a t <<<"$text" || true
+  [ "${#t[@]}" -ge 2 ] || return 0
+  case "${t[0]}" in
+  include | '!include')
+    inc=${t[1]}
+    case "$inc" in /*) ;; *) inc=$(dirname -- "$file")/$inc ;; esac
+    _nsc_conf_file "$inc" "$setting" $((depth + 1))
+    return 0
+    ;;
+  esac
+  [ "${t[1]}" = "=" ] || return 0
+  if [ "${t[0]}" = "$setting" ]; then
+    printf 'set\t%s:%s\t%s\n' "$file" "$n" "${t[*]:2}"
+  elif [ "${t[0]}" = "extra-$setting" ]; then
+    printf 'extra\t%s:%s\t%s\n' "$file" "$n" "${t[*]:2}"
+  fi
+}
+
+# _nsc_conf_file FILE SETTING DEPTH: events for SETTING from FILE and what it includes.
+_nsc_conf_file() {
+  local file=$1 setting=$2 depth=${3:-0} src=$1 n=0 text
+  [ "$depth" -le 10 ] || return 0
+  if [ -n "${NSC_CONF_PENDING_PATH:-}" ] && [ "$file" = "$NSC_CONF_PENDING_PATH" ]; then
+    src=$NSC_CONF_PENDING_SRC
+  fi
+  if [ -f "$src" ] && [ -r "$src" ]; then
+    while IFS= read -r text || [ -n "$text" ]; do
+      n=$((n + 1))
+      _nsc_conf_line "$file" "$n" "$text" "$setting" "$depth"
+    done <"$src"
+  fi
+  if [ "$depth" = 0 ] && [ -n "${NSC_CONF_PENDING_APPEND:-}" ]; then
+    _nsc_conf_line "$file" "$((n + 1)) (to be added)" "$NSC_CONF_PENDING_APPEND" "$setting" 0
+  fi
+}
+
+# nsc_nix_conf_events SETTING: every line that sets SETTING, in the order Nix applies them:
+# "set|extra<TAB>FILE:LINE<TAB>VALUES".
+nsc_nix_conf_events() {
+  local setting=$1 conf_dir user_files home xdg_home xdg_dirs nix_config f n=0 text
+  local -a files=() dirs=()
+  local NSC_DAEMON_ENV_PID
+  NSC_DAEMON_ENV_PID=$(nsc_nix_daemon_pid)
+  conf_dir=$(nsc_daemon_env NIX_CONF_DIR)
+  _nsc_conf_file "${conf_dir:-/etc/nix}/nix.conf" "$setting" 0
+  user_files=$(nsc_daemon_env NIX_USER_CONF_FILES)
+  if [ -n "$user_files" ]; then
+    IFS=: read -r -a files <<<"$user_files"
+  else
+    home=$(nsc_daemon_env HOME)
+    xdg_home=$(nsc_daemon_env XDG_CONFIG_HOME)
+    xdg_dirs=$(nsc_daemon_env XDG_CONFIG_DIRS)
+    IFS=: read -r -a dirs <<<"${xdg_dirs:-/etc/xdg}"
+    files=("${xdg_home:-${home:-$NSC_ROOT_HOME}/.config}/nix/nix.conf")
+    for f in "${dirs[@]}"; do files+=("$f/nix/nix.conf"); done
+  fi
+  for ((n = ${#files[@]} - 1; n >= 0; n--)); do
+    NSC_CONF_PENDING_APPEND="" _nsc_conf_file "${files[n]}" "$setting" 1
+  done
+  nix_config=$(nsc_daemon_env NIX_CONFIG)
+  n=0
+  while IFS= read -r text; do
+    n=$((n + 1))
+    _nsc_conf_line "NIX_CONFIG (nix-daemon's environment)" "$n" "$text" "$setting" 1
+  done <<<"$nix_config"
+}
+
+# nsc_nix_conf_resolve SETTING: sets NSC_VALUES (the effective values), NSC_ORIGINS (FILE:LINE
+# of each value, same order) and NSC_LAST_SET (FILE:LINE of the last plain `SETTING =` line).
+nsc_nix_conf_resolve() {
+  local op where values v
+  NSC_VALUES=()
+  NSC_ORIGINS=()
+  NSC_LAST_SET=""
+  while IFS=$'\t' read -r op where values; do
+    if [ "$op" = set ]; then
+      NSC_VALUES=()
+      NSC_ORIGINS=()
+      NSC_LAST_SET=$where
+    fi
+    for v in $values; do
+      NSC_VALUES+=("$v")
+      NSC_ORIGINS+=("$where")
+    done
+  done < <(nsc_nix_conf_events "$1")
+}
+
+# nsc_nix_conf_line_at FILE:LINE: the text of that line (for messages).
+nsc_nix_conf_line_at() {
+  local file=${1%%:*} n=${1#*:}
+  n=${n%% *}
+  if [ -r "$file" ] && [ -n "$n" ] && [ "$n" -eq "$n" ] 2>/dev/null; then
+    sed -n "${n}p" -- "$file" | sed 's/^[[:space:]]*//; s/[[:space:]]*$//'
+  fi
+}
+
+# _nsc_require_effective SETTING VALUE...: every VALUE is in SETTING's effective values (as Nix
+# reads the files), else fail naming the line that replaces ours and what to do.
+_nsc_require_effective() {
+  local setting=$1 v have conf_dir
+  shift
+  nsc_nix_conf_resolve "$setting"
+  for v in "$@"; do
+    for have in "${NSC_VALUES[@]}"; do [ "$have" = "$v" ] && continue 2; done
+    if [ -n "$NSC_LAST_SET" ]; then
+      nsc_die "${setting} in force on this host lacks ${v}: ${NSC_LAST_SET} ('$(nsc_nix_conf_line_at "$NSC_LAST_SET")') is read after nix-ssh-cache's setting and replaces it. Remove that line, or write it as extra-${setting} = ... so both apply, then run pulumi up again"
+    fi
+    conf_dir=$(nsc_daemon_env NIX_CONF_DIR)
+    nsc_die "${setting} in force on this host lacks ${v}: nix-ssh-cache's nix.conf fragment is not read (nix-daemon reads ${conf_dir:-/etc/nix}/nix.conf: does it have the !include line?)"
+  done
+}
+
+# _nsc_require_shown SETTING VALUE...: `nix show-config` run with nix-daemon's environment (what
+# a daemon started now reads) lists every VALUE in SETTING.
+_nsc_require_shown() {
+  local setting=$1 shown v name
+  local -a envv=()
+  local NSC_DAEMON_ENV_PID
+  NSC_DAEMON_ENV_PID=$(nsc_nix_daemon_pid)
+  shift
+  for name in NIX_CONF_DIR NIX_USER_CONF_FILES XDG_CONFIG_HOME XDG_CONFIG_DIRS HOME NIX_CONFIG; do
+    v=$(nsc_daemon_env "$name")
+    [ -n "$v" ] && envv+=("$name=$v")
+  done
+  shown=$(env -i PATH="$PATH" "${envv[@]}" nix --extra-experimental-features nix-command show-config 2>/dev/null |
+    sed -n "s/^${setting} = //p") || shown=""
+  for v in "$@"; do
+    case " $shown " in *" $v "*) ;; *)
+      nsc_die "nix show-config (with nix-daemon's environment) does not list ${v} in ${setting} (it shows '${shown}'); something outside nix.conf overrides it (NIX_CONFIG or NIX_CONF_DIR in nix-daemon's environment?)"
+      ;;
+    esac
+  done
+}
+
+# nsc_check_signing_foreign PATTERN...: fail when the effective secret-key-files holds a key file
+# matching none of the shell PATTERNs, naming the line that adds it (lines of nix-ssh-cache's
+# own generated files are ours). Staging signs with nix-ssh-cache's keys only.
+nsc_check_signing_foreign() {
+  local i v p file
+  nsc_nix_conf_resolve secret-key-files
+  for ((i = 0; i < ${#NSC_VALUES[@]}; i++)); do
+    v=${NSC_VALUES[i]}
+    for p in "$@"; do
+      # shellcheck disable=SC2254 # PATTERN is a glob on purpose
+      case "$v" in $p) continue 2 ;; esac
+    done
+    file=${NSC_ORIGINS[i]%%:*}
+    if [ -n "${NSC_CONF_PENDING_PATH:-}" ] && [ "$file" = "$NSC_CONF_PENDING_PATH" ]; then continue; fi
+    if [ -r "$file" ] && [[ $(sed -n 1p -- "$file") == "# Generated by nix-ssh-cache"* ]]; then continue; fi
+    nsc_die "${NSC_ORIGINS[i]} ('$(nsc_nix_conf_line_at "${NSC_ORIGINS[i]}")') already sets secret-key-files to ${v}: this host would sign with a key nix-ssh-cache does not manage (and fail every build if that file is missing). Remove that line (nix-ssh-cache configures secret-key-files itself), then run pulumi up again. Nothing was changed"
+  done
+}
+
+# nsc_check_signing_effective KEYFILE...: staging signs with exactly these key files: each is in
+# the effective secret-key-files (as the files read, and as `nix show-config` shows with
+# nix-daemon's environment), and no other key is; else fail naming the file and line that win.
+nsc_check_signing_effective() {
+  nsc_check_signing_foreign "$@"
+  _nsc_require_effective secret-key-files "$@"
+  [ -n "${NSC_CONF_PENDING_PATH:-}${NSC_CONF_PENDING_APPEND:-}" ] || _nsc_require_shown secret-key-files "$@"
+}
+
+# nsc_check_substituter_effective URL PUBLIC_KEY...: production's effective substituters include
+# URL and its trusted-public-keys include every PUBLIC_KEY (other values are kept); else fail
+# naming the file and line that win.
+nsc_check_substituter_effective() {
+  local url=$1
+  shift
+  _nsc_require_effective substituters "$url"
+  [ "$#" = 0 ] || _nsc_require_effective trusted-public-keys "$@"
+  if [ -z "${NSC_CONF_PENDING_PATH:-}${NSC_CONF_PENDING_APPEND:-}" ]; then
+    _nsc_require_shown substituters "$url"
+    [ "$#" = 0 ] || _nsc_require_shown trusted-public-keys "$@"
+  fi
+}
+
+# nsc_check_nix_fragment FILE: every setting of the nix.conf fragment FILE (`[extra-]NAME = v...`)
+# is in force: secret-key-files through nsc_check_signing_effective, substituters and
+# trusted-public-keys through nsc_check_substituter_effective.
+nsc_check_nix_fragment() {
+  local name eq rest
+  local -a keyfiles=() subs=() keys=() words
+  while read -r name eq rest; do
+    [ "$eq" = "=" ] || continue
+    read -r -a words <<<"$rest" || true
+    case "${name#extra-}" in
+    secret-key-files) keyfiles+=("${words[@]}") ;;
+    substituters) subs+=("${words[@]}") ;;
+    trusted-public-keys) keys+=("${words[@]}") ;;
+    esac
+  done < <(sed 's/#.*//' "$1")
+  [ "${#keyfiles[@]}" = 0 ] || nsc_check_signing_effective "${keyfiles[@]}"
+  local s
+  for s in "${subs[@]}"; do nsc_check_substituter_effective "$s" "${keys[@]}"; done
+  if [ "${#subs[@]}" = 0 ] && [ "${#keys[@]}" -gt 0 ]; then
+    _nsc_require_effective trusted-public-keys "${keys[@]}"
+  fi
+}
+
+# nsc_check_ssh_pin FRAGMENT: the ssh_config FRAGMENT's `Host NAME` settings (StrictHostKeyChecking,
+# UserKnownHostsFile, Port) are what root's ssh really uses for NAME (`ssh -G NAME` as root, which
+# reads root's ~/.ssh/config before /etc/ssh/ssh_config and keeps the first value), and no global
+# known-hosts file accepts another key for NAME; else fail naming the overriding file.
+nsc_check_ssh_pin() {
+  local fragment=$1 host="" want_known="" want_port="" g key want value f lookup
+  host=$(awk 'tolower($1) == "host" {print $2; exit}' "$fragment")
+  [ -n "$host" ] || return 0
+  want_known=$(awk 'tolower($1) == "userknownhostsfile" {print $2; exit}' "$fragment")
+  want_port=$(awk 'tolower($1) == "port" {print $2; exit}' "$fragment")
+  g=$(ssh -G "$host" 2>&1 </dev/null) || nsc_die "ssh -G ${host} failed as root: $(printf '%s' "$g" | tail -n 2 | tr '\n' ' ')"
+  for key in stricthostkeychecking userknownhostsfile port; do
+    case "$key" in
+    stricthostkeychecking) want=true ;;
+    userknownhostsfile) want=$want_known ;;
+    port) want=${want_port:-22} ;;
+    esac
+    [ -n "$want" ] || continue
+    value=$(printf '%s\n' "$g" | awk -v k="$key" '$1 == k && !n++ {$1 = ""; sub(/^ /, ""); print}')
+    [ "$value" = "$want" ] && continue
+    nsc_die "the pin of ${host}'s host key does not hold: root's ssh uses ${key} '${value}' for ${host} (ssh -G ${host}), not '${want}' from ${fragment}, because $(nsc_ssh_option_origin "$key" "$fragment") is read first and OpenSSH keeps the first value. Remove that line, or put a 'Host ${host}' block with 'StrictHostKeyChecking yes' and 'UserKnownHostsFile ${want_known}' before it, then run pulumi up again"
+  done
+  lookup=$host
+  [ -z "$want_port" ] || [ "$want_port" = 22 ] || lookup="[$host]:$want_port"
+  for f in $(printf '%s\n' "$g" | awk '$1 == "globalknownhostsfile" {$1 = ""; print}'); do
+    [ -r "$f" ] || continue
+    if ssh-keygen -F "$lookup" -f "$f" 2>/dev/null | grep -qv '^#'; then
+      nsc_die "${f} (a global known-hosts file root's ssh reads) lists a host key for ${lookup}: ssh would accept that key besides the pinned one. Remove the entry (ssh-keygen -R '${lookup}' -f ${f}), then run pulumi up again"
+    fi
+  done
+  nsc_log "checked: root's ssh uses StrictHostKeyChecking yes and ${want_known} for ${host}"
+}
+
+# nsc_ssh_option_origin KEYWORD FRAGMENT: where an ssh client option is set before FRAGMENT
+# ("FILE line N ('TEXT')"): root's ~/.ssh/config, /etc/ssh/ssh_config, drop-ins sorted before ours.
+nsc_ssh_option_origin() {
+  local key=$1 fragment=$2 f hit
+  local -a files=("$NSC_ROOT_HOME/.ssh/config")
+  for f in /etc/ssh/ssh_config.d/*.conf; do
+    [ "$f" = "$fragment" ] && break
+    files+=("$f")
+  done
+  files+=(/etc/ssh/ssh_config)
+  for f in "${files[@]}"; do
+    [ -r "$f" ] || continue
+    hit=$(grep -inE "^[[:space:]]*${key}([[:space:]]|=)" -- "$f" | sed -n 1p) || hit=""
+    if [ -n "$hit" ]; then
+      printf "%s line %s ('%s')" "$f" "${hit%%:*}" "$(printf '%s' "${hit#*:}" | sed 's/^[[:space:]]*//')"
+      return 0
+    fi
+  done
+  printf 'another setting (root'"'"'s ~/.ssh/config or /etc/ssh/ssh_config, or an Include they name)'
 }
 
 # nsc_lock NAME: take an exclusive lock (fd 9) for the rest of the script, waiting up to 120 s.
@@ -238,68 +805,4 @@ nsc_signatures() {
   shift
   nix --extra-experimental-features nix-command path-info "$@" --sigs "$path" 2>/dev/null |
     awk '{for (i = 2; i <= NF; i++) if ($i !~ /^ca:/ && $i ~ /^[^:]+:[A-Za-z0-9+\/]+=*$/) print $i}'
-}
-
-# --- effective-configuration checks (provisional copy in the nixos branch: the hosts branch
-# owns these; same names and signatures) ---
-
-# nsc_nix_config_value NAME: the value of nix.conf setting NAME in force (`nix show-config`).
-nsc_nix_config_value() {
-  nix --extra-experimental-features nix-command show-config 2>/dev/null | sed -n "s/^$1 = //p"
-}
-
-# nsc_nix_conf_winner NAME [FILE]: "FILE:LINE: TEXT" of the last line setting NAME (not
-# extra-NAME) in FILE (default /etc/nix/nix.conf) and the files it includes, in Nix's reading
-# order: the line that wins. Prints nothing when no such line exists.
-nsc_nix_conf_winner() {
-  local name=$1 file=${2:-/etc/nix/nix.conf} line n=0 inc dir last=""
-  [ -r "$file" ] || return 0
-  dir=$(dirname -- "$file")
-  while IFS= read -r line || [ -n "$line" ]; do
-    n=$((n + 1))
-    if [[ $line =~ ^[[:space:]]*\!?include[[:space:]]+([^[:space:]]+) ]]; then
-      inc=${BASH_REMATCH[1]}
-      [[ $inc == /* ]] || inc=$dir/$inc
-      inc=$(nsc_nix_conf_winner "$name" "$inc")
-      [ -z "$inc" ] || last=$inc
-    elif [[ $line =~ ^[[:space:]]*${name}[[:space:]]*= ]]; then
-      last="${file}:${n}: ${line}"
-    fi
-  done <"$file"
-  [ -z "$last" ] || printf '%s\n' "$last"
-}
-
-# nsc_check_signing_effective KEYFILE...: every KEYFILE is in the secret-key-files in force;
-# else die naming the nix.conf line that wins.
-nsc_check_signing_effective() {
-  local effective f missing=() winner
-  effective=" $(nsc_nix_config_value secret-key-files) "
-  for f in "$@"; do
-    [[ $effective == *" $f "* ]] || missing+=("$f")
-  done
-  [ "${#missing[@]}" -eq 0 ] && return 0
-  winner=$(nsc_nix_conf_winner secret-key-files)
-  nsc_die "the signing key ${missing[*]} is not in force: nix show-config has secret-key-files =${effective% }; ${winner:-a later setting} wins (Nix keeps the last value of a setting): remove that line"
-}
-
-# nsc_check_substituter_effective URL PUBLIC_KEY...: URL (possibly with ?parameters) is among
-# the substituters in force and every PUBLIC_KEY among trusted-public-keys; else die naming the
-# nix.conf line that wins.
-nsc_check_substituter_effective() {
-  local url=$1 s found=0 effective k missing=() winner
-  shift
-  for s in $(nsc_nix_config_value substituters); do
-    case "$s" in "$url" | "$url?"*) found=1 ;; esac
-  done
-  if [ "$found" = 0 ]; then
-    winner=$(nsc_nix_conf_winner substituters)
-    nsc_die "the substituter ${url} is not in force: nix show-config has substituters = $(nsc_nix_config_value substituters); ${winner:-a later setting} wins (Nix keeps the last value of a setting): remove that line"
-  fi
-  effective=" $(nsc_nix_config_value trusted-public-keys) "
-  for k in "$@"; do
-    [[ $effective == *" $k "* ]] || missing+=("$k")
-  done
-  [ "${#missing[@]}" -eq 0 ] && return 0
-  winner=$(nsc_nix_conf_winner trusted-public-keys)
-  nsc_die "the cache key ${missing[*]} is not trusted in force: nix show-config has trusted-public-keys =${effective% }; ${winner:-a later setting} wins (Nix keeps the last value of a setting): remove that line"
 }

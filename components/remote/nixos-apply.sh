@@ -7,7 +7,8 @@
 #   (production: the URL must be a substituter, the keys trusted).
 # Output: {"rebuilt":bool,"importAdded":bool,"checked":bool}
 #
-# ADD_IMPORT=1 edits configuration.nix once (idempotent: nothing happens when the module's file
+# ADD_IMPORT=1 edits configuration.nix (through a symlink, to its target; never replacing the link)
+# once (idempotent: nothing happens when the module's file
 # name already appears in it): the module path is put right after the first `[` following the
 # first `imports =`; without an `imports` attribute, the line `imports = [ <path> ];` is put
 # after the first line that is only `{` (the start of the module's attribute set). The path is
@@ -23,7 +24,9 @@ nsc_is_nixos || nsc_die "this host is not NixOS (/etc/NIXOS is missing); use the
 [ -f "$module" ] || nsc_die "internal error: ${module} does not exist (write the module before nixos-apply)"
 
 name=$(basename -- "$module")
-if [ "$(dirname -- "$module")" = "$(dirname -- "$config")" ]; then ref=./$name; else ref=$module; fi
+# A symlinked configuration.nix is read from its target's directory (Nix follows the link for
+# relative paths): then the import is absolute.
+if [ "$(dirname -- "$module")" = "$(dirname -- "$config")" ] && [ ! -L "$config" ]; then ref=./$name; else ref=$module; fi
 added=false
 
 nsc_lock nixos-apply
@@ -31,6 +34,10 @@ if ! grep -qF -- "$name" "$config"; then
   if [ "${ADD_IMPORT:-0}" != 1 ]; then
     nsc_die "${config} does not import ${module}; add it to imports, e.g.  imports = [ ${ref} ];  (or set addImport: true)"
   fi
+  # never replace a symlink: edit its target, or change nothing and say what to add there
+  target=$(nsc_edit_target "$config")
+  nsc_writable_in_place "$target" ||
+    nsc_die "${config}$(nsc_describe_link "$config") cannot be edited (${target} is not writable: read-only filesystem or managed by another tool); nothing was changed. Add ${ref} to the imports of ${target} yourself, e.g.  imports = [ ${ref} ];"
   edited=$(mktemp)
   trap 'rm -f "$edited"' EXIT
   awk -v ref="$ref" '
@@ -91,7 +98,8 @@ check() {
   if ! msg=$( ("$@") 2>&1); then
     case "$msg" in *trusted-public-keys*) setting=trusted-public-keys ;; esac
     msg=${msg#nix-ssh-cache: }
-    msg=${msg%%: remove that line*} # nix.conf is generated here: the fix is in the configuration
+    # nix.conf is generated here: the fix is in the configuration, not in that file
+    msg=${msg%%. Remove that line*}
     where=$(mentions "$setting")
     nsc_die "after nixos-rebuild ${rebuild}: ${msg}. nix.conf is generated on NixOS: the line comes from your configuration${where:+ (${where})}; remove it there (a left-over of the tutorial? nix.extraOptions is appended after the module's nix.settings and wins)"
   fi

@@ -2,10 +2,14 @@
 # probe.sh (read-only): what kind of host is this?
 # Inputs: none.
 # Output: {"os":"nixos"|"linux","nixVersion":"2.8.0","system":"x86_64-linux","daemonRunning":bool,
-#          "init":"systemd"|"pidfile"|"none","hostKey":"ssh-ed25519 AAAA..."|null,"hostname":"..."}
+#          "init":"systemd"|"openrc"|"sysvinit"|"none","hostKey":"ssh-ed25519 AAAA..."|null,
+#          "hostname":"...","nixBin":"/nix/var/nix/profiles/default/bin"}
+# nixBin: the directory the Nix tools were found in (lib.sh's PATH: NixOS, the multi-user
+# installer's default profile, root's profile, then the system directories).
 
-command -v nix-store >/dev/null 2>&1 ||
+nix_store=$(command -v nix-store 2>/dev/null) ||
   nsc_die "Nix is not installed (nix-store not found in PATH=${PATH}); install Nix (e.g. apt-get install nix-bin, or the multi-user installer) and run pulumi up again"
+nix_bin=$(dirname -- "$nix_store")
 
 os=linux
 nsc_is_nixos && os=nixos
@@ -19,13 +23,7 @@ x86_64 | aarch64 | i686 | armv7l | riscv64) system="$(uname -m)-$(uname -s | tr 
 *) system="" ;;
 esac
 
-if nsc_has_systemd; then
-  init=systemd
-elif [ -e "$NSC_NIX_DAEMON_PIDFILE" ]; then
-  init=pidfile
-else
-  init=none
-fi
+init=$(nsc_init_system)
 
 daemon=false
 nsc_nix_daemon_running && daemon=true
@@ -39,7 +37,8 @@ for t in ed25519 ecdsa rsa; do
   fi
 done
 
-printf '{"os":%s,"nixVersion":%s,"system":%s,"daemonRunning":%s,"init":%s,"hostKey":%s,"hostname":%s}\n' \
+printf '{"os":%s,"nixVersion":%s,"system":%s,"daemonRunning":%s,"init":%s,"hostKey":%s,"hostname":%s,"nixBin":%s}\n' \
   "$(nsc_json_string "$os")" "$(nsc_json_string_or_null "$nix_version")" \
   "$(nsc_json_string_or_null "$system")" "$daemon" "$(nsc_json_string "$init")" \
-  "$(nsc_json_string_or_null "$host_key")" "$(nsc_json_string "$(hostname 2>/dev/null || cat /etc/hostname)")"
+  "$(nsc_json_string_or_null "$host_key")" "$(nsc_json_string "$(hostname 2>/dev/null || cat /etc/hostname)")" \
+  "$(nsc_json_string "$nix_bin")"

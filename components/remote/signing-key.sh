@@ -51,6 +51,9 @@ apply)
   case "$KEY_NAME" in
   *[!A-Za-z0-9._-]*) nsc_die "signing key name '${KEY_NAME}' may only contain letters, digits, '.', '_' and '-' (e.g. stage.example.com-1)" ;;
   esac
+  # Before changing anything: no other signing key is configured on this host (e.g. a line left
+  # by the tutorial naming another key file); every key file of KEY_DIR is ours.
+  nsc_check_signing_foreign "$KEY_DIR/cache-priv-key*.pem"
   [ -d "$KEY_DIR" ] || mkdir -p "$KEY_DIR"
   chown root:root "$KEY_DIR"
   chmod 0755 "$KEY_DIR"

@@ -63,19 +63,31 @@ export function renderSshdMatchBlock(args: SshdMatchBlockArgs): string {
 /**
  * The command that serves the store over an SSH session: `nix-store --serve` (plus `--write`
  * when clients may upload) for `"ssh"`, `nix-daemon --stdio` for `"ssh-ng"` (whose write
- * access is governed by the daemon's trust settings instead).
+ * access is governed by the daemon's trust settings instead). With `nixBin` (where the probe
+ * found Nix) outside the `PATH` sshd gives a session (`/usr/local/bin`, `/usr/bin`, `/bin`), the
+ * tool is named by its absolute path: a session reads no `/etc/profile.d`, so a Nix installed
+ * by the official installer would not be found.
  *
  * @example
  * ```ts
  * serveCommand("ssh", true); // => "nix-store --serve --write"
  * serveCommand("ssh-ng", false); // => "nix-daemon --stdio"
+ * serveCommand("ssh", false, "/nix/var/nix/profiles/default/bin");
+ * // => "/nix/var/nix/profiles/default/bin/nix-store --serve"
  * ```
  */
-export function serveCommand(protocol: Protocol, write = false): string {
-  if (protocol === "ssh-ng") return "nix-daemon --stdio";
-  if (protocol === "ssh") return write ? "nix-store --serve --write" : "nix-store --serve";
+export function serveCommand(protocol: Protocol, write = false, nixBin?: string): string {
+  const at = (tool: string) =>
+    nixBin && !SSHD_SESSION_PATH.includes(nixBin.replace(/\/+$/, ""))
+      ? `${nixBin.replace(/\/+$/, "")}/${tool}`
+      : tool;
+  if (protocol === "ssh-ng") return `${at("nix-daemon")} --stdio`;
+  if (protocol === "ssh") return `${at("nix-store")} --serve${write ? " --write" : ""}`;
   throw new Error(`unknown protocol ${JSON.stringify(protocol)}; use "ssh" or "ssh-ng"`);
 }
+
+/** Directories on the `PATH` sshd gives a session (OpenSSH's `_PATH_STDPATH` on Debian). */
+const SSHD_SESSION_PATH = ["/usr/local/bin", "/usr/bin", "/bin"];
 
 /**
  * Renders an authorized_keys file for the serving account: one key per line, each with the

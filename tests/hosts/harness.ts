@@ -7,10 +7,11 @@
  * `/run`, `/tmp`, `/home`, starts `sshd` on `<address>:22` and (optionally) `nix-daemon`, then
  * stays as the namespace's child reaper.
  *
- * Inside a host (no systemd):
- * - sshd: `/run/sshd.pid`, log `/var/log/sshd.log`; reload = `kill -HUP "$(cat /run/sshd.pid)"`.
- * - nix-daemon: `/run/nix-daemon.pid`, log `/var/log/nix-daemon.log`; restart = kill that pid,
- *   start `nix-daemon` detached again (`setsid nix-daemon </dev/null >>log 2>&1 &`), rewrite the pid file.
+ * Inside a host (no systemd), by default: sshd writes `/run/sshd.pid`, logs to `/var/log/sshd.log`;
+ * nix-daemon is started detached with `/run/nix-daemon.pid`, logs to `/var/log/nix-daemon.log`.
+ * {@link HostSpec.flavours} change that as real servers differ (no pid files, Nix only in a
+ * profile, a symlinked nix.conf, ...). The helpers (`stopSshd`, `startNixDaemon`, ...) find the
+ * services by what they listen on (`tests/hosts/host-services.sh`), so they work for every flavour.
  *
  * Callers MUST tear down: `after(() => hosts.teardown())` or try/finally. A process 'exit'
  * handler SIGKILLs the inits and removes the state dir as a safety net only.
@@ -47,11 +48,39 @@ export interface HostSpec {
    */
   securePath?: string;
   /**
-   * Flavours applied inside the host before its services start: `tests/hosts/flavours/<name>.sh`
-   * is sourced by host-init.sh for each, e.g. `["nixos"]`. Default none.
+   * Host flavours: how this host differs from today's defaults, as real servers do. Each name is
+   * a file `tests/hosts/flavours/<name>.sh`, sourced by host-init.sh inside the host after users
+   * and Nix dirs are set up and before services start (env `NSC_FLAVOURS`, space separated).
+   * Default none (today's host); e.g. `["nixos"]`. See {@link FLAVOURS}.
    */
   flavours?: string[];
 }
+
+/**
+ * The flavours in `tests/hosts/flavours/`:
+ * - `today`: the defaults (pid files in /run).
+ * - `no-pidfiles`: nix-daemon started by hand without a pid file; sshd with `PidFile none`.
+ * - `sshd-custom-pidfile`: sshd with `PidFile /var/run/sshd-custom.pid`.
+ * - `nix-in-profile`: Nix only in /nix/var/nix/profiles/default/bin (PATH set in /etc/profile.d
+ *   only; /usr/bin has no Nix inside the host).
+ * - `signing-key-conflict`: nix.conf already has a `secret-key-files` line naming another key.
+ * - `own-substituters`: nix.conf has its own `substituters` (a file:// cache) and trusted key.
+ * - `nixconf-symlink-ro`: /etc/nix/nix.conf is a symlink to a file on a read-only mount.
+ * - `root-ssh-config-override`: root's ~/.ssh/config has `Host *` / `StrictHostKeyChecking no`.
+ * - `nixos`: /etc/NIXOS, a user's configuration.nix and a `nixos-rebuild` stand-in that evaluates
+ *   it (flavours/nixos-eval.nix) and applies the result as NixOS would.
+ */
+export const FLAVOURS = [
+  "today",
+  "no-pidfiles",
+  "sshd-custom-pidfile",
+  "nix-in-profile",
+  "signing-key-conflict",
+  "own-substituters",
+  "nixconf-symlink-ro",
+  "root-ssh-config-override",
+  "nixos",
+] as const;
 
 export interface ExecResult {
   code: number;
@@ -100,9 +129,12 @@ export interface TestHosts {
   teardown(): Promise<void>;
 }
 
-const READY_TIMEOUT_MS = 30_000;
+/** Generous: under load (many hosts starting at once on a busy machine) `cp -a /etc` alone took 13 s. */
+const READY_TIMEOUT_MS = 120_000;
 const STOP_GRACE_MS = 2_000;
 const HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/** PATH of `exec` inside a host: an administrator's login PATH (Nix's profile first). */
+const HOST_EXEC_PATH = `/nix/var/nix/profiles/default/bin:${HOST_PATH}`;
 
 /** undefined when the e2e tests can run here; otherwise why not. */
 export function e2eSkipReason(): string | undefined {
@@ -136,6 +168,11 @@ function onPath(tool: string): boolean {
       return false;
     }
   });
+}
+
+/** The directory of host-init.sh, host-services.sh and flavours/ (absolute). */
+function hostDir(): string {
+  return path.dirname(initScriptPath());
 }
 
 function initScriptPath(): string {
@@ -244,7 +281,13 @@ export async function startHosts(
       throw new Error(`host ${s.name}: bad securePath "${s.securePath}"`);
     const flavours = s.flavours ?? [];
     for (const f of flavours) {
-      if (!/^[a-z][a-z0-9-]*$/.test(f)) throw new Error(`host ${s.name}: bad flavour "${f}"`);
+      if (!/^[a-z0-9-]+$/.test(f) || !fs.existsSync(path.join(hostDir(), "flavours", `${f}.sh`)))
+        throw new Error(
+          `host ${s.name}: unknown flavour "${f}" (have: ${fs
+            .readdirSync(path.join(hostDir(), "flavours"))
+            .map((n) => n.replace(/\.sh$/, ""))
+            .join(", ")})`,
+        );
     }
     return {
       name: s.name,
@@ -346,8 +389,8 @@ export async function startHosts(
             NSC_SECURE_PATH: spec.securePath,
             NSC_RUNNER_PUB: `${keyPath}.pub`,
             NSC_HOSTS_FILE: hostsFile,
+            NSC_HOST_DIR: hostDir(),
             NSC_FLAVOURS: spec.flavours.join(" "),
-            NSC_HOST_DIR: path.dirname(script),
           },
         },
       );
@@ -460,7 +503,7 @@ function makeHost(s: Started, privateKey: string, keyPath: string, hostKey: stri
       const child = spawn(
         "nsenter",
         ["--target", String(s.initPid), "--mount", "--pid", "--uts", "--", "bash", "-c", script],
-        { cwd: "/", env: { PATH: HOST_PATH, HOME: "/root", USER: "root", LANG: "C.UTF-8" } },
+        { cwd: "/", env: { PATH: HOST_EXEC_PATH, HOME: "/root", USER: "root", LANG: "C.UTF-8" } },
       );
       let stdout = "";
       let stderr = "";
@@ -494,17 +537,8 @@ function makeHost(s: Started, privateKey: string, keyPath: string, hostKey: stri
     }
   };
 
-  // Kill the pid in a pid file and wait until it is gone (PID 1 reaps it).
-  const stopByPidFile = (pidFile: string) =>
-    exec(
-      `set -euo pipefail
-       [[ -s ${pidFile} ]] || exit 0
-       pid=$(cat ${pidFile})
-       kill "$pid" 2>/dev/null || true
-       for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
-       if kill -0 "$pid" 2>/dev/null; then kill -9 "$pid"; fi
-       rm -f ${pidFile}`,
-    );
+  // Services are found by what they listen on (host-services.sh), whatever the flavour.
+  const services = (action: string) => exec(`bash /run/nsc/host-services.sh ${action}`);
 
   return {
     name,
@@ -519,21 +553,19 @@ function makeHost(s: Started, privateKey: string, keyPath: string, hostKey: stri
     stateDir: s.dir,
     exec,
     async stopSshd() {
-      await stopByPidFile("/run/sshd.pid");
+      await services("stop-sshd");
       await waitTcp(false, "did not stop listening");
     },
     async startSshd() {
-      await exec("/usr/sbin/sshd -E /var/log/sshd.log");
+      await services("start-sshd");
       await waitTcp(true, "did not accept connections");
     },
     async stopNixDaemon() {
-      await stopByPidFile("/run/nix-daemon.pid");
+      await services("stop-nix-daemon");
       fs.rmSync(socket, { force: true });
     },
     async startNixDaemon() {
-      await exec(
-        "setsid nix-daemon </dev/null >>/var/log/nix-daemon.log 2>&1 & echo $! >/run/nix-daemon.pid",
-      );
+      await services("start-nix-daemon");
       const deadline = Date.now() + READY_TIMEOUT_MS;
       while (!fs.existsSync(socket)) {
         if (Date.now() > deadline)

@@ -14,17 +14,19 @@
 #   NSC_LOGIN_SHELL  optional: sh|bash|zsh|fish, the login user's shell (default bash)
 #   NSC_SUDO_POLICY  optional: nopasswd|requiretty|use_pty (default nopasswd)
 #   NSC_SECURE_PATH  optional: sudo's secure_path (default: Debian's)
-#   NSC_FLAVOURS     space-separated flavours: tests/hosts/flavours/<name>.sh is sourced for each,
-#                    after users and Nix dirs are set up, before services start
-#   NSC_HOST_DIR     absolute path of tests/hosts
-# Contract inside the host (no systemd):
+#   NSC_HOST_DIR     absolute path of tests/hosts (flavours/, host-services.sh)
+#   NSC_FLAVOURS     space-separated flavours: tests/hosts/flavours/<name>.sh, sourced inside the
+#                    host after users and Nix dirs are set up, before services start
+# Inside the host (no systemd), by default ("today's" flavour):
 #   sshd:       pid in /run/sshd.pid, log /var/log/sshd.log; reload = kill -HUP "$(cat /run/sshd.pid)"
-#   nix-daemon: pid in /run/nix-daemon.pid, log /var/log/nix-daemon.log; restart = kill that pid,
-#               start `nix-daemon` detached again, rewrite the pid file
+#   nix-daemon: pid in /run/nix-daemon.pid, log /var/log/nix-daemon.log
+# Flavours change that as real servers differ (no pid files, Nix only in a profile, ...). The
+# harness starts and stops services with /run/nsc/host-services.sh (copied from tests/hosts),
+# which finds them the way an administrator would (by what they listen on), for every flavour.
 set -euo pipefail
 
 : "${NSC_STATE:?}" "${NSC_NAME:?}" "${NSC_FQDN:?}" "${NSC_ADDRESS:?}" "${NSC_LOGIN_USER:?}"
-: "${NSC_ROOT_KEY:?}" "${NSC_NIX_DAEMON:?}" "${NSC_RUNNER_PUB:?}" "${NSC_HOSTS_FILE:?}"
+: "${NSC_ROOT_KEY:?}" "${NSC_NIX_DAEMON:?}" "${NSC_RUNNER_PUB:?}" "${NSC_HOSTS_FILE:?}" "${NSC_HOST_DIR:?}"
 
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root
@@ -58,6 +60,8 @@ install -d -m 0755 "$S/nix" "$S/var-lib" "$S/var-log" "$S/run" "$S/home"
 install -d -m 0700 "$S/root" "$S/root/.ssh"
 install -d -m 1777 "$S/tmp"
 install -m 0600 "$NSC_RUNNER_PUB" "$S/root/.ssh/authorized_keys"
+install -d -m 0755 "$S/run/nsc"
+install -m 0755 "$NSC_HOST_DIR/host-services.sh" "$S/run/nsc/host-services.sh"
 runner_pub=$(cat "$NSC_RUNNER_PUB")
 
 # --- Phase 2: bind the host's own dirs over the machine's (/tmp last: the sources live there) ---
@@ -122,19 +126,24 @@ install -d -m 1777 /nix/var/nix/gcroots/per-user /nix/var/nix/profiles/per-user
 
 log "users and nix dirs done"
 
+# How services start; a flavour may change these (and edit files such as the sshd drop-in).
+# shellcheck disable=SC2034 # read by host-services.sh through /run/nsc/services.env
+nix_daemon_cmd=nix-daemon          # command that starts nix-daemon
+nix_daemon_pidfile=/run/nix-daemon.pid # "" = no pid file (a daemon started by hand)
 for flavour in ${NSC_FLAVOURS:-}; do
   # shellcheck source=/dev/null
   source "$NSC_HOST_DIR/flavours/$flavour.sh"
   log "flavour $flavour applied"
 done
+printf 'nix_daemon_cmd=%q\nnix_daemon_pidfile=%q\n' "$nix_daemon_cmd" "$nix_daemon_pidfile" >/run/nsc/services.env
+
 /usr/sbin/sshd -t
-/usr/sbin/sshd -E /var/log/sshd.log
-log "sshd started on $NSC_ADDRESS:22 (pid $(cat /run/sshd.pid))"
+bash /run/nsc/host-services.sh start-sshd
+log "sshd started on $NSC_ADDRESS:22 (pid $(bash /run/nsc/host-services.sh sshd-pid))"
 
 if [[ $NSC_NIX_DAEMON == 1 ]]; then
-  setsid nix-daemon </dev/null >>/var/log/nix-daemon.log 2>&1 &
-  echo $! >/run/nix-daemon.pid
-  log "nix-daemon started (pid $(cat /run/nix-daemon.pid))"
+  bash /run/nsc/host-services.sh start-nix-daemon
+  log "nix-daemon started ($nix_daemon_cmd, pid file: ${nix_daemon_pidfile:-none})"
 fi
 
 # --- Phase 4: stay as the namespace's child reaper ---

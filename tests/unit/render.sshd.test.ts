@@ -40,6 +40,18 @@ describe("serveCommand", () => {
     assert.equal(serveCommand("ssh-ng", true), "nix-daemon --stdio");
     assert.throws(() => serveCommand("http" as "ssh"), /unknown protocol/);
   });
+
+  it("names the tool by its path when Nix is outside the PATH sshd gives a session", () => {
+    const profile = "/nix/var/nix/profiles/default/bin";
+    assert.equal(serveCommand("ssh", false, profile), `${profile}/nix-store --serve`);
+    assert.equal(serveCommand("ssh", true, `${profile}/`), `${profile}/nix-store --serve --write`);
+    assert.equal(serveCommand("ssh-ng", false, profile), `${profile}/nix-daemon --stdio`);
+    assert.equal(serveCommand("ssh", false, "/usr/bin"), "nix-store --serve");
+    assert.equal(
+      serveCommand("ssh", false, "/run/current-system/sw/bin"),
+      "/run/current-system/sw/bin/nix-store --serve",
+    );
+  });
 });
 
 describe("renderSshdMatchBlock", () => {
