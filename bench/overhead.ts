@@ -64,6 +64,8 @@ export interface OpRun {
   serveLogins: number;
   /** Resources in the stack after the operation (from the CLI summary), when shown. */
   summary: string;
+  /** Operator-side CPU seconds: the `pulumi` process and its children (Node.js program, providers). */
+  cpuSeconds?: number;
 }
 
 /** Everything part 2 measured. */
@@ -116,9 +118,10 @@ async function measured(
     productionLogins: prods.map((_, i) => loginsSince(before[i + 1], after[i + 1], "root")),
     serveLogins: loginsSince(before[0], after[0], "nix-ssh"),
     summary: summaryOf(r.output),
+    cpuSeconds: r.cpuSeconds,
   };
   log(
-    `${prods.length} hosts, round ${round}: ${op} (${mode}) ${r.seconds.toFixed(1)} s; logins staging ${run.stagingLogins}, production ${run.productionLogins.join("/")}${run.summary ? `; ${run.summary}` : ""}`,
+    `${prods.length} hosts, round ${round}: ${op} (${mode}) ${r.seconds.toFixed(1)} s, CPU ${r.cpuSeconds?.toFixed(1)} s; logins staging ${run.stagingLogins}, production ${run.productionLogins.join("/")}${run.summary ? `; ${run.summary}` : ""}`,
   );
   return run;
 }

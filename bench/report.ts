@@ -13,6 +13,8 @@ import {
   OverheadResults,
   runsOf,
 } from "./overhead";
+import { NetworkResults } from "./network";
+import { networkSection } from "./networkReport";
 import { proposals } from "./proposals";
 import { medianRoundRatio, medianSeconds, Run, SubstitutionResults } from "./substitution";
 
@@ -25,6 +27,7 @@ export interface Report {
   substitution?: SubstitutionResults;
   overhead?: OverheadResults;
   reuse?: ReuseResults;
+  network?: NetworkResults;
   errors: string[];
 }
 
@@ -169,6 +172,40 @@ function overheadSection(o: OverheadResults): string {
     ),
     "",
   );
+
+  // Operator-side CPU next to wall time (issue 15).
+  const cpu = (op: OpName, n: number, mode: ConnectionMode = "reuse") =>
+    median(
+      of(op, n, mode)
+        .map((r) => r.cpuSeconds)
+        .filter((x): x is number => x !== undefined),
+    );
+  const cpuOps: OpName[] = ["up", "preview", "up-noop", "preview-refresh", "destroy"];
+  const cpuRows = cpuOps
+    .filter((op) => counts.some((n) => cpu(op, n) !== undefined))
+    .map((op) => [
+      OP_LABELS[op],
+      ...counts.map((n) => `${fmtSeconds(cpu(op, n), 1)} / ${fmtSeconds(med(op, n), 1)}`),
+      fmtRatio(ratio(cpu(op, maxN), cpu(op, minN))),
+    ]);
+  if (cpuRows.length) {
+    out.push(
+      "Operator-side CPU seconds (user + system of the `pulumi` process and every process it" +
+        " waited for: language host, Node.js program, provider plugins; from bash's `times`)" +
+        " next to wall time, connection reuse on; the hosts' own work (sshd, Nix, scripts) is" +
+        " not in it but shares the same 2 cores:",
+      "",
+      table(
+        [
+          "operation: CPU / wall",
+          ...counts.map((n) => `${n} host${n > 1 ? "s" : ""}`),
+          `CPU ${maxN}:${minN} hosts`,
+        ],
+        cpuRows,
+      ),
+      "",
+    );
+  }
 
   // Before / after: the same operation, same stack, measured side by side.
   const loginsOf = (rs: typeof o.runs) => median(rs.flatMap((r) => r.productionLogins));
@@ -359,6 +396,7 @@ export function renderReport(r: Report): string {
     out.push("**Errors during this run:**", "", ...r.errors.map((e) => `- ${e}`), "");
   }
   if (r.substitution) out.push(substitutionSection(r.substitution));
+  if (r.network && r.substitution) out.push(networkSection(r.network, r.substitution));
   if (r.overhead) out.push(overheadSection(r.overhead));
   if (r.reuse) out.push(reuseSection(r.reuse));
   out.push(proposals(r));

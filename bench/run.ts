@@ -6,6 +6,10 @@
  *   2. the tool's overhead: up / preview / no-op up / preview --refresh with 1, 4, 8 hosts, the
  *      empty-stack floor, SSH logins per host per operation; the operations that reach hosts
  *      with and without connection reuse (before / after)
+ *   1b. the same over emulated networks (Toxiproxy: loopback, LAN, same region, cross-region)
+ *      with every mode: raw stream, ssh://, ssh-ng://, an HTTP cache through an SSH forward, a
+ *      closure bundle (bench/network.ts); NSC_BENCH_NETWORK=0 skips it, NSC_BENCH_PROFILES=a,b
+ *      picks profiles
  *   3. connection reuse in isolation (the component's runScript, pooled and per script)
  *
  * Never run from tests. Every step is time-bounded; the whole run is bounded by
@@ -21,6 +25,7 @@ import { e2eSkipReason, startHosts, TestHosts } from "../tests/hosts/harness";
 import { FULL_SIZES, ShapeSizes } from "./closures";
 import { connectionReuseBench, ReuseResults } from "./connections";
 import { elapsedSeconds, envNumber, log } from "./lib";
+import { emptyNetwork, networkBench, NetworkResults } from "./network";
 import { loadNow, machineInfo } from "./machine";
 import { emptyOverhead, overheadBench, OverheadResults } from "./overhead";
 import { renderReport } from "./report";
@@ -63,6 +68,10 @@ async function main(): Promise<number> {
   const substitution: SubstitutionResults = emptySubstitution(sizes);
   const overhead: OverheadResults = emptyOverhead();
   let reuse: ReuseResults | undefined;
+  const network: NetworkResults = emptyNetwork();
+  const networkOn = process.env.NSC_BENCH_NETWORK !== "0";
+  const profiles = process.env.NSC_BENCH_PROFILES?.split(",").filter(Boolean);
+  const networkTimeout = envNumber("NSC_BENCH_NETWORK_RUN_TIMEOUT", 240);
   const file = path.join(repoRoot, "bench", quick ? "results.quick.md" : "results.md");
   const write = () =>
     fs.writeFileSync(
@@ -75,6 +84,7 @@ async function main(): Promise<number> {
         substitution: substitution.closures.length ? substitution : undefined,
         overhead: overhead.runs.length ? overhead : undefined,
         reuse,
+        network: network.profiles.length ? network : undefined,
         errors,
       }),
     );
@@ -118,7 +128,32 @@ async function main(): Promise<number> {
             await substitutionBench(
               s,
               p,
-              { sizes, rounds, runTimeout, hangTimeout, secondsLeft: () => secondsLeft() - 120 },
+              {
+                sizes,
+                rounds,
+                runTimeout,
+                hangTimeout,
+                // The network section runs after the loopback rounds: keep its share.
+                secondsLeft: () => secondsLeft() - 120 - (networkOn ? 600 : 0),
+                afterRounds: networkOn
+                  ? (closures) =>
+                      networkBench(
+                        s,
+                        p,
+                        closures,
+                        {
+                          proxyAddress: `127.0.0.${firstAddress + productionHosts + 1}`,
+                          runTimeout: networkTimeout,
+                          profiles,
+                          secondsLeft: () => secondsLeft() - 120,
+                        },
+                        network,
+                      ).catch((e: Error) => {
+                        errors.push(`network: ${e.message.split("\n")[0]}`);
+                        log(`network FAILED: ${e.message}`);
+                      })
+                  : undefined,
+              },
               substitution,
             );
           } catch (e) {
