@@ -42,7 +42,7 @@ export const PROFILES: NetworkProfile[] = [
 ];
 
 /** A latency/bandwidth toxic as Toxiproxy's API takes it. */
-interface Toxic {
+export interface Toxic {
   name: string;
   type: "latency" | "bandwidth";
   stream: "upstream" | "downstream";
