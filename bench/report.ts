@@ -188,6 +188,14 @@ function overheadSection(o: OverheadResults): string {
       ...counts.map((n) => `${fmtSeconds(cpu(op, n), 1)} / ${fmtSeconds(med(op, n), 1)}`),
       fmtRatio(ratio(cpu(op, maxN), cpu(op, minN))),
     ]);
+  const cpuFloor = median(o.emptyPreviewCpu);
+  if (cpuFloor !== undefined) {
+    cpuRows.push([
+      "empty stack: no-op `pulumi preview` (floor)",
+      ...counts.map(() => `${fmtSeconds(cpuFloor, 1)} / ${fmtSeconds(floor, 1)}`),
+      "",
+    ]);
+  }
   if (cpuRows.length) {
     out.push(
       "Operator-side CPU seconds (user + system of the `pulumi` process and every process it" +
@@ -203,6 +211,12 @@ function overheadSection(o: OverheadResults): string {
         ],
         cpuRows,
       ),
+      "",
+      `No-op \`preview\` against the empty-stack floor, ${minN} host: wall` +
+        ` ${fmtRatio(ratio(med("preview", minN), floor))}, CPU` +
+        ` ${fmtRatio(ratio(cpu("preview", minN), cpuFloor))}; \`up\` CPU ${maxN}:${minN} hosts` +
+        ` ${fmtRatio(ratio(cpu("up", maxN), cpu("up", minN)))} (wall` +
+        ` ${fmtRatio(ratio(med("up", maxN), med("up", minN)))}).`,
       "",
     );
   }

@@ -13,9 +13,10 @@
  *   3. connection reuse in isolation (the component's runScript, pooled and per script)
  *
  * Never run from tests. Every step is time-bounded; the whole run is bounded by
- * NSC_BENCH_BUDGET_MINUTES (default 19). Hosts start at 127.0.0.<NSC_BENCH_FIRST_ADDRESS> (default 2).
- * Knobs: NSC_BENCH_ROUNDS (substitution rounds, default 3), NSC_BENCH_OVERHEAD_ROUNDS (default 2),
- * NSC_BENCH_HOSTS (production host counts, default 1,4,8), NSC_BENCH_QUICK=1 (small closures,
+ * NSC_BENCH_BUDGET_MINUTES (default 24). Hosts start at 127.0.0.<NSC_BENCH_FIRST_ADDRESS> (default 2).
+ * Knobs: NSC_BENCH_ROUNDS (substitution rounds, default 1), NSC_BENCH_OVERHEAD_ROUNDS (default 1),
+ * NSC_BENCH_HOSTS (production host counts, default 1,4,8), NSC_BENCH_BEFORE_AFTER=1 (section 2
+ * also measures the landed changes' before side: one connection per step, type-checked program), NSC_BENCH_QUICK=1 (small closures,
  * one round, 1 host: to check the bench itself; writes bench/results.quick.md).
  */
 import * as fs from "fs";
@@ -39,11 +40,11 @@ async function main(): Promise<number> {
   }
   const quick = process.env.NSC_BENCH_QUICK === "1";
   const firstAddress = envNumber("NSC_BENCH_FIRST_ADDRESS", 2);
-  const rounds = envNumber("NSC_BENCH_ROUNDS", quick ? 1 : 3);
-  const overheadRounds = envNumber("NSC_BENCH_OVERHEAD_ROUNDS", quick ? 1 : 2);
-  const budgetMinutes = envNumber("NSC_BENCH_BUDGET_MINUTES", 19);
+  const rounds = envNumber("NSC_BENCH_ROUNDS", 1);
+  const overheadRounds = envNumber("NSC_BENCH_OVERHEAD_ROUNDS", 1);
+  const budgetMinutes = envNumber("NSC_BENCH_BUDGET_MINUTES", 24);
   const runTimeout = envNumber("NSC_BENCH_RUN_TIMEOUT", 120);
-  const hangTimeout = envNumber("NSC_BENCH_HANG_TIMEOUT", 10);
+  const hangTimeout = envNumber("NSC_BENCH_HANG_TIMEOUT", 6);
   const sizes: ShapeSizes = quick
     ? {
         largeBytes: 16 * 1024 * 1024,
@@ -121,6 +122,7 @@ async function main(): Promise<number> {
         rounds: overheadRounds,
         previews: 2,
         upsFor: () => 1,
+        beforeAfter: process.env.NSC_BENCH_BEFORE_AFTER === "1",
         timeoutSeconds: 300,
         secondsLeft,
         withConfiguredStack: async (s, p) => {
@@ -134,7 +136,7 @@ async function main(): Promise<number> {
                 runTimeout,
                 hangTimeout,
                 // The network section runs after the loopback rounds: keep its share.
-                secondsLeft: () => secondsLeft() - 120 - (networkOn ? 600 : 0),
+                secondsLeft: () => secondsLeft() - 120 - (networkOn ? 780 : 0),
                 afterRounds: networkOn
                   ? (closures) =>
                       networkBench(
