@@ -136,3 +136,63 @@ export function networkSection(n: NetworkResults, s: SubstitutionResults): strin
   }
   return out.join("\n");
 }
+
+function rtts(n: NetworkResults, s: SubstitutionResults, mode: string): string {
+  const c = s.closures.find((x) => x.shape.attr === "chain");
+  const p = n.profiles.find((x) => x.id === "cross");
+  const run = n.runs.cross?.chain?.[mode];
+  return c && p ? roundTripsPerPath(p, c, run) : "—";
+}
+
+/** The study's conclusions, worded from this run's figures. */
+export function networkProposals(n: NetworkResults, s: SubstitutionResults): string {
+  const cross = n.runs.cross;
+  if (!cross) return "";
+  const r = (shape: string, mode: string) => fmt(vsRaw(cross[shape], mode), 2);
+  return [
+    "### Beating the round trips (issue 15)",
+    "",
+    `- Cross-region, the ${s.closures.find((c) => c.shape.attr === "chain")?.paths.length ?? "?"}-path` +
+      ` chain costs ${rtts(n, s, "ssh")} RTTs per path through \`ssh://\`, ${rtts(n, s, "ng")} through` +
+      ` \`ssh-ng://\` and ${rtts(n, s, "http")} through the HTTP cache (ratios to raw: ${r("chain", "ssh")},` +
+      ` ${r("chain", "ng")}, ${r("chain", "http")}). Nix learns a path's references only from its` +
+      " info and starts a path's download only when its references are valid, so along a chain" +
+      " every substituter protocol pays round trips in sequence; the HTTP cache's parallel" +
+      " queries and downloads pay off on wide closures and large NARs (mixed:" +
+      ` ${r("mixed", "http")} against ${r("mixed", "ssh")} for \`ssh://\`; large: ${r("large", "http")}` +
+      ` against ${r("large", "ssh")}), not on deep ones.`,
+    `- The closure bundle, which knows the closure up front, moves it in one round trip plus the` +
+      ` bytes: chain ${r("chain", "bundle")}, large ${r("large", "bundle")}, mixed` +
+      ` ${r("mixed", "bundle")} of raw. It is the only mode here that reaches the goal on the` +
+      " chain (>= 0.5 of raw); signatures are still checked by Nix (production substitutes from" +
+      " the unpacked `file://` cache with its usual `trusted-public-keys`).",
+    `- \`max-connections\`: ${n.maxConnections.reason}.`,
+    "",
+    "Proposals (not built in the component yet). The default stays `ssh://`: it needs nothing on" +
+      " staging beyond sshd and Nix and no long-lived tunnel to supervise, and on the chain, where" +
+      ` the round trips dominate, the HTTP cache reached ${r("chain", "http")} of raw against` +
+      ` ${r("chain", "ssh")} for \`ssh://\`:`,
+    "",
+    "1. **`prefetch`: a closure bundle before the switch.** A second serve-only account on" +
+      " staging whose forced command streams the `.narinfo`/`.nar` files of the closure of the one" +
+      " store path it is given (validated: a store path that is valid on staging) from a" +
+      " `file://` cache that Nix fills on staging (`nix copy --to file://…?compression=none`" +
+      " after builds, or a `post-build-hook`); on production a script (`nix-ssh-cache-fetch" +
+      " <path>`) unpacks it into a temporary directory and runs `nix-store --realise <path>" +
+      " --option substituters file://<dir>` (signatures checked against" +
+      " `trusted-public-keys`). Deploy tools call it with the system closure before switching;" +
+      " without it, substitution falls back to `ssh://` as today. Costs: a second copy of the" +
+      " served paths on staging's disk.",
+    '2. **`protocol: "http-tunnel"`** for wide closures: nginx (or any static server) on' +
+      " staging's loopback over the same `file://` cache, a tunnel-only account" +
+      ' (`restrict,port-forwarding,permitopen="127.0.0.1:PORT",command="/bin/false"`, sshd' +
+      " `PermitOpen`), a supervised `ssh -N -L` on production, and `http://127.0.0.1:PORT` as the" +
+      " substituter listed before `ssh://` (a down tunnel makes Nix skip that substituter and use" +
+      " the next). Worth it where closures are wide; on this bench's chain it does not beat" +
+      " `ssh://`.",
+    "3. **`max-connections`** on `ssh://` once production runs Nix >= 2.32 (detect with" +
+      " `nix-store --version`, keep 1 below): parallel queries on one substituter, same" +
+      " chain-depth limit as HTTP.",
+    "",
+  ].join("\n");
+}

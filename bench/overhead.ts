@@ -188,7 +188,7 @@ export interface OverheadOptions {
   /**
    * Called once, with the 1-host stack up (first pass): part 1 runs there. The 1-host stack
    * runs first (the substitution and network sections must not be the part a shortened run
-   * loses); the larger stacks follow and are skipped when the budget runs out.
+   * loses); then the largest, then the others (a run cut short by its budget loses those).
    */
   withConfiguredStack?: (stage: TestHost, prod: TestHost) => Promise<void>;
 }
@@ -220,7 +220,10 @@ export async function overheadBench(
   const { runs, emptyPreview, emptyPreviewCpu, resources } = results;
   const emptyDir = emptyProject();
   const empty = new PulumiStack(emptyDir, "empty");
-  const order = [...o.hostCounts].sort((a, b) => a - b);
+  // Smallest first (it carries the substitution and network sections), then largest to smallest,
+  // so a run cut short by its budget loses the middle host counts first.
+  const sorted = [...o.hostCounts].sort((a, b) => b - a);
+  const order = [sorted[sorted.length - 1], ...sorted.slice(0, -1)];
   try {
     await pulumiOk(empty, ["stack", "init", "empty"], 60, { scope: "none" });
     fs.writeFileSync(empty.configFile, "config: {}\n");

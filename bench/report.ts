@@ -14,7 +14,7 @@ import {
   runsOf,
 } from "./overhead";
 import { NetworkResults } from "./network";
-import { networkSection } from "./networkReport";
+import { networkProposals, networkSection } from "./networkReport";
 import { proposals } from "./proposals";
 import { medianRoundRatio, medianSeconds, Run, SubstitutionResults } from "./substitution";
 
@@ -414,5 +414,6 @@ export function renderReport(r: Report): string {
   if (r.overhead) out.push(overheadSection(r.overhead));
   if (r.reuse) out.push(reuseSection(r.reuse));
   out.push(proposals(r));
+  if (r.network && r.substitution) out.push(networkProposals(r.network, r.substitution));
   return out.join("\n") + "\n";
 }

@@ -15,7 +15,8 @@
  * Never run from tests. Every step is time-bounded; the whole run is bounded by
  * NSC_BENCH_BUDGET_MINUTES (default 24). Hosts start at 127.0.0.<NSC_BENCH_FIRST_ADDRESS> (default 2).
  * Knobs: NSC_BENCH_ROUNDS (substitution rounds, default 1), NSC_BENCH_OVERHEAD_ROUNDS (default 1),
- * NSC_BENCH_HOSTS (production host counts, default 1,4,8), NSC_BENCH_BEFORE_AFTER=1 (section 2
+ * NSC_BENCH_HOSTS (production host counts, default 1,4,8), NSC_BENCH_PREVIEWS (no-op previews and
+ * refreshes per stack, default 1), NSC_BENCH_BEFORE_AFTER=1 (section 2
  * also measures the landed changes' before side: one connection per step, type-checked program), NSC_BENCH_QUICK=1 (small closures,
  * one round, 1 host: to check the bench itself; writes bench/results.quick.md).
  */
@@ -120,7 +121,7 @@ async function main(): Promise<number> {
       {
         hostCounts,
         rounds: overheadRounds,
-        previews: 2,
+        previews: envNumber("NSC_BENCH_PREVIEWS", 1),
         upsFor: () => 1,
         beforeAfter: process.env.NSC_BENCH_BEFORE_AFTER === "1",
         timeoutSeconds: 300,
