@@ -29,9 +29,29 @@ export function bestMode(
   return best;
 }
 
+/** Paths a run moved: all when it succeeded, else those valid when it was stopped. */
+function moved(c: Closure, run: Run | undefined): number | undefined {
+  if (run?.ok) return c.paths.length;
+  return run?.timedOut && run.pathsDone ? run.pathsDone : undefined;
+}
+
 function roundTripsPerPath(p: NetworkProfile, c: Closure, run: Run | undefined): string {
-  if (!run?.ok || p.rttMs === 0) return "—";
-  return fmt(run.seconds / c.paths.length / (p.rttMs / 1000), 1);
+  const n = moved(c, run);
+  if (!run || n === undefined || p.rttMs === 0) return "—";
+  return fmt(run.seconds / n / (p.rttMs / 1000), 1);
+}
+
+/**
+ * A run stopped by its time bound still says something: the paths it moved in that time give
+ * its rate and an upper bound of its ratio to raw.
+ */
+function timeCell(c: Closure, run: Run | undefined): string {
+  if (!run) return "not run";
+  if (run.ok) return fmtSeconds(run.seconds);
+  const n = moved(c, run);
+  return n !== undefined
+    ? `> ${fmtSeconds(run.seconds, 0)} (stopped; ${n} of ${c.paths.length} paths)`
+    : `failed: ${run.error ?? "?"}`;
 }
 
 function profileTable(
@@ -48,13 +68,23 @@ function profileTable(
     for (const v of n.modes) {
       const run = byMode[v.id];
       const t = run?.ok ? run.seconds : undefined;
+      const n = moved(c, run);
+      const raw = byMode.raw?.ok ? byMode.raw.seconds : undefined;
       rows.push([
         c.shape.attr,
         v.label,
-        run?.ok ? fmtSeconds(t) : `failed: ${run?.error ?? "not run"}`,
+        timeCell(c, run),
         t ? fmt(c.narBytes / 1e6 / t, 1) : "—",
-        t ? fmt(c.paths.length / t, 1) : "—",
-        v.id === "raw" ? (t ? "1.00" : "—") : fmt(vsRaw(byMode, v.id), 2),
+        run && n ? fmt(n / run.seconds, 1) : "—",
+        v.id === "raw"
+          ? t
+            ? "1.00"
+            : "—"
+          : t
+            ? fmt(vsRaw(byMode, v.id), 2)
+            : run && raw && n
+              ? `< ${fmt(raw / run.seconds, 2)}`
+              : "—",
         t && local && v.id !== "raw" ? `×${fmt(local / t, 2)}` : "",
         roundTripsPerPath(p, c, run),
         run ? String(run.connections) : "—",

@@ -73,7 +73,7 @@ async function main(): Promise<number> {
   const network: NetworkResults = emptyNetwork();
   const networkOn = process.env.NSC_BENCH_NETWORK !== "0";
   const profiles = process.env.NSC_BENCH_PROFILES?.split(",").filter(Boolean);
-  const networkTimeout = envNumber("NSC_BENCH_NETWORK_RUN_TIMEOUT", 240);
+  const networkTimeout = envNumber("NSC_BENCH_NETWORK_RUN_TIMEOUT", 90);
   const file = path.join(repoRoot, "bench", quick ? "results.quick.md" : "results.md");
   const write = () =>
     fs.writeFileSync(

@@ -132,6 +132,8 @@ export interface Run {
   timedOut: boolean;
   /** Logins of the serve users on staging during the run. */
   connections: number;
+  /** Paths of the closure valid on production after the run (all of them when it succeeded). */
+  pathsDone?: number;
   error?: string;
 }
 
@@ -304,7 +306,14 @@ export async function runVariant(
     loginsSince(before, after, NG_USER) +
     (v.kind === "raw" ? loginsSince(before, after, "root") : 0) +
     (v.countLogins ?? []).reduce((n, user) => n + loginsSince(before, after, user), 0);
-  const run: Run = { round, seconds: ns / 1e9, ok, timedOut, connections };
+  const run: Run = {
+    round,
+    seconds: ns / 1e9,
+    ok,
+    timedOut,
+    connections,
+    pathsDone: v.kind === "raw" ? undefined : c.paths.length - invalid,
+  };
   if (!ok) {
     run.error = timedOut
       ? `timed out after ${v.timeoutSeconds}s`
