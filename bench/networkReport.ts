@@ -143,7 +143,10 @@ export function networkSection(n: NetworkResults, s: SubstitutionResults): strin
     `- **max-connections**: ${n.maxConnections.reason}.`,
     "",
     '"RTTs per path" = time / paths / RTT: how many round trips each path costs. Speed-up over' +
-      " local build uses the loopback section's local build time (the network does not change it).",
+      " local build uses the loopback section's local build time (the network does not change it)." +
+      ` Each run is bounded at ${n.modes[0]?.timeoutSeconds ?? "?"} s (NSC_BENCH_NETWORK_RUN_TIMEOUT);` +
+      " a stopped run shows how many paths it had moved, its paths/s and RTTs per path from" +
+      " those, and an upper bound of its ratio to raw.",
     "",
   );
   if (n.errors.length) out.push(...n.errors.map((e) => `- error: ${e}`), "");
