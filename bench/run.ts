@@ -15,6 +15,7 @@
  * Never run from tests. Every step is time-bounded; the whole run is bounded by
  * NSC_BENCH_BUDGET_MINUTES (default 24). Hosts start at 127.0.0.<NSC_BENCH_FIRST_ADDRESS> (default 2).
  * Knobs: NSC_BENCH_ROUNDS (substitution rounds, default 1), NSC_BENCH_OVERHEAD_ROUNDS (default 1),
+ * NSC_BENCH_EXTRAS=1 (section 1 also runs the AES-GCM and compress variants of issue 7),
  * NSC_BENCH_HOSTS (production host counts, default 1,4,8), NSC_BENCH_PREVIEWS (no-op previews and
  * refreshes per stack, default 1), NSC_BENCH_BEFORE_AFTER=1 (section 2
  * also measures the landed changes' before side: one connection per step, type-checked program), NSC_BENCH_QUICK=1 (small closures,
@@ -103,6 +104,17 @@ async function main(): Promise<number> {
     });
   }, budgetMinutes * 60_000);
   watchdog.unref();
+  // Ctrl-C / kill: tear the test hosts down and keep what was measured.
+  for (const sig of ["SIGINT", "SIGTERM"] as const) {
+    process.once(sig, () => {
+      errors.push(`stopped by ${sig}; figures are partial`);
+      log(`${sig}: stopping`);
+      void (hosts?.teardown() ?? Promise.resolve()).finally(() => {
+        write();
+        process.exit(130);
+      });
+    });
+  }
 
   try {
     hosts = await startHosts(
@@ -136,6 +148,7 @@ async function main(): Promise<number> {
                 rounds,
                 runTimeout,
                 hangTimeout,
+                extras: process.env.NSC_BENCH_EXTRAS === "1",
                 // The network section runs after the loopback rounds: keep its share.
                 secondsLeft: () => secondsLeft() - 120 - (networkOn ? 780 : 0),
                 afterRounds: networkOn
