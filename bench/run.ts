@@ -15,6 +15,7 @@
  * Never run from tests. Every step is time-bounded; the whole run is bounded by
  * NSC_BENCH_BUDGET_MINUTES (default 24). Hosts start at 127.0.0.<NSC_BENCH_FIRST_ADDRESS> (default 2).
  * Knobs: NSC_BENCH_ROUNDS (substitution rounds, default 1), NSC_BENCH_OVERHEAD_ROUNDS (default 1),
+ * NSC_BENCH_SUBSTITUTION=0 (section 2 only), NSC_BENCH_OUTPUT=file (instead of bench/results.md),
  * NSC_BENCH_EXTRAS=1 (section 1 also runs the AES-GCM and compress variants of issue 7),
  * NSC_BENCH_HOSTS (production host counts, default 1,4,8), NSC_BENCH_PREVIEWS (no-op previews and
  * refreshes per stack, default 1), NSC_BENCH_BEFORE_AFTER=1 (section 2
@@ -75,7 +76,10 @@ async function main(): Promise<number> {
   const networkOn = process.env.NSC_BENCH_NETWORK !== "0";
   const profiles = process.env.NSC_BENCH_PROFILES?.split(",").filter(Boolean);
   const networkTimeout = envNumber("NSC_BENCH_NETWORK_RUN_TIMEOUT", 90);
-  const file = path.join(repoRoot, "bench", quick ? "results.quick.md" : "results.md");
+  const file = process.env.NSC_BENCH_OUTPUT
+    ? path.resolve(process.env.NSC_BENCH_OUTPUT)
+    : path.join(repoRoot, "bench", quick ? "results.quick.md" : "results.md");
+  const substitutionOn = process.env.NSC_BENCH_SUBSTITUTION !== "0";
   const write = () =>
     fs.writeFileSync(
       file,
@@ -138,51 +142,53 @@ async function main(): Promise<number> {
         beforeAfter: process.env.NSC_BENCH_BEFORE_AFTER === "1",
         timeoutSeconds: 300,
         secondsLeft,
-        withConfiguredStack: async (s, p) => {
-          try {
-            await substitutionBench(
-              s,
-              p,
-              {
-                sizes,
-                rounds,
-                runTimeout,
-                hangTimeout,
-                extras: process.env.NSC_BENCH_EXTRAS === "1",
-                // The network section runs after the loopback rounds: keep its share.
-                secondsLeft: () => secondsLeft() - 120 - (networkOn ? 780 : 0),
-                afterRounds: networkOn
-                  ? (closures) =>
-                      networkBench(
-                        s,
-                        p,
-                        closures,
-                        {
-                          proxyAddress: `127.0.0.${firstAddress + productionHosts + 1}`,
-                          runTimeout: networkTimeout,
-                          profiles,
-                          secondsLeft: () => secondsLeft() - 120,
-                        },
-                        network,
-                      ).catch((e: Error) => {
-                        errors.push(`network: ${e.message.split("\n")[0]}`);
-                        log(`network FAILED: ${e.message}`);
-                      })
-                  : undefined,
-              },
-              substitution,
-            );
-          } catch (e) {
-            errors.push(`substitution: ${(e as Error).message.split("\n")[0]}`);
-            log(`substitution FAILED: ${(e as Error).message}`);
-          }
-          try {
-            reuse = await connectionReuseBench(prods, quick ? 2 : 3);
-          } catch (e) {
-            errors.push(`connection reuse prototype: ${(e as Error).message.split("\n")[0]}`);
-            log(`connection reuse FAILED: ${(e as Error).message}`);
-          }
-        },
+        withConfiguredStack: !substitutionOn
+          ? undefined
+          : async (s, p) => {
+              try {
+                await substitutionBench(
+                  s,
+                  p,
+                  {
+                    sizes,
+                    rounds,
+                    runTimeout,
+                    hangTimeout,
+                    extras: process.env.NSC_BENCH_EXTRAS === "1",
+                    // The network section runs after the loopback rounds: keep its share.
+                    secondsLeft: () => secondsLeft() - 120 - (networkOn ? 780 : 0),
+                    afterRounds: networkOn
+                      ? (closures) =>
+                          networkBench(
+                            s,
+                            p,
+                            closures,
+                            {
+                              proxyAddress: `127.0.0.${firstAddress + productionHosts + 1}`,
+                              runTimeout: networkTimeout,
+                              profiles,
+                              secondsLeft: () => secondsLeft() - 120,
+                            },
+                            network,
+                          ).catch((e: Error) => {
+                            errors.push(`network: ${e.message.split("\n")[0]}`);
+                            log(`network FAILED: ${e.message}`);
+                          })
+                      : undefined,
+                  },
+                  substitution,
+                );
+              } catch (e) {
+                errors.push(`substitution: ${(e as Error).message.split("\n")[0]}`);
+                log(`substitution FAILED: ${(e as Error).message}`);
+              }
+              try {
+                reuse = await connectionReuseBench(prods, quick ? 2 : 3);
+              } catch (e) {
+                errors.push(`connection reuse prototype: ${(e as Error).message.split("\n")[0]}`);
+                log(`connection reuse FAILED: ${(e as Error).message}`);
+              }
+            },
       },
       overhead,
     );
