@@ -35,6 +35,14 @@ function moved(c: Closure, run: Run | undefined): number | undefined {
   return run?.timedOut && run.pathsDone ? run.pathsDone : undefined;
 }
 
+/** Ratio to raw, or its upper bound for a run stopped by its time bound. */
+function ratioCell(byMode: Record<string, Run> | undefined, mode: string): string {
+  const run = byMode?.[mode];
+  const raw = byMode?.raw;
+  if (run?.ok) return fmt(vsRaw(byMode, mode), 2);
+  return run?.timedOut && raw?.ok ? `< ${fmt(raw.seconds / run.seconds, 2)}` : "—";
+}
+
 function roundTripsPerPath(p: NetworkProfile, c: Closure, run: Run | undefined): string {
   const n = moved(c, run);
   if (!run || n === undefined || p.rttMs === 0) return "—";
@@ -162,8 +170,8 @@ export function networkSection(n: NetworkResults, s: SubstitutionResults): strin
     };
     out.push(
       `Cross-region summary: ${["chain", "large", "mixed"].map(line).join("; ")}; ssh:// (default):` +
-        ` chain ${fmt(vsRaw(cross.chain, "ssh"), 2)}, large ${fmt(vsRaw(cross.large, "ssh"), 2)},` +
-        ` mixed ${fmt(vsRaw(cross.mixed, "ssh"), 2)} of raw.`,
+        ` chain ${ratioCell(cross.chain, "ssh")}, large ${ratioCell(cross.large, "ssh")},` +
+        ` mixed ${ratioCell(cross.mixed, "ssh")} of raw.`,
       "",
     );
   }
@@ -181,7 +189,7 @@ function rtts(n: NetworkResults, s: SubstitutionResults, mode: string): string {
 export function networkProposals(n: NetworkResults, s: SubstitutionResults): string {
   const cross = n.runs.cross;
   if (!cross) return "";
-  const r = (shape: string, mode: string) => fmt(vsRaw(cross[shape], mode), 2);
+  const r = (shape: string, mode: string) => ratioCell(cross[shape], mode);
   return [
     "### Beating the round trips (issue 15)",
     "",

@@ -131,11 +131,17 @@ function overheadSection(o: OverheadResults): string {
     "The example stack (`Pulumi.yaml` + `index.ts`, TypeScript, `NixSshCache`) on the real Pulumi" +
       " CLI with a local file backend; staging + N production hosts, a fresh stack per host count" +
       " (`up --yes --skip-preview`: the update alone; a user's interactive `pulumi up` adds a" +
-      " preview). The operations that reach hosts (`up`, `preview --refresh`, `destroy`) run in" +
-      " both connection modes of the dynamic provider, side by side on the same stack: one" +
-      " pooled connection per host (the default since this change) and one connection per step" +
-      " (`NIX_SSH_CACHE_CONNECTION_REUSE=0`, the behaviour before it); the mode that goes first" +
-      " alternates between passes. Medians of n samples. No-op operations run with" +
+      " preview). " +
+      (o.runs.some((r) => r.mode === "per-step")
+        ? "The operations that reach hosts (`up`, `preview --refresh`, `destroy`) run in" +
+          " both connection modes of the dynamic provider, side by side on the same stack: one" +
+          " pooled connection per host (the default) and one connection per step" +
+          " (`NIX_SSH_CACHE_CONNECTION_REUSE=0`, the behaviour before it); the mode that goes" +
+          " first alternates between passes."
+        : "The provider runs in its default connection mode (one pooled connection per host);" +
+          " `NSC_BENCH_BEFORE_AFTER=1` adds one connection per step and the type-checked" +
+          " program side by side.") +
+      " Medians of n samples. No-op operations run with" +
       " `--expect-no-changes` (they would fail on a change)." +
       ` Resources in the stack: ${counts.map((n) => `${o.resources[n] ?? "?"} with ${n} host(s)`).join(", ")}.` +
       ` The floor is the no-op \`pulumi preview\` of an empty TypeScript stack (imports` +
