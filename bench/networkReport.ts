@@ -228,8 +228,9 @@ export function networkProposals(n: NetworkResults, s: SubstitutionResults): str
       " staging's loopback over the same `file://` cache, a tunnel-only account" +
       ' (`restrict,port-forwarding,permitopen="127.0.0.1:PORT",command="/bin/false"`, sshd' +
       " `PermitOpen`), a supervised `ssh -N -L` on production, and `http://127.0.0.1:PORT` as the" +
-      " substituter listed before `ssh://` (a down tunnel makes Nix skip that substituter and use" +
-      " the next). Worth it where closures are wide; on this bench's chain it does not beat" +
+      " substituter listed before `ssh://` (with the HTTP port closed, Nix 2.8 fell through to" +
+      " `ssh://` and substituted a 40-path chain completely, in 5.7 s against about 1–2 s: one" +
+      " try by hand, not a bench figure; an e2e test must pin this before it becomes an option). Worth it where closures are wide; on this bench's chain it does not beat" +
       " `ssh://`.",
     "3. **`max-connections`** on `ssh://` once production runs Nix >= 2.32 (detect with" +
       " `nix-store --version`, keep 1 below): parallel queries on one substituter, same" +
