@@ -62,6 +62,20 @@ export interface TimedCli {
   output: string;
   seconds: number;
   timedOut: boolean;
+  /**
+   * CPU seconds (user + system) of the `pulumi` process and every process it waited for: the
+   * language host, the Node.js program, the provider plugins (bash's `times` for its children).
+   */
+  cpuSeconds?: number;
+}
+
+/** Sums the children's line of bash's `times` ("0m1.250s 0m0.300s"). */
+export function parseTimes(text: string): number | undefined {
+  const line = text.trim().split("\n")[1];
+  if (!line) return undefined;
+  let total = 0;
+  for (const m of line.matchAll(/(\d+)m([\d.]+)s/g)) total += Number(m[1]) * 60 + Number(m[2]);
+  return total;
 }
 
 /**
@@ -80,11 +94,17 @@ export function pulumiTimed(
   if (scope === "config") full.push("--config-file", stack.configFile);
   return new Promise((resolve, reject) => {
     const start = process.hrtime.bigint();
-    const child = spawn("pulumi", full, {
-      env: stack.env,
-      stdio: ["pipe", "pipe", "pipe"],
-      detached: true,
-    });
+    // bash runs pulumi and reports its children's CPU time on fd 3.
+    const child = spawn(
+      "bash",
+      ["-c", 'pulumi "$@"; rc=$?; times >&3; exit $rc', "bash", ...full],
+      { env: stack.env, stdio: ["pipe", "pipe", "pipe", "pipe"], detached: true },
+    );
+    let times = "";
+    (child.stdio[3] as NodeJS.ReadableStream | null)?.on(
+      "data",
+      (d: Buffer) => (times += d.toString()),
+    );
     let output = "";
     let timedOut = false;
     child.stdout.on("data", (d: Buffer) => (output += d.toString()));
@@ -104,9 +124,9 @@ export function pulumiTimed(
     child.on("close", (code) => {
       clearTimeout(timer);
       const seconds = Number(process.hrtime.bigint() - start) / 1e9;
-      resolve({ code: code ?? 1, output, seconds, timedOut });
+      resolve({ code: code ?? 1, output, seconds, timedOut, cpuSeconds: parseTimes(times) });
     });
-    child.stdin.end(opts.stdin ?? "");
+    child.stdin?.end(opts.stdin ?? "");
   });
 }
 

@@ -64,6 +64,8 @@ export interface OpRun {
   serveLogins: number;
   /** Resources in the stack after the operation (from the CLI summary), when shown. */
   summary: string;
+  /** Operator-side CPU seconds: the `pulumi` process and its children (Node.js program, providers). */
+  cpuSeconds?: number;
 }
 
 /** Everything part 2 measured. */
@@ -71,6 +73,8 @@ export interface OverheadResults {
   runs: OpRun[];
   /** Seconds of each no-op preview of the empty stack. */
   emptyPreview: number[];
+  /** Operator CPU seconds of each no-op preview of the empty stack. */
+  emptyPreviewCpu: number[];
   /** Resources per stack size, after up. */
   resources: Record<number, number>;
 }
@@ -116,9 +120,10 @@ async function measured(
     productionLogins: prods.map((_, i) => loginsSince(before[i + 1], after[i + 1], "root")),
     serveLogins: loginsSince(before[0], after[0], "nix-ssh"),
     summary: summaryOf(r.output),
+    cpuSeconds: r.cpuSeconds,
   };
   log(
-    `${prods.length} hosts, round ${round}: ${op} (${mode}) ${r.seconds.toFixed(1)} s; logins staging ${run.stagingLogins}, production ${run.productionLogins.join("/")}${run.summary ? `; ${run.summary}` : ""}`,
+    `${prods.length} hosts, round ${round}: ${op} (${mode}) ${r.seconds.toFixed(1)} s, CPU ${r.cpuSeconds?.toFixed(1)} s; logins staging ${run.stagingLogins}, production ${run.productionLogins.join("/")}${run.summary ? `; ${run.summary}` : ""}`,
   );
   return run;
 }
@@ -173,11 +178,17 @@ export interface OverheadOptions {
    */
   upsFor: (hosts: number) => number;
   timeoutSeconds: number;
+  /**
+   * Also measure the landed changes' "before" side by side: one connection per step
+   * (`NIX_SSH_CACHE_CONNECTION_REUSE=0`) and the type-checked program. Doubles the section's time.
+   */
+  beforeAfter: boolean;
   /** Seconds left in the whole bench's budget. */
   secondsLeft: () => number;
   /**
    * Called once, with the 1-host stack up (first pass): part 1 runs there. The 1-host stack
-   * runs last in each pass so this can use whatever time is left.
+   * runs first (the substitution and network sections must not be the part a shortened run
+   * loses); then the largest, then the others (a run cut short by its budget loses those).
    */
   withConfiguredStack?: (stage: TestHost, prod: TestHost) => Promise<void>;
 }
@@ -196,7 +207,7 @@ export function runsOf(
 
 /** An empty result, filled as the bench goes (a partial report still has what was measured). */
 export function emptyOverhead(): OverheadResults {
-  return { runs: [], emptyPreview: [], resources: {} };
+  return { runs: [], emptyPreview: [], emptyPreviewCpu: [], resources: {} };
 }
 
 /** Runs part 2: passes × host counts, each a fresh stack lifecycle; fills `results`. */
@@ -206,10 +217,13 @@ export async function overheadBench(
   o: OverheadOptions,
   results: OverheadResults,
 ): Promise<void> {
-  const { runs, emptyPreview, resources } = results;
+  const { runs, emptyPreview, emptyPreviewCpu, resources } = results;
   const emptyDir = emptyProject();
   const empty = new PulumiStack(emptyDir, "empty");
-  const order = [...o.hostCounts].sort((a, b) => b - a);
+  // Smallest first (it carries the substitution and network sections), then largest to smallest,
+  // so a run cut short by its budget loses the middle host counts first.
+  const sorted = [...o.hostCounts].sort((a, b) => b - a);
+  const order = [sorted[sorted.length - 1], ...sorted.slice(0, -1)];
   try {
     await pulumiOk(empty, ["stack", "init", "empty"], 60, { scope: "none" });
     fs.writeFileSync(empty.configFile, "config: {}\n");
@@ -226,7 +240,10 @@ export async function overheadBench(
       for (let i = 0; i < o.previews; i++) {
         const r = await pulumiOk(empty, ["preview", "--expect-no-changes"], o.timeoutSeconds);
         emptyPreview.push(r.seconds);
-        log(`empty stack, round ${round}: preview ${r.seconds.toFixed(1)} s`);
+        if (r.cpuSeconds !== undefined) emptyPreviewCpu.push(r.cpuSeconds);
+        log(
+          `empty stack, round ${round}: preview ${r.seconds.toFixed(1)} s, CPU ${r.cpuSeconds?.toFixed(1)} s`,
+        );
       }
       for (const n of order) {
         const hostsOfStack = prods.slice(0, n);
@@ -236,11 +253,15 @@ export async function overheadBench(
             measured(stack, op, mode, stage, hostsOfStack, round, o.timeoutSeconds);
           // Both connection modes side by side, the first one alternating between passes:
           // up A, destroy B, up B, (destroy A, up A, destroy B, up B, ...) ... destroy A.
-          const modes: ConnectionMode[] =
-            round % 2 === 1 ? ["reuse", "per-step"] : ["per-step", "reuse"];
-          for (let k = 0; k < 2 * o.upsFor(n); k++) {
-            if (k > 0) runs.push(await m("destroy", modes[k % 2]));
-            runs.push(await m("up", modes[k % 2]));
+          // Without beforeAfter, only the default mode (one connection per host).
+          const modes: ConnectionMode[] = !o.beforeAfter
+            ? ["reuse"]
+            : round % 2 === 1
+              ? ["reuse", "per-step"]
+              : ["per-step", "reuse"];
+          for (let k = 0; k < modes.length * o.upsFor(n); k++) {
+            if (k > 0) runs.push(await m("destroy", modes[k % modes.length]));
+            runs.push(await m("up", modes[k % modes.length]));
             if (k === 0) {
               const state = JSON.parse(
                 (await pulumiOk(stack, ["stack", "export"], 60, { scope: "stack" })).output,
@@ -248,22 +269,22 @@ export async function overheadBench(
               resources[n] = state.deployment?.resources?.length ?? 0;
             }
           }
-          // No SSH in these (diff is local): one connection mode is enough. The no-op preview
-          // also runs with the program type-checked on every run, as before tsconfig.json's
-          // "ts-node": { "transpileOnly": true }, side by side.
-          for (let i = 0; i < o.previews; i++) {
-            runs.push(await m("preview"));
-            runs.push(await m("preview-checked"));
-          }
-          runs.push(await m("up-noop"));
-          for (let i = 0; i < o.previews; i++) {
-            for (const mode of modes) runs.push(await m("preview-refresh", mode));
-          }
           if (!hookDone && n === 1 && o.withConfiguredStack) {
             hookDone = true;
             const hookStart = Date.now();
             await o.withConfiguredStack(stage, hostsOfStack[0]);
             hookSeconds = (Date.now() - hookStart) / 1000;
+          }
+          // No SSH in these (diff is local): one connection mode is enough. The no-op preview
+          // also runs with the program type-checked on every run, as before tsconfig.json's
+          // "ts-node": { "transpileOnly": true }, side by side.
+          for (let i = 0; i < o.previews; i++) {
+            runs.push(await m("preview"));
+            if (o.beforeAfter) runs.push(await m("preview-checked"));
+          }
+          runs.push(await m("up-noop"));
+          for (let i = 0; i < o.previews; i++) {
+            for (const mode of modes) runs.push(await m("preview-refresh", mode));
           }
           runs.push(await m("destroy", modes[0]));
         } finally {

@@ -13,6 +13,8 @@ import {
   OverheadResults,
   runsOf,
 } from "./overhead";
+import { NetworkResults } from "./network";
+import { networkProposals, networkSection } from "./networkReport";
 import { proposals } from "./proposals";
 import { medianRoundRatio, medianSeconds, Run, SubstitutionResults } from "./substitution";
 
@@ -25,6 +27,7 @@ export interface Report {
   substitution?: SubstitutionResults;
   overhead?: OverheadResults;
   reuse?: ReuseResults;
+  network?: NetworkResults;
   errors: string[];
 }
 
@@ -128,11 +131,17 @@ function overheadSection(o: OverheadResults): string {
     "The example stack (`Pulumi.yaml` + `index.ts`, TypeScript, `NixSshCache`) on the real Pulumi" +
       " CLI with a local file backend; staging + N production hosts, a fresh stack per host count" +
       " (`up --yes --skip-preview`: the update alone; a user's interactive `pulumi up` adds a" +
-      " preview). The operations that reach hosts (`up`, `preview --refresh`, `destroy`) run in" +
-      " both connection modes of the dynamic provider, side by side on the same stack: one" +
-      " pooled connection per host (the default since this change) and one connection per step" +
-      " (`NIX_SSH_CACHE_CONNECTION_REUSE=0`, the behaviour before it); the mode that goes first" +
-      " alternates between passes. Medians of n samples. No-op operations run with" +
+      " preview). " +
+      (o.runs.some((r) => r.mode === "per-step")
+        ? "The operations that reach hosts (`up`, `preview --refresh`, `destroy`) run in" +
+          " both connection modes of the dynamic provider, side by side on the same stack: one" +
+          " pooled connection per host (the default) and one connection per step" +
+          " (`NIX_SSH_CACHE_CONNECTION_REUSE=0`, the behaviour before it); the mode that goes" +
+          " first alternates between passes."
+        : "The provider runs in its default connection mode (one pooled connection per host);" +
+          " `NSC_BENCH_BEFORE_AFTER=1` adds one connection per step and the type-checked" +
+          " program side by side.") +
+      " Medians of n samples. No-op operations run with" +
       " `--expect-no-changes` (they would fail on a change)." +
       ` Resources in the stack: ${counts.map((n) => `${o.resources[n] ?? "?"} with ${n} host(s)`).join(", ")}.` +
       ` The floor is the no-op \`pulumi preview\` of an empty TypeScript stack (imports` +
@@ -169,6 +178,54 @@ function overheadSection(o: OverheadResults): string {
     ),
     "",
   );
+
+  // Operator-side CPU next to wall time (issue 15).
+  const cpu = (op: OpName, n: number, mode: ConnectionMode = "reuse") =>
+    median(
+      of(op, n, mode)
+        .map((r) => r.cpuSeconds)
+        .filter((x): x is number => x !== undefined),
+    );
+  const cpuOps: OpName[] = ["up", "preview", "up-noop", "preview-refresh", "destroy"];
+  const cpuRows = cpuOps
+    .filter((op) => counts.some((n) => cpu(op, n) !== undefined))
+    .map((op) => [
+      OP_LABELS[op],
+      ...counts.map((n) => `${fmtSeconds(cpu(op, n), 1)} / ${fmtSeconds(med(op, n), 1)}`),
+      fmtRatio(ratio(cpu(op, maxN), cpu(op, minN))),
+    ]);
+  const cpuFloor = median(o.emptyPreviewCpu);
+  if (cpuFloor !== undefined) {
+    cpuRows.push([
+      "empty stack: no-op `pulumi preview` (floor)",
+      ...counts.map(() => `${fmtSeconds(cpuFloor, 1)} / ${fmtSeconds(floor, 1)}`),
+      "",
+    ]);
+  }
+  if (cpuRows.length) {
+    out.push(
+      "Operator-side CPU seconds (user + system of the `pulumi` process and every process it" +
+        " waited for: language host, Node.js program, provider plugins; from bash's `times`)" +
+        " next to wall time, connection reuse on; the hosts' own work (sshd, Nix, scripts) is" +
+        " not in it but shares the same 2 cores:",
+      "",
+      table(
+        [
+          "operation: CPU / wall",
+          ...counts.map((n) => `${n} host${n > 1 ? "s" : ""}`),
+          `CPU ${maxN}:${minN} hosts`,
+        ],
+        cpuRows,
+      ),
+      "",
+      `No-op \`preview\` against the empty-stack floor, ${minN} host: wall` +
+        ` ${fmtRatio(ratio(med("preview", minN), floor))}, CPU` +
+        ` ${fmtRatio(ratio(cpu("preview", minN), cpuFloor))}; \`up\` CPU ${maxN}:${minN} hosts` +
+        ` ${fmtRatio(ratio(cpu("up", maxN), cpu("up", minN)))} (wall` +
+        ` ${fmtRatio(ratio(med("up", maxN), med("up", minN)))}).`,
+      "",
+    );
+  }
 
   // Before / after: the same operation, same stack, measured side by side.
   const loginsOf = (rs: typeof o.runs) => median(rs.flatMap((r) => r.productionLogins));
@@ -359,8 +416,10 @@ export function renderReport(r: Report): string {
     out.push("**Errors during this run:**", "", ...r.errors.map((e) => `- ${e}`), "");
   }
   if (r.substitution) out.push(substitutionSection(r.substitution));
+  if (r.network && r.substitution) out.push(networkSection(r.network, r.substitution));
   if (r.overhead) out.push(overheadSection(r.overhead));
   if (r.reuse) out.push(reuseSection(r.reuse));
   out.push(proposals(r));
+  if (r.network && r.substitution) out.push(networkProposals(r.network, r.substitution));
   return out.join("\n") + "\n";
 }

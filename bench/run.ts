@@ -6,12 +6,20 @@
  *   2. the tool's overhead: up / preview / no-op up / preview --refresh with 1, 4, 8 hosts, the
  *      empty-stack floor, SSH logins per host per operation; the operations that reach hosts
  *      with and without connection reuse (before / after)
+ *   1b. the same over emulated networks (Toxiproxy: loopback, LAN, same region, cross-region)
+ *      with every mode: raw stream, ssh://, ssh-ng://, an HTTP cache through an SSH forward, a
+ *      closure bundle (bench/network.ts); NSC_BENCH_NETWORK=0 skips it, NSC_BENCH_PROFILES=a,b
+ *      picks profiles
  *   3. connection reuse in isolation (the component's runScript, pooled and per script)
  *
  * Never run from tests. Every step is time-bounded; the whole run is bounded by
- * NSC_BENCH_BUDGET_MINUTES (default 19). Hosts start at 127.0.0.<NSC_BENCH_FIRST_ADDRESS> (default 2).
- * Knobs: NSC_BENCH_ROUNDS (substitution rounds, default 3), NSC_BENCH_OVERHEAD_ROUNDS (default 2),
- * NSC_BENCH_HOSTS (production host counts, default 1,4,8), NSC_BENCH_QUICK=1 (small closures,
+ * NSC_BENCH_BUDGET_MINUTES (default 24). Hosts start at 127.0.0.<NSC_BENCH_FIRST_ADDRESS> (default 2).
+ * Knobs: NSC_BENCH_ROUNDS (substitution rounds, default 1), NSC_BENCH_OVERHEAD_ROUNDS (default 1),
+ * NSC_BENCH_SUBSTITUTION=0 (section 2 only), NSC_BENCH_OUTPUT=file (instead of bench/results.md),
+ * NSC_BENCH_EXTRAS=1 (section 1 also runs the AES-GCM and compress variants of issue 7),
+ * NSC_BENCH_HOSTS (production host counts, default 1,4,8), NSC_BENCH_PREVIEWS (no-op previews and
+ * refreshes per stack, default 1), NSC_BENCH_BEFORE_AFTER=1 (section 2
+ * also measures the landed changes' before side: one connection per step, type-checked program), NSC_BENCH_QUICK=1 (small closures,
  * one round, 1 host: to check the bench itself; writes bench/results.quick.md).
  */
 import * as fs from "fs";
@@ -21,6 +29,7 @@ import { e2eSkipReason, startHosts, TestHosts } from "../tests/hosts/harness";
 import { FULL_SIZES, ShapeSizes } from "./closures";
 import { connectionReuseBench, ReuseResults } from "./connections";
 import { elapsedSeconds, envNumber, log } from "./lib";
+import { emptyNetwork, networkBench, NetworkResults } from "./network";
 import { loadNow, machineInfo } from "./machine";
 import { emptyOverhead, overheadBench, OverheadResults } from "./overhead";
 import { renderReport } from "./report";
@@ -34,11 +43,11 @@ async function main(): Promise<number> {
   }
   const quick = process.env.NSC_BENCH_QUICK === "1";
   const firstAddress = envNumber("NSC_BENCH_FIRST_ADDRESS", 2);
-  const rounds = envNumber("NSC_BENCH_ROUNDS", quick ? 1 : 3);
-  const overheadRounds = envNumber("NSC_BENCH_OVERHEAD_ROUNDS", quick ? 1 : 2);
-  const budgetMinutes = envNumber("NSC_BENCH_BUDGET_MINUTES", 19);
+  const rounds = envNumber("NSC_BENCH_ROUNDS", 1);
+  const overheadRounds = envNumber("NSC_BENCH_OVERHEAD_ROUNDS", 1);
+  const budgetMinutes = envNumber("NSC_BENCH_BUDGET_MINUTES", 24);
   const runTimeout = envNumber("NSC_BENCH_RUN_TIMEOUT", 120);
-  const hangTimeout = envNumber("NSC_BENCH_HANG_TIMEOUT", 10);
+  const hangTimeout = envNumber("NSC_BENCH_HANG_TIMEOUT", 6);
   const sizes: ShapeSizes = quick
     ? {
         largeBytes: 16 * 1024 * 1024,
@@ -63,7 +72,14 @@ async function main(): Promise<number> {
   const substitution: SubstitutionResults = emptySubstitution(sizes);
   const overhead: OverheadResults = emptyOverhead();
   let reuse: ReuseResults | undefined;
-  const file = path.join(repoRoot, "bench", quick ? "results.quick.md" : "results.md");
+  const network: NetworkResults = emptyNetwork();
+  const networkOn = process.env.NSC_BENCH_NETWORK !== "0";
+  const profiles = process.env.NSC_BENCH_PROFILES?.split(",").filter(Boolean);
+  const networkTimeout = envNumber("NSC_BENCH_NETWORK_RUN_TIMEOUT", 90);
+  const file = process.env.NSC_BENCH_OUTPUT
+    ? path.resolve(process.env.NSC_BENCH_OUTPUT)
+    : path.join(repoRoot, "bench", quick ? "results.quick.md" : "results.md");
+  const substitutionOn = process.env.NSC_BENCH_SUBSTITUTION !== "0";
   const write = () =>
     fs.writeFileSync(
       file,
@@ -75,6 +91,7 @@ async function main(): Promise<number> {
         substitution: substitution.closures.length ? substitution : undefined,
         overhead: overhead.runs.length ? overhead : undefined,
         reuse,
+        network: network.profiles.length ? network : undefined,
         errors,
       }),
     );
@@ -91,6 +108,17 @@ async function main(): Promise<number> {
     });
   }, budgetMinutes * 60_000);
   watchdog.unref();
+  // Ctrl-C / kill: tear the test hosts down and keep what was measured.
+  for (const sig of ["SIGINT", "SIGTERM"] as const) {
+    process.once(sig, () => {
+      errors.push(`stopped by ${sig}; figures are partial`);
+      log(`${sig}: stopping`);
+      void (hosts?.teardown() ?? Promise.resolve()).finally(() => {
+        write();
+        process.exit(130);
+      });
+    });
+  }
 
   try {
     hosts = await startHosts(
@@ -109,29 +137,58 @@ async function main(): Promise<number> {
       {
         hostCounts,
         rounds: overheadRounds,
-        previews: 2,
+        previews: envNumber("NSC_BENCH_PREVIEWS", 1),
         upsFor: () => 1,
+        beforeAfter: process.env.NSC_BENCH_BEFORE_AFTER === "1",
         timeoutSeconds: 300,
         secondsLeft,
-        withConfiguredStack: async (s, p) => {
-          try {
-            await substitutionBench(
-              s,
-              p,
-              { sizes, rounds, runTimeout, hangTimeout, secondsLeft: () => secondsLeft() - 120 },
-              substitution,
-            );
-          } catch (e) {
-            errors.push(`substitution: ${(e as Error).message.split("\n")[0]}`);
-            log(`substitution FAILED: ${(e as Error).message}`);
-          }
-          try {
-            reuse = await connectionReuseBench(prods, quick ? 2 : 3);
-          } catch (e) {
-            errors.push(`connection reuse prototype: ${(e as Error).message.split("\n")[0]}`);
-            log(`connection reuse FAILED: ${(e as Error).message}`);
-          }
-        },
+        withConfiguredStack: !substitutionOn
+          ? undefined
+          : async (s, p) => {
+              try {
+                await substitutionBench(
+                  s,
+                  p,
+                  {
+                    sizes,
+                    rounds,
+                    runTimeout,
+                    hangTimeout,
+                    extras: process.env.NSC_BENCH_EXTRAS === "1",
+                    // The network section runs after the loopback rounds: keep its share.
+                    secondsLeft: () => secondsLeft() - 120 - (networkOn ? 780 : 0),
+                    afterRounds: networkOn
+                      ? (closures) =>
+                          networkBench(
+                            s,
+                            p,
+                            closures,
+                            {
+                              proxyAddress: `127.0.0.${firstAddress + productionHosts + 1}`,
+                              runTimeout: networkTimeout,
+                              profiles,
+                              secondsLeft: () => secondsLeft() - 120,
+                            },
+                            network,
+                          ).catch((e: Error) => {
+                            errors.push(`network: ${e.message.split("\n")[0]}`);
+                            log(`network FAILED: ${e.message}`);
+                          })
+                      : undefined,
+                  },
+                  substitution,
+                );
+              } catch (e) {
+                errors.push(`substitution: ${(e as Error).message.split("\n")[0]}`);
+                log(`substitution FAILED: ${(e as Error).message}`);
+              }
+              try {
+                reuse = await connectionReuseBench(prods, quick ? 2 : 3);
+              } catch (e) {
+                errors.push(`connection reuse prototype: ${(e as Error).message.split("\n")[0]}`);
+                log(`connection reuse FAILED: ${(e as Error).message}`);
+              }
+            },
       },
       overhead,
     );

@@ -30,14 +30,23 @@ export interface Variant {
   timeoutSeconds: number;
   /** Run only in round 1: known to hang, or known to be slow (compression). */
   once?: boolean;
+  /** The command production runs, for variants that are not a plain realise (bench/network.ts). */
+  command?: (c: Closure) => string;
+  /** Login users on staging counted as this variant's connections, beyond the serve users. */
+  countLogins?: string[];
 }
 
 /** The variants, in the order each round runs them. */
-export function variants(stagingName: string, runTimeout: number, hangTimeout: number): Variant[] {
+export function variants(
+  stagingName: string,
+  runTimeout: number,
+  hangTimeout: number,
+  extras = true,
+): Variant[] {
   const ssh = `ssh://nix-ssh@${stagingName}`;
   const ng = `ssh-ng://${NG_USER}@${stagingName}`;
   const t = runTimeout;
-  return [
+  const all: Variant[] = [
     {
       id: "raw",
       label: "raw SSH stream (tar over 1 connection)",
@@ -107,6 +116,8 @@ export function variants(stagingName: string, runTimeout: number, hangTimeout: n
       timeoutSeconds: t * 3,
     },
   ];
+  // Without extras: no AES-GCM and no compress variants (issue 7 settled them; slow to run).
+  return extras ? all : all.filter((v) => !v.aes && !v.id.endsWith("compress"));
 }
 
 /** A built closure on staging. */
@@ -128,6 +139,8 @@ export interface Run {
   timedOut: boolean;
   /** Logins of the serve users on staging during the run. */
   connections: number;
+  /** Paths of the closure valid on production after the run (all of them when it succeeded). */
+  pathsDone?: number;
   error?: string;
 }
 
@@ -140,8 +153,15 @@ export interface SubstitutionOptions {
   runTimeout: number;
   /** Time bound of a run of a variant known to hang, seconds. */
   hangTimeout: number;
+  /** Also the AES-GCM and compress variants. */
+  extras: boolean;
   /** Seconds left in the whole bench's budget. */
   secondsLeft: () => number;
+  /**
+   * Runs after the loopback rounds, with the closures built and staging still prepared (the
+   * `ssh-ng` user, production's root key): the network section (bench/network.ts).
+   */
+  afterRounds?: (closures: Closure[]) => Promise<void>;
 }
 
 /** An empty result, filled as the bench goes. */
@@ -159,7 +179,7 @@ export interface SubstitutionResults {
   rounds: number;
 }
 
-async function sh(host: TestHost, script: string, input?: string): Promise<string> {
+export async function sh(host: TestHost, script: string, input?: string): Promise<string> {
   return (await host.exec(`set -euo pipefail\n${script}`, { input })).stdout;
 }
 
@@ -195,7 +215,7 @@ async function buildOnStaging(stage: TestHost, sizes: ShapeSizes): Promise<Closu
 }
 
 /** A second serve user for ssh-ng (same confinement), and root access for the raw stream. */
-async function prepareStaging(stage: TestHost, prod: TestHost): Promise<void> {
+export async function prepareStaging(stage: TestHost, prod: TestHost): Promise<void> {
   const dropIn = renderSshdMatchBlock({
     user: NG_USER,
     authorizedKeysFile: STAGING_FILES.authorizedKeys,
@@ -216,7 +236,7 @@ async function prepareStaging(stage: TestHost, prod: TestHost): Promise<void> {
 }
 
 /** Undoes {@link prepareStaging}, so `pulumi destroy` sees the host as the component left it. */
-async function restoreStaging(stage: TestHost, prod: TestHost): Promise<void> {
+export async function restoreStaging(stage: TestHost, prod: TestHost): Promise<void> {
   const prodRootKey = (await sh(prod, "cat /root/.ssh/id_ed25519.pub")).trim().split(/\s+/)[1];
   await sh(
     stage,
@@ -242,7 +262,7 @@ async function setCipher(prod: TestHost, stagingName: string, aes: boolean): Pro
 }
 
 /** Deletes the closure's outputs on production; fails when any is still there. */
-async function deleteOnProduction(prod: TestHost, c: Closure): Promise<void> {
+export async function deleteOnProduction(prod: TestHost, c: Closure): Promise<void> {
   await sh(
     prod,
     `valid=$(nix-store --check-validity --print-invalid ${c.paths.join(" ")} | wc -l)
@@ -253,7 +273,7 @@ async function deleteOnProduction(prod: TestHost, c: Closure): Promise<void> {
 }
 
 /** Runs one variant once; the time is measured inside production. */
-async function runVariant(
+export async function runVariant(
   prod: TestHost,
   stage: TestHost,
   c: Closure,
@@ -262,7 +282,9 @@ async function runVariant(
 ): Promise<Run> {
   const store = "/nix/store/";
   let command: string;
-  if (v.kind === "raw") {
+  if (v.command) {
+    command = v.command(c);
+  } else if (v.kind === "raw") {
     const names = c.paths.map((p) => p.slice(store.length)).join(" ");
     command = `ssh -o BatchMode=yes root@${stage.fqdn} 'cd /nix/store && tar -cf - ${names}'`;
   } else if (v.kind === "local") {
@@ -291,8 +313,16 @@ async function runVariant(
   const connections =
     loginsSince(before, after, "nix-ssh") +
     loginsSince(before, after, NG_USER) +
-    (v.kind === "raw" ? loginsSince(before, after, "root") : 0);
-  const run: Run = { round, seconds: ns / 1e9, ok, timedOut, connections };
+    (v.kind === "raw" ? loginsSince(before, after, "root") : 0) +
+    (v.countLogins ?? []).reduce((n, user) => n + loginsSince(before, after, user), 0);
+  const run: Run = {
+    round,
+    seconds: ns / 1e9,
+    ok,
+    timedOut,
+    connections,
+    pathsDone: v.kind === "raw" ? undefined : c.paths.length - invalid,
+  };
   if (!ok) {
     run.error = timedOut
       ? `timed out after ${v.timeoutSeconds}s`
@@ -317,7 +347,7 @@ export async function substitutionBench(
   const closures = await buildOnStaging(stage, sizes);
   results.closures = closures;
   await prepareStaging(stage, prod);
-  const vs = variants(stage.fqdn, o.runTimeout, o.hangTimeout);
+  const vs = variants(stage.fqdn, o.runTimeout, o.hangTimeout, o.extras);
   results.variants = vs;
   const runs = results.runs;
   try {
@@ -362,6 +392,7 @@ export async function substitutionBench(
       results.rounds = round;
       roundSeconds = Math.max(roundSeconds, (Date.now() - roundStart) / 1000 - onceSeconds);
     }
+    if (o.afterRounds) await o.afterRounds(closures);
   } finally {
     await restoreStaging(stage, prod);
   }
