@@ -2,10 +2,8 @@
  * `CacheServer`: the staging role. Staging signs what it builds and serves its store to the
  * authorised production keys over SSH (`nix-store --serve` as user `nix-ssh`).
  */
-import * as crypto from "crypto";
-import * as path from "path";
 import * as pulumi from "@pulumi/pulumi";
-import { hostScript, resolveConnection } from "./host";
+import { digest, ResolvedHost, resolveHost, validateNow } from "./host";
 import { HostStep } from "./hostStep";
 import {
   renderAuthorizedKeys,
@@ -15,18 +13,24 @@ import {
   serveCommand,
   substituterUrl,
 } from "./render";
-import { Connection } from "./ssh";
-import { fileStep, hostFacts, probeStep } from "./steps";
-import { LocalFile } from "./trackedFile";
 import {
-  FragmentOptions,
-  FragmentsMode,
-  Protocol,
-  RebuildMode,
-  SigningKeyArgs,
-  StagingArgs,
-  SubstituterOptions,
-} from "./types";
+  canaryStep,
+  fileStep,
+  fragmentDefaults,
+  HostFacts,
+  nixosModuleSteps,
+  probeStep,
+  ResolvedFragmentOptions,
+  serveUserStep,
+  signingKeyStep,
+  SigningKeyResult,
+  signStoreStep,
+  StepContext,
+} from "./steps";
+import { FragmentOptions, HostArgs, Protocol, SigningKeyArgs, SubstituterOptions } from "./types";
+import { PlainCacheServerArgs, validateServerArgs } from "./validate";
+
+export { DEFAULT_FRAGMENT_PATH } from "./steps";
 
 /** Paths the plain-Linux path manages on staging. */
 export const STAGING_FILES = {
@@ -37,8 +41,6 @@ export const STAGING_FILES = {
 
 /** The default directory of the signing key: the seed tutorial's layout. */
 export const DEFAULT_KEY_DIRECTORY = "/etc/shipnix/binary";
-/** The default path of the generated NixOS module on a host. */
-export const DEFAULT_FRAGMENT_PATH = "/etc/nixos/nix-ssh-cache.nix";
 
 /**
  * Everything a production host needs to use a cache; one object, so a staging stack can export
@@ -81,8 +83,11 @@ export function signingKeyName(keyName: string, generation: number): string {
 
 /** Arguments of {@link CacheServer}. */
 export interface CacheServerArgs extends SubstituterOptions, FragmentOptions {
-  /** The staging host and how to reach it. */
-  host: StagingArgs;
+  /**
+   * The staging host and how to reach it.
+   * @example `{ connection: { host: "stage.yourapp.com", user: "ship", privateKey: cfg.requireSecret("sshKey") }, cacheHost: "stage.internal" }`
+   */
+  host: HostArgs;
   /**
    * SSH public keys allowed to substitute: each production host's root key (see
    * `ClientIdentity.publicKey`), or keys exported by production stacks.
@@ -131,7 +136,9 @@ export interface CacheServerArgs extends SubstituterOptions, FragmentOptions {
  * @example
  * ```ts
  * const server = new CacheServer("cache", {
- *   host: { host: "stage.yourapp.com", user: "ship", privateKey: cfg.requireSecret("sshKey") },
+ *   host: {
+ *     connection: { host: "stage.yourapp.com", user: "ship", privateKey: cfg.requireSecret("sshKey") },
+ *   },
  *   authorizedKeys: ["ssh-ed25519 AAAA... root@yourapp"],
  * });
  * export const coordinates = server.coordinates;
@@ -158,201 +165,51 @@ export class CacheServer extends pulumi.ComponentResource {
 
   constructor(name: string, args: CacheServerArgs, opts?: pulumi.ComponentResourceOptions) {
     super("nix-ssh-cache:index:CacheServer", name, {}, opts);
-    const child: pulumi.CustomResourceOptions = { parent: this };
-    const connection: pulumi.Output<Connection> = resolveConnection(args.host);
-    const hostName = pulumi.output(args.host.cacheHost ?? args.host.host);
-    const keyName = pulumi.output(args.keyName ?? hostName);
-    const keyDirectory = args.keyDirectory ?? DEFAULT_KEY_DIRECTORY;
-    const generation = args.signingKey?.generation ?? 0;
-    const previous = [...new Set(args.signingKey?.previousGenerations ?? [])].filter(
-      (g) => g !== generation,
-    );
-    const generations = [generation, ...previous];
-    // Staging signs with every generation in use: during a rotation's overlap a path then
-    // carries the old and the new signature, whichever side is updated first.
-    const keyFiles = generations.map((g) => signingKeyFiles(keyDirectory, g).privateKey);
-    const keyFile = keyFiles[0];
-    const protocol = args.protocol ?? "ssh";
-    const fragments = args.fragments ?? "remote";
-
-    const probe = probeStep(`${name}-probe`, connection, child);
-    const facts = hostFacts(probe);
-
-    const signingKeys = generations.map(
-      (g) =>
-        new HostStep(
-          g > 0 ? `${name}-signing-key-${g}` : `${name}-signing-key`,
-          {
-            connection,
-            step: g > 0 ? `signing key ${g}` : "signing key",
-            script: hostScript("signing-key"),
-            env: keyName.apply((k): Record<string, string> =>
-              g > 0
-                ? { KEY_NAME: signingKeyName(k, g), KEY_DIR: keyDirectory, KEY_GENERATION: `${g}` }
-                : { KEY_NAME: k, KEY_DIR: keyDirectory },
-            ),
-            readable: true,
-            removable: true,
-            removeEnv: { REMOVE_KEY: args.removeSigningKeyOnDestroy ? "1" : "0" },
-            driftKeys: ["publicKey"],
-            triggers: [],
-            timeoutSeconds: 120,
-          },
-          { ...child, dependsOn: [probe] },
-        ),
-    );
-    const signingKey = signingKeys[0];
-    this.cachePublicKey = signingKey.result.apply((r) => String(r.publicKey));
-    this.publicKeys = pulumi.all(
-      signingKeys.map((k) => k.result.apply((r) => String(r.publicKey))),
-    );
-
-    const clientKeys = pulumi
-      .output(args.authorizedKeys)
-      .apply((keys) => [...new Set(keys.map((k) => k.trim()))].sort());
-    this.module = clientKeys.apply((keys) =>
-      renderStagingModule({
-        clientKeys: keys,
-        secretKeyFile: keyFile,
-        previousSecretKeyFiles: keyFiles.slice(1),
-        write: args.write,
-        protocol,
-      }),
-    );
-
-    // Plain Linux: the equivalent of the NixOS module, applied file by file.
-    const serveUser = new HostStep(
-      `${name}-serve-user`,
-      {
-        connection,
-        step: "serve user",
-        script: hostScript("serve-user", "linux"),
-        env: { SERVE_USER: "nix-ssh" },
-        readable: false,
-        removable: true,
-        removeEnv: {},
-        driftKeys: [],
-        triggers: [],
-        timeoutSeconds: 60,
-      },
-      { ...child, dependsOn: [probe] },
-    );
-    const authorizedKeys = fileStep(
-      `${name}-authorized-keys`,
-      {
-        connection,
-        path: STAGING_FILES.authorizedKeys,
-        content: clientKeys.apply(renderAuthorizedKeys),
-        label: "authorized keys",
-        onlyOn: "linux",
-      },
-      { ...child, dependsOn: [serveUser] },
-    );
-    const sshdDropIn = fileStep(
-      `${name}-sshd`,
-      {
-        connection,
-        path: STAGING_FILES.sshdDropIn,
-        content: renderSshdMatchBlock({
-          user: "nix-ssh",
-          authorizedKeysFile: STAGING_FILES.authorizedKeys,
-          forceCommand: serveCommand(protocol, args.write ?? false),
-        }),
-        after: "sshd",
-        label: "sshd drop-in",
-        onlyOn: "linux",
-      },
-      { ...child, dependsOn: [authorizedKeys] },
-    );
-    const nixConf = fileStep(
-      `${name}-nix-conf`,
-      {
-        connection,
-        path: STAGING_FILES.nixConf,
-        content: renderNixConf({ secretKeyFiles: keyFiles }),
-        after: "nix",
-        label: "nix.conf include",
-        onlyOn: "linux",
-      },
-      { ...child, dependsOn: signingKeys },
-    );
-
-    // NixOS: the module, then nixos-rebuild.
-    const nixosSteps = nixosModuleSteps(name, {
-      connection,
-      module: this.module,
-      fragments,
-      fragmentPath: args.fragmentPath ?? DEFAULT_FRAGMENT_PATH,
-      localPath: path.join(args.localFragmentsDir ?? "nixos", `${name}.nix`),
-      rebuild: args.rebuild ?? "switch",
-      addImport: args.addImport ?? false,
-      dependsOn: [...signingKeys, probe],
-      parent: this,
+    // authorizedKeys are not known before the production hosts are read: checked now as far as
+    // known, later when rendered, so they never hold back staging's own steps.
+    const valid = validateNow(this, args as unknown as PlainCacheServerArgs, validateServerArgs, {
+      ...args,
+      authorizedKeys: undefined,
+    } as unknown as PlainCacheServerArgs);
+    const host = resolveHost(args.host, valid);
+    const s = serverSettings(name, args, host);
+    const at = (dependsOn: pulumi.Input<pulumi.Resource>[] = []): StepContext => ({
+      connection: host.connection,
+      opts: { parent: this, dependsOn },
     });
 
-    // After a rotation: add the current key's signature to every path already in the store, so
-    // they keep substituting once older keys are retired. Runs once signing is configured (paths
-    // built meanwhile are signed at build time), again whenever the current key changes.
-    const signStore =
-      generation > 0
-        ? [
-            new HostStep(
-              `${name}-sign-store-${generation}`,
-              {
-                connection,
-                step: `sign the store with key ${generation}`,
-                script: hostScript("sign-store"),
-                env: this.cachePublicKey.apply((k) => ({ KEY_FILE: keyFile, PUBLIC_KEY: k })),
-                readable: false,
-                removable: false,
-                removeEnv: {},
-                driftKeys: [],
-                triggers: [],
-                timeoutSeconds: 3600,
-              },
-              { ...child, dependsOn: [nixConf, ...nixosSteps] },
-            ),
-          ]
-        : [];
-
-    // The canary: built and signed once staging is configured; rebuilt when the keys change.
-    // Not when the authorised keys change: adding or removing a production host must not make
-    // every other host verify again.
-    const canaryTrigger = this.publicKeys.apply((keys) =>
-      crypto
-        .createHash("sha256")
-        .update(`${keys.join("\n")}\n${keyFiles.join("\n")}\n${protocol}`)
-        .digest("hex")
-        .slice(0, 16),
-    );
-    const canary = new HostStep(
+    const probe = probeStep(`${name}-probe`, at());
+    const keys = signingKeys(s, at([probe]));
+    this.cachePublicKey = keys[0].result.apply((r) => r.publicKey);
+    this.publicKeys = pulumi.all(keys.map((k) => k.result.apply((r) => r.publicKey)));
+    const clientKeys = pulumi
+      .output(args.authorizedKeys)
+      .apply((list) => [...new Set(list.map((k) => k.trim()))].sort());
+    this.module = stagingModule(s, clientKeys);
+    const linux = linuxSteps(s, at([probe]), clientKeys, keys);
+    const nixos = nixosModuleSteps(name, at([...keys, probe]), this.module, s.fragments);
+    const signStore = signStoreSteps(s, at([linux.nixConf, ...nixos]), this.cachePublicKey);
+    const canary = canaryStep(
       `${name}-canary`,
-      {
-        connection,
-        step: "canary build",
-        script: hostScript("canary"),
-        env: canaryTrigger.apply((nonce) => ({ NONCE: nonce })),
-        readable: false,
-        removable: false,
-        removeEnv: {},
-        driftKeys: [],
-        triggers: [],
-        timeoutSeconds: 300,
-      },
-      {
-        ...child,
-        dependsOn: [serveUser, authorizedKeys, sshdDropIn, nixConf, ...nixosSteps, ...signStore],
-      },
+      at([
+        linux.serveUser,
+        linux.authorizedKeys,
+        linux.sshd,
+        linux.nixConf,
+        ...nixos,
+        ...signStore,
+      ]),
+      canaryNonce(s, this.publicKeys),
     );
 
+    const facts: pulumi.Output<HostFacts> = probe.result;
     this.os = facts.os;
     this.hostKey = facts.hostKey;
-    const port = pulumi.output(args.host.port ?? 22);
-    this.substituterUrl = pulumi.all([hostName, port]).apply(([host, p]) =>
+    this.substituterUrl = pulumi.all([host.hostName, host.port]).apply(([h, port]) =>
       substituterUrl({
-        protocol,
-        host,
-        port: p,
+        protocol: s.protocol,
+        host: h,
+        port,
         params: {
           compress: args.compress,
           maxConnections: args.maxConnections,
@@ -361,14 +218,14 @@ export class CacheServer extends pulumi.ComponentResource {
       }),
     );
     this.coordinates = pulumi
-      .all([this.substituterUrl, this.publicKeys, hostName, port, facts, canary.result])
-      .apply(([url, publicKeys, host, p, f, c]) => ({
+      .all([this.substituterUrl, this.publicKeys, host.hostName, host.port, facts, canary.result])
+      .apply(([url, publicKeys, hostName, port, f, c]) => ({
         substituterUrl: url,
         publicKeys,
-        hostName: host,
-        port: p,
+        hostName,
+        port,
         hostKey: f.hostKey,
-        canaryPath: String(c.path),
+        canaryPath: c.path,
       }));
 
     this.registerOutputs({
@@ -383,60 +240,143 @@ export class CacheServer extends pulumi.ComponentResource {
   }
 }
 
-/** Arguments of {@link nixosModuleSteps}. */
-export interface NixosModuleStepsArgs {
-  connection: pulumi.Input<Connection>;
-  module: pulumi.Input<string>;
-  fragments: FragmentsMode;
-  fragmentPath: string;
-  localPath: string;
-  rebuild: RebuildMode;
-  addImport: boolean;
-  dependsOn: pulumi.Resource[];
-  parent: pulumi.Resource;
+/** CacheServer's arguments with the defaults applied. */
+interface ServerSettings {
+  name: string;
+  keyName: pulumi.Output<string>;
+  keyDirectory: string;
+  /** Current generation first, then the previous ones still in use. */
+  generations: number[];
+  /** Private key files of `generations`, in the same order. */
+  keyFiles: string[];
+  protocol: Protocol;
+  write: boolean;
+  removeSigningKeyOnDestroy: boolean;
+  fragments: ResolvedFragmentOptions;
+}
+
+function serverSettings(name: string, args: CacheServerArgs, host: ResolvedHost): ServerSettings {
+  const keyDirectory = args.keyDirectory ?? DEFAULT_KEY_DIRECTORY;
+  const generation = args.signingKey?.generation ?? 0;
+  const previous = [...new Set(args.signingKey?.previousGenerations ?? [])].filter(
+    (g) => g !== generation,
+  );
+  const generations = [generation, ...previous];
+  return {
+    name,
+    keyName: pulumi.output(args.keyName ?? host.hostName),
+    keyDirectory,
+    generations,
+    // Staging signs with every generation in use: during a rotation's overlap a path then
+    // carries the old and the new signature, whichever side is updated first.
+    keyFiles: generations.map((g) => signingKeyFiles(keyDirectory, g).privateKey),
+    protocol: args.protocol ?? "ssh",
+    write: args.write ?? false,
+    removeSigningKeyOnDestroy: args.removeSigningKeyOnDestroy ?? false,
+    fragments: fragmentDefaults(args),
+  };
+}
+
+/** One signing key step per generation in use, the current one first. */
+function signingKeys(s: ServerSettings, at: StepContext): HostStep<SigningKeyResult>[] {
+  return s.generations.map((g) =>
+    signingKeyStep(g > 0 ? `${s.name}-signing-key-${g}` : `${s.name}-signing-key`, at, {
+      keyName: s.keyName.apply((k) => signingKeyName(k, g)),
+      keyDirectory: s.keyDirectory,
+      generation: g,
+      removeOnDestroy: s.removeSigningKeyOnDestroy,
+    }),
+  );
+}
+
+/** The NixOS module for staging. */
+function stagingModule(
+  s: ServerSettings,
+  clientKeys: pulumi.Output<string[]>,
+): pulumi.Output<string> {
+  return clientKeys.apply((keys) =>
+    renderStagingModule({
+      clientKeys: keys,
+      secretKeyFile: s.keyFiles[0],
+      previousSecretKeyFiles: s.keyFiles.slice(1),
+      write: s.write,
+      protocol: s.protocol,
+    }),
+  );
+}
+
+/** Plain Linux: the equivalent of the NixOS module, applied file by file. */
+function linuxSteps(
+  s: ServerSettings,
+  at: StepContext,
+  clientKeys: pulumi.Output<string[]>,
+  keys: pulumi.Resource[],
+) {
+  const serveUser = serveUserStep(`${s.name}-serve-user`, at);
+  const after = (dependsOn: pulumi.Resource[]): StepContext => ({
+    connection: at.connection,
+    opts: { parent: at.opts.parent, dependsOn },
+  });
+  const authorizedKeys = fileStep(`${s.name}-authorized-keys`, after([serveUser]), {
+    path: STAGING_FILES.authorizedKeys,
+    content: clientKeys.apply(renderAuthorizedKeys),
+    label: "authorized keys",
+    onlyOn: "linux",
+  });
+  const sshdAt = after([authorizedKeys]);
+  sshdAt.opts.aliases = [{ name: `${s.name}-sshd` }];
+  const sshd = fileStep(`${s.name}-sshd-config`, sshdAt, {
+    path: STAGING_FILES.sshdDropIn,
+    content: renderSshdMatchBlock({
+      user: "nix-ssh",
+      authorizedKeysFile: STAGING_FILES.authorizedKeys,
+      forceCommand: serveCommand(s.protocol, s.write),
+    }),
+    after: "sshd",
+    label: "sshd drop-in",
+    onlyOn: "linux",
+  });
+  const nixConf = fileStep(`${s.name}-nix-conf`, after(keys), {
+    path: STAGING_FILES.nixConf,
+    content: renderNixConf({ secretKeyFiles: s.keyFiles }),
+    after: "nix",
+    label: "nix.conf include",
+    onlyOn: "linux",
+  });
+  return { serveUser, authorizedKeys, sshd, nixConf };
 }
 
 /**
- * The NixOS half of a role: the module written on the host (`"remote"`, then `nixos-rebuild`)
- * or into the operator's repository (`"local"`, deployed by the user). On plain Linux the host
- * steps report `skipped`.
+ * After a rotation: add the current key's signature to every path already in the store, so
+ * they keep substituting once older keys are retired. Runs once signing is configured (paths
+ * built meanwhile are signed at build time), again whenever the current key changes.
  */
-export function nixosModuleSteps(name: string, a: NixosModuleStepsArgs): pulumi.Resource[] {
-  const opts: pulumi.CustomResourceOptions = { parent: a.parent, dependsOn: a.dependsOn };
-  if (a.fragments === "local") {
-    return [new LocalFile(`${name}-module`, { path: a.localPath, content: a.module }, opts)];
-  }
-  if (a.fragments === "none") return [];
-  const moduleFile = fileStep(
-    `${name}-module`,
-    {
-      connection: a.connection,
-      path: a.fragmentPath,
-      content: a.module,
-      label: "NixOS module",
-      onlyOn: "nixos",
-    },
-    opts,
+function signStoreSteps(
+  s: ServerSettings,
+  at: StepContext,
+  publicKey: pulumi.Output<string>,
+): HostStep[] {
+  const generation = s.generations[0];
+  if (generation === 0) return [];
+  return [
+    signStoreStep(`${s.name}-sign-store-${generation}`, at, {
+      generation,
+      keyFile: s.keyFiles[0],
+      publicKey,
+    }),
+  ];
+}
+
+/**
+ * The canary is built and signed once staging is configured, and again when the keys or the
+ * protocol change. Not when the authorised keys change: adding or removing a production host
+ * must not make every other host verify again.
+ */
+function canaryNonce(
+  s: ServerSettings,
+  publicKeys: pulumi.Output<string[]>,
+): pulumi.Output<string> {
+  return publicKeys.apply((keys) =>
+    digest(`${keys.join("\n")}\n${s.keyFiles.join("\n")}\n${s.protocol}`),
   );
-  const rebuild = new HostStep(
-    `${name}-nixos-rebuild`,
-    {
-      connection: a.connection,
-      step: "nixos-rebuild",
-      script: hostScript("nixos-apply", "nixos"),
-      env: {
-        MODULE_PATH: a.fragmentPath,
-        REBUILD: a.rebuild,
-        ADD_IMPORT: a.addImport ? "1" : "0",
-      },
-      readable: false,
-      removable: false,
-      removeEnv: {},
-      driftKeys: [],
-      triggers: pulumi.output(a.module).apply((m) => [m]),
-      timeoutSeconds: 1800,
-    },
-    { parent: a.parent, dependsOn: [moduleFile] },
-  );
-  return [moduleFile, rebuild];
 }

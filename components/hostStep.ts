@@ -8,7 +8,12 @@
  *
  * Scripts follow the contract in `components/remote/README.md`: inputs in environment variables,
  * `ACTION=apply|read|remove`, the last stdout line is one JSON object.
+ *
+ * How a host is reached (`connection`) and how long a run may take (`timeoutSeconds`) are not
+ * part of what a step does: when only they change, `update` proves the new connection with one
+ * login and stores it, without running the step again.
  */
+import * as crypto from "crypto";
 import * as pulumi from "@pulumi/pulumi";
 import { Connection, runJsonScript } from "./ssh";
 
@@ -16,10 +21,14 @@ import { Connection, runJsonScript } from "./ssh";
 export interface HostStepProps {
   /** Where to run. */
   connection: Connection;
-  /** Label used in messages and ids, e.g. `signing key`. */
+  /** The resource's name, also its id, e.g. `cache-staging-sshd-config`. */
+  name: string;
+  /** Label used in messages, e.g. `sshd drop-in /etc/ssh/sshd_config.d/nix-ssh-cache.conf`. */
   step: string;
-  /** The full script body (lib.sh + step script). */
+  /** The full script body (lib.sh + step script); a secret, so previews show the digest. */
   script: string;
+  /** SHA-256 of `script` (16 hex digits): what a diff shows when the script changes. */
+  scriptDigest: string;
   /** Inputs of the script. */
   env: Record<string, string>;
   /** Whether the script supports `ACTION=read` (refresh observes the host). */
@@ -37,20 +46,72 @@ export interface HostStepProps {
 }
 
 /** Outputs: the inputs plus what the host reported. */
-export interface HostStepOutputs extends HostStepProps {
+export interface HostStepOutputs<R = Record<string, unknown>> extends HostStepProps {
   /** The JSON object the script printed last. */
-  result: Record<string, unknown>;
+  result: R;
   /** True after a refresh observed a result different from the last applied one. */
   drifted: boolean;
 }
 
-/** Inputs of {@link HostStep}, as Pulumi inputs. */
-export type HostStepArgs = {
-  [K in keyof HostStepProps]: pulumi.Input<HostStepProps[K]>;
-};
+/**
+ * Inputs of {@link HostStep}. Only `connection`, `step` and `script` are required.
+ *
+ * @example
+ * ```ts
+ * new HostStep("web-uptime", { connection, step: "uptime", script: "uptime; echo '{}'" });
+ * ```
+ */
+export interface HostStepArgs {
+  /** Where to run (a resolved connection). */
+  connection: pulumi.Input<Connection>;
+  /** Label used in messages. */
+  step: string;
+  /** The full script body. */
+  script: pulumi.Input<string>;
+  /** Inputs of the script. @defaultValue `{}` */
+  env?: pulumi.Input<Record<string, pulumi.Input<string>>>;
+  /** The script supports `ACTION=read`. @defaultValue `false` */
+  readable?: boolean;
+  /** The script supports `ACTION=remove`. @defaultValue `false` */
+  removable?: boolean;
+  /** Extra inputs for `ACTION=remove`. @defaultValue `{}` */
+  removeEnv?: pulumi.Input<Record<string, string>>;
+  /** Result keys a refresh compares to detect drift. @defaultValue `[]` */
+  driftKeys?: string[];
+  /** Values whose change re-runs the step. @defaultValue `[]` */
+  triggers?: pulumi.Input<pulumi.Input<string>[]>;
+  /** Timeout of one run, in seconds. @defaultValue `300` */
+  timeoutSeconds?: number;
+}
+
+/** Inputs whose change re-runs the step (everything but the transport and the labels). */
+const WORK: (keyof HostStepProps)[] = [
+  "scriptDigest",
+  "env",
+  "readable",
+  "removable",
+  "removeEnv",
+  "driftKeys",
+  "triggers",
+];
 
 function sameJson(a: unknown, b: unknown): boolean {
   return JSON.stringify(a ?? null) === JSON.stringify(b ?? null);
+}
+
+/** The digest of the script a state holds (states before the digest existed: of its body). */
+function scriptDigestOf(props: HostStepProps): string {
+  if (props.scriptDigest) return props.scriptDigest;
+  // Required here, not imported: this code is serialized into the dynamic provider.
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const c = require("crypto") as typeof import("crypto");
+  return c.createHash("sha256").update(props.script).digest("hex").slice(0, 16);
+}
+
+/** Inputs that differ in a way that needs the step to run again. */
+function workChanges(olds: HostStepOutputs, news: HostStepProps): string[] {
+  const old = { ...olds, scriptDigest: scriptDigestOf(olds) };
+  return WORK.filter((k) => !sameJson(old[k], news[k]));
 }
 
 async function apply(props: HostStepProps): Promise<Record<string, unknown>> {
@@ -65,29 +126,20 @@ async function apply(props: HostStepProps): Promise<Record<string, unknown>> {
 export const hostStepProvider: pulumi.dynamic.ResourceProvider = {
   async create(inputs: HostStepProps) {
     const result = await apply(inputs);
-    const id = `${inputs.connection.host}/${inputs.step}/${Date.now().toString(36)}`;
     const outs: HostStepOutputs = { ...inputs, result, drifted: false };
-    return { id, outs };
+    return { id: inputs.name || `${inputs.connection.host}/${inputs.step}`, outs };
   },
 
   async diff(_id: string, olds: HostStepOutputs, news: HostStepProps) {
-    const compared: (keyof HostStepProps)[] = [
-      "step",
-      "script",
-      "env",
-      "readable",
-      "removable",
-      "removeEnv",
-      "driftKeys",
-      "triggers",
-      "timeoutSeconds",
-    ];
-    const changes: string[] = compared.filter((k) => !sameJson(olds[k], news[k]));
+    const changes = workChanges(olds, news);
     const oc = olds.connection;
     const nc = news.connection;
     const replaces: string[] = [];
     if (oc.host !== nc.host || oc.port !== nc.port) replaces.push("connection");
     else if (!sameJson(oc, nc)) changes.push("connection");
+    for (const k of ["step", "name", "timeoutSeconds"] as const) {
+      if (!sameJson(olds[k], news[k])) changes.push(k);
+    }
     if (olds.drifted) changes.push("result");
     return {
       changes: changes.length > 0 || replaces.length > 0,
@@ -96,9 +148,21 @@ export const hostStepProvider: pulumi.dynamic.ResourceProvider = {
     };
   },
 
-  async update(_id: string, _olds: HostStepOutputs, news: HostStepProps) {
-    const result = await apply(news);
-    const outs: HostStepOutputs = { ...news, result, drifted: false };
+  async update(_id: string, olds: HostStepOutputs, news: HostStepProps) {
+    if (workChanges(olds, news).length > 0 || olds.drifted) {
+      const result = await apply(news);
+      const outs: HostStepOutputs = { ...news, result, drifted: false };
+      return { outs };
+    }
+    // Only the transport (or a label) changed: the host is as it was. Prove the new connection
+    // works (one login per host: the pool shares it between steps), then store it.
+    if (JSON.stringify(olds.connection) !== JSON.stringify(news.connection)) {
+      await runJsonScript(news.connection, `printf '{}\\n'`, {
+        step: `${news.step} (new connection)`,
+        timeoutMs: news.timeoutSeconds * 1000,
+      });
+    }
+    const outs: HostStepOutputs = { ...news, result: olds.result, drifted: false };
     return { outs };
   },
 
@@ -131,23 +195,44 @@ export const hostStepProvider: pulumi.dynamic.ResourceProvider = {
 };
 
 /**
- * One idempotent, re-observable step on a host. The connection (with its private key) is kept
- * secret in the state; `result` is what the host reported and never holds private material.
+ * One idempotent, re-observable step on a host, typed by what its script reports (`R`). The
+ * connection (with its private key) and the script body are secret in the state; a diff shows
+ * `scriptDigest` instead of the body. `result` is what the host reported and never holds private
+ * material.
  */
-export class HostStep extends pulumi.dynamic.Resource {
+export class HostStep<R = Record<string, unknown>> extends pulumi.dynamic.Resource {
   /** The JSON object the step's script printed last. */
-  declare public readonly result: pulumi.Output<Record<string, unknown>>;
+  declare public readonly result: pulumi.Output<R>;
   /** True when a refresh saw the host differ from the last apply (the next `up` repairs it). */
   declare public readonly drifted: pulumi.Output<boolean>;
 
   constructor(name: string, args: HostStepArgs, opts?: pulumi.CustomResourceOptions) {
+    const script = pulumi.output(args.script);
+    const props: pulumi.Inputs = {
+      connection: args.connection,
+      name,
+      step: args.step,
+      script: pulumi.secret(script),
+      scriptDigest: pulumi.unsecret(
+        script.apply((s) => crypto.createHash("sha256").update(s).digest("hex").slice(0, 16)),
+      ),
+      env: args.env ?? {},
+      readable: args.readable ?? false,
+      removable: args.removable ?? false,
+      removeEnv: args.removeEnv ?? {},
+      driftKeys: args.driftKeys ?? [],
+      triggers: args.triggers ?? [],
+      timeoutSeconds: args.timeoutSeconds ?? 300,
+      result: undefined,
+      drifted: undefined,
+    };
     super(
       hostStepProvider,
       name,
-      { ...args, result: undefined, drifted: undefined },
+      props,
       {
         ...opts,
-        additionalSecretOutputs: ["connection", ...(opts?.additionalSecretOutputs ?? [])],
+        additionalSecretOutputs: ["connection", "script", ...(opts?.additionalSecretOutputs ?? [])],
       },
       "nix-ssh-cache",
       "HostStep",

@@ -7,8 +7,11 @@
  */
 import { Client, ClientChannel, ConnectConfig } from "ssh2";
 
-/** A resolved connection to one host (plain values; the private key is a secret upstream). */
-export interface Connection {
+/**
+ * A resolved hop (plain values; the private key is a secret upstream). Field names are those of
+ * `@pulumi/command`'s `types.input.remote.ConnectionArgs`.
+ */
+export interface ProxyConnection {
   /** DNS name or IP address the operator connects to. */
   host: string;
   /** SSH port. */
@@ -17,10 +20,24 @@ export interface Connection {
   user: string;
   /** OpenSSH or PEM private key text. */
   privateKey?: string;
+  /** Passphrase of an encrypted `privateKey`. */
+  privateKeyPassword?: string;
   /** Password, when no private key is used. */
   password?: string;
+  /** ssh-agent socket. */
+  agentSocketPath?: string;
   /** Pinned host public key line (`ssh-ed25519 AAAA...`); when set, any other host key is refused. */
   hostKey?: string;
+  /** Dial attempts before giving up (`-1`: no limit; `@pulumi/command`'s default 10). */
+  dialErrorLimit?: number;
+  /** Seconds per dial attempt (`@pulumi/command`'s default 15). */
+  perDialTimeout?: number;
+}
+
+/** A resolved connection to one host, possibly through a jump host. */
+export interface Connection extends ProxyConnection {
+  /** Jump host the connection is forwarded through. */
+  proxy?: ProxyConnection;
   /** `"sudo"` runs the script through `sudo -n`; `"none"` runs it as the login user. */
   become: "sudo" | "none";
 }

@@ -1,7 +1,8 @@
 # shellcheck shell=bash
 # file.sh: one managed file on a host (a config fragment), with an optional hook.
-# Inputs: ACTION=apply|read|remove, FILE_PATH (absolute), FILE_CONTENT_B64 (apply; base64 of the
-#   exact content), FILE_MODE (apply; e.g. 0644), FILE_OWNER (apply; e.g. root:root),
+# Inputs: ACTION=apply|read|remove, FILE_PATH (absolute), FILE_CONTENT (apply; the exact content,
+#   plain text) or FILE_CONTENT_B64 (apply; base64 of it), FILE_MODE (apply; e.g. 0644),
+#   FILE_OWNER (apply; e.g. root:root),
 #   AFTER=none|sshd|nix (apply/remove; default none).
 # Output (apply):  {"exists":true,"sha256":"<hex>","changed":bool}
 # Output (read):   {"exists":true,"contentB64":"...","sha256":"...","mode":"644","owner":"root:root"}
@@ -11,7 +12,9 @@
 nsc_require_env ACTION FILE_PATH
 # keep a large content out of the environment of every child process (exec limits)
 content_b64=${FILE_CONTENT_B64:-}
-export -n FILE_CONTENT_B64 2>/dev/null || true
+content_plain=${FILE_CONTENT-}
+has_plain=${FILE_CONTENT+1}
+export -n FILE_CONTENT_B64 FILE_CONTENT 2>/dev/null || true
 after=${AFTER:-none}
 case "$FILE_PATH" in /*) ;; *) nsc_die "file path must be absolute, got '${FILE_PATH}'" ;; esac
 case "$after" in none | sshd | nix) ;; *) nsc_die "internal error: AFTER must be none, sshd or nix, got '${after}'" ;; esac
@@ -89,8 +92,12 @@ apply)
   backup=""
   cleanup() { rm -f -- "$new" ${backup:+"$backup"}; }
   trap cleanup EXIT
-  printf '%s' "$content_b64" | base64 -d >"$new" 2>/dev/null ||
-    nsc_die "internal error: FILE_CONTENT_B64 for ${FILE_PATH} is not valid base64"
+  if [ -n "$has_plain" ]; then
+    printf '%s' "$content_plain" >"$new"
+  else
+    printf '%s' "$content_b64" | base64 -d >"$new" 2>/dev/null ||
+      nsc_die "internal error: FILE_CONTENT_B64 for ${FILE_PATH} is not valid base64"
+  fi
   content_changed=false
   attrs_changed=false
   if [ ! -f "$FILE_PATH" ] || ! cmp -s -- "$new" "$FILE_PATH"; then

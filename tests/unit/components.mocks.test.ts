@@ -94,10 +94,13 @@ function envOf(name: string): Record<string, string> {
 
 function fileContent(name: string): string {
   const env = envOf(name);
-  return Buffer.from(env.FILE_CONTENT_B64, "base64").toString("utf8");
+  return env.FILE_CONTENT;
 }
 
-const host = (h: string, name: string) => ({ host: h, name, privateKey: FAKE_PRIVATE_KEY });
+const host = (h: string, name: string) => ({
+  connection: { host: h, privateKey: FAKE_PRIVATE_KEY },
+  name,
+});
 
 describe('NixSshCache with clientIdentity: "dedicated" (mocks)', () => {
   let cache: import("../../components").NixSshCache;
@@ -107,7 +110,7 @@ describe('NixSshCache with clientIdentity: "dedicated" (mocks)', () => {
     cache = new NixSshCache(
       "cache",
       {
-        staging: { host: "stage.test", privateKey: FAKE_PRIVATE_KEY },
+        staging: { connection: { host: "stage.test", privateKey: FAKE_PRIVATE_KEY } },
         production: [host("prod1.test", "prod1"), host("prod2.test", "prod2")],
         clientIdentity: "dedicated",
         authorizedKeys: [ED25519_KEY],
@@ -128,8 +131,8 @@ describe('NixSshCache with clientIdentity: "dedicated" (mocks)', () => {
   it("makes one ED25519 tls.PrivateKey per production host, and no root-key steps", () => {
     const keys = seen.filter((s) => s.type === "tls:index/privateKey:PrivateKey");
     assert.deepEqual(keys.map((k) => k.name).sort(), [
-      "cache-prod1-client-key",
-      "cache-prod2-client-key",
+      "cache-prod1-identity-key",
+      "cache-prod2-identity-key",
     ]);
     for (const k of keys) assert.equal(k.inputs.algorithm, "ED25519");
     assert.ok(!seen.some((s) => s.name.endsWith("-root-key")), "root keys must not be read");
@@ -137,7 +140,7 @@ describe('NixSshCache with clientIdentity: "dedicated" (mocks)', () => {
 
   it("staging authorises the tls public keys (plus authorizedKeys), before any host is reached", async () => {
     const authorized = fileContent("cache-staging-authorized-keys");
-    for (const n of ["cache-prod1-client-key", "cache-prod2-client-key"]) {
+    for (const n of ["cache-prod1-identity-key", "cache-prod2-identity-key"]) {
       assert.ok(authorized.includes(TLS_PUBLIC(n).trim()), `${n} is not authorised`);
     }
     assert.ok(authorized.includes(ED25519_KEY.split(" ")[1]), "authorizedKeys entry missing");
@@ -145,27 +148,30 @@ describe('NixSshCache with clientIdentity: "dedicated" (mocks)', () => {
     assert.deepEqual(
       [...(await promiseOf(cache.productionRootKeys))].sort(),
       [
-        TLS_PUBLIC("cache-prod1-client-key").trim(),
-        TLS_PUBLIC("cache-prod2-client-key").trim(),
+        TLS_PUBLIC("cache-prod1-identity-key").trim(),
+        TLS_PUBLIC("cache-prod2-identity-key").trim(),
       ].sort(),
     );
   });
 
   it("installs the private key root-only at /etc/nix/nix-ssh-cache/id_ed25519", () => {
-    const env = envOf("cache-prod1-client-key-file");
+    const env = envOf("cache-prod1-identity-key-file");
     assert.equal(env.FILE_PATH, "/etc/nix/nix-ssh-cache/id_ed25519");
     assert.equal(env.FILE_MODE, "0600");
     assert.equal(env.FILE_OWNER, "root:root");
-    assert.equal(fileContent("cache-prod1-client-key-file"), TLS_PRIVATE("cache-prod1-client-key"));
+    assert.equal(
+      fileContent("cache-prod1-identity-key-file"),
+      TLS_PRIVATE("cache-prod1-identity-key"),
+    );
   });
 
   it("keeps the private key secret: the key file's env is a secret input and a secret output", async () => {
-    const raw = seen.find((s) => s.name === "cache-prod1-client-key-file")!.inputs.env;
+    const raw = seen.find((s) => s.name === "cache-prod1-identity-key-file")!.inputs.env;
     assert.ok(
       raw && typeof raw === "object" && SECRET_SIG in raw,
       "env must reach the engine as a secret",
     );
-    const keyFile = registered.find((r) => r.name === "cache-prod1-client-key-file");
+    const keyFile = registered.find((r) => r.name === "cache-prod1-identity-key-file");
     assert.ok(keyFile, "key file step not registered");
     assert.ok(
       (keyFile.opts as pulumi.CustomResourceOptions).additionalSecretOutputs?.includes("env"),
@@ -175,16 +181,16 @@ describe('NixSshCache with clientIdentity: "dedicated" (mocks)', () => {
   });
 
   it("the private key reaches no other resource", () => {
-    const secret = "secret-of-cache-prod1-client-key";
+    const secret = "secret-of-cache-prod1-identity-key";
     const leaks = seen
       .filter(
-        (s) => s.name !== "cache-prod1-client-key-file" && s.name !== "cache-prod1-client-key",
+        (s) => s.name !== "cache-prod1-identity-key-file" && s.name !== "cache-prod1-identity-key",
       )
       .filter(
         (s) =>
           JSON.stringify(s.inputs).includes(secret) ||
           JSON.stringify(s.inputs).includes(
-            Buffer.from(TLS_PRIVATE("cache-prod1-client-key")).toString("base64"),
+            Buffer.from(TLS_PRIVATE("cache-prod1-identity-key")).toString("base64"),
           ),
       );
     assert.deepEqual(
@@ -211,7 +217,7 @@ describe("CacheServer signing key generations (mocks)", () => {
   before(async () => {
     const { CacheServer } = await import("../../components");
     server = new CacheServer("gen", {
-      host: { host: "stage.test", privateKey: FAKE_PRIVATE_KEY },
+      host: { connection: { host: "stage.test", privateKey: FAKE_PRIVATE_KEY } },
       authorizedKeys: [ED25519_KEY],
       signingKey: { generation: 2, previousGenerations: [0] },
     });
