@@ -14,6 +14,8 @@ import {
   substituterUrl,
 } from "./render";
 import {
+  AuthorizedKeysResult,
+  authorizedKeysStep,
   canaryStep,
   fileStep,
   fragmentDefaults,
@@ -89,11 +91,21 @@ export interface CacheServerArgs extends SubstituterOptions, FragmentOptions {
    */
   host: HostArgs;
   /**
-   * SSH public keys allowed to substitute: each production host's root key (see
-   * `ClientIdentity.publicKey`), or keys exported by production stacks.
-   * @example `[prod1.publicKey, "ssh-ed25519 AAAA... root@prod2"]`
+   * Production hosts' SSH public keys by host name (e.g. `ClientIdentity.publicKey`), each
+   * authorised on its own (child `<name>-authorize-<host>`): a host not reached yet holds back
+   * neither staging nor any other host. A client that must wait for its own key uses
+   * {@link CacheServer.coordinatesFor}.
+   * @defaultValue `{}`
+   * @example `{ web: webIdentity.publicKey, db: "ssh-ed25519 AAAA... root@db" }`
    */
-  authorizedKeys: pulumi.Input<pulumi.Input<string>[]>;
+  clients?: Record<string, pulumi.Input<string>>;
+  /**
+   * More SSH public keys allowed to substitute, authorised together (child
+   * `<name>-authorized-keys`): e.g. keys exported by production stacks.
+   * @defaultValue `[]`
+   * @example `[new pulumi.StackReference("org/web/prod").requireOutput("rootKey")]`
+   */
+  authorizedKeys?: pulumi.Input<pulumi.Input<string>[]>;
   /**
    * Name of the signing key, as in `nix-store --generate-binary-cache-key NAME`.
    * @defaultValue `cacheHost`, else `host`
@@ -162,6 +174,8 @@ export class CacheServer extends pulumi.ComponentResource {
   public readonly os: pulumi.Output<string>;
   /** All a client needs (see {@link CacheCoordinates}); ready once staging is fully configured. */
   public readonly coordinates: pulumi.Output<CacheCoordinates>;
+  /** The authorisation of each of `clients`, by name. */
+  private readonly authorizations: Record<string, HostStep<AuthorizedKeysResult>>;
 
   constructor(name: string, args: CacheServerArgs, opts?: pulumi.ComponentResourceOptions) {
     super("nix-ssh-cache:index:CacheServer", name, {}, opts);
@@ -182,23 +196,15 @@ export class CacheServer extends pulumi.ComponentResource {
     const keys = signingKeys(s, at([probe]));
     this.cachePublicKey = keys[0].result.apply((r) => r.publicKey);
     this.publicKeys = pulumi.all(keys.map((k) => k.result.apply((r) => r.publicKey)));
-    const clientKeys = pulumi
-      .output(args.authorizedKeys)
-      .apply((list) => [...new Set(list.map((k) => k.trim()))].sort());
-    this.module = stagingModule(s, clientKeys);
-    const linux = linuxSteps(s, at([probe]), clientKeys, keys);
+    this.authorizations = authorizeClients(s, at([probe]), args.clients ?? {});
+    const extraKeys = authorizeKeys(s, at([probe]), args.authorizedKeys);
+    this.module = stagingModule(s);
+    const linux = linuxSteps(s, at([probe]), keys);
     const nixos = nixosModuleSteps(name, at([...keys, probe]), this.module, s.fragments);
     const signStore = signStoreSteps(s, at([linux.nixConf, ...nixos]), this.cachePublicKey);
     const canary = canaryStep(
       `${name}-canary`,
-      at([
-        linux.serveUser,
-        linux.authorizedKeys,
-        linux.sshd,
-        linux.nixConf,
-        ...nixos,
-        ...signStore,
-      ]),
+      at([linux.serveUser, linux.sshd, linux.nixConf, ...nixos, ...signStore, ...extraKeys]),
       canaryNonce(s, this.publicKeys),
     );
 
@@ -238,6 +244,49 @@ export class CacheServer extends pulumi.ComponentResource {
       coordinates: this.coordinates,
     });
   }
+
+  /**
+   * The coordinates, once the key of `client` (a name in `clients`) is authorised too: what
+   * that client's `CacheClient` takes as `cache`.
+   */
+  public coordinatesFor(client: string): pulumi.Output<CacheCoordinates> {
+    const authorized = this.authorizations[client];
+    if (!authorized) return this.coordinates;
+    return pulumi.all([this.coordinates, authorized.result]).apply(([c]) => c);
+  }
+}
+
+/** One entry in the serve user's keys file per client: each waits only for its own key. */
+function authorizeClients(
+  s: ServerSettings,
+  at: StepContext,
+  clients: Record<string, pulumi.Input<string>>,
+): Record<string, HostStep<AuthorizedKeysResult>> {
+  const steps: Record<string, HostStep<AuthorizedKeysResult>> = {};
+  for (const [client, key] of Object.entries(clients)) {
+    steps[client] = authorizedKeysStep(`${s.name}-authorize-${client}`, at, {
+      file: STAGING_FILES.authorizedKeys,
+      entry: `client-${client}`,
+      lines: pulumi.output(key).apply((k) => renderAuthorizedKeys([k])),
+    });
+  }
+  return steps;
+}
+
+/** The extra keys, together in one entry (the child name of the former whole-file step). */
+function authorizeKeys(
+  s: ServerSettings,
+  at: StepContext,
+  keys: CacheServerArgs["authorizedKeys"],
+): HostStep<AuthorizedKeysResult>[] {
+  if (keys === undefined) return [];
+  return [
+    authorizedKeysStep(`${s.name}-authorized-keys`, at, {
+      file: STAGING_FILES.authorizedKeys,
+      entry: "keys",
+      lines: pulumi.output(keys).apply((list) => renderAuthorizedKeys(list)),
+    }),
+  ];
 }
 
 /** CacheServer's arguments with the defaults applied. */
@@ -289,41 +338,31 @@ function signingKeys(s: ServerSettings, at: StepContext): HostStep<SigningKeyRes
   );
 }
 
-/** The NixOS module for staging. */
-function stagingModule(
-  s: ServerSettings,
-  clientKeys: pulumi.Output<string[]>,
-): pulumi.Output<string> {
-  return clientKeys.apply((keys) =>
+/**
+ * The NixOS module for staging. The production keys are not in it: sshd reads them from the
+ * keys file the authorisation steps manage, so the module waits for no production host.
+ */
+function stagingModule(s: ServerSettings): pulumi.Output<string> {
+  return pulumi.output(
     renderStagingModule({
-      clientKeys: keys,
+      clientKeys: [],
       secretKeyFile: s.keyFiles[0],
       previousSecretKeyFiles: s.keyFiles.slice(1),
       write: s.write,
       protocol: s.protocol,
+      authorizedKeysFile: STAGING_FILES.authorizedKeys,
     }),
   );
 }
 
 /** Plain Linux: the equivalent of the NixOS module, applied file by file. */
-function linuxSteps(
-  s: ServerSettings,
-  at: StepContext,
-  clientKeys: pulumi.Output<string[]>,
-  keys: pulumi.Resource[],
-) {
+function linuxSteps(s: ServerSettings, at: StepContext, keys: pulumi.Resource[]) {
   const serveUser = serveUserStep(`${s.name}-serve-user`, at);
   const after = (dependsOn: pulumi.Resource[]): StepContext => ({
     connection: at.connection,
     opts: { parent: at.opts.parent, dependsOn },
   });
-  const authorizedKeys = fileStep(`${s.name}-authorized-keys`, after([serveUser]), {
-    path: STAGING_FILES.authorizedKeys,
-    content: clientKeys.apply(renderAuthorizedKeys),
-    label: "authorized keys",
-    onlyOn: "linux",
-  });
-  const sshdAt = after([authorizedKeys]);
+  const sshdAt = after([serveUser]);
   sshdAt.opts.aliases = [{ name: `${s.name}-sshd` }];
   const sshd = fileStep(`${s.name}-sshd-config`, sshdAt, {
     path: STAGING_FILES.sshdDropIn,
@@ -343,7 +382,7 @@ function linuxSteps(
     label: "nix.conf include",
     onlyOn: "linux",
   });
-  return { serveUser, authorizedKeys, sshd, nixConf };
+  return { serveUser, sshd, nixConf };
 }
 
 /**

@@ -142,12 +142,18 @@ export class NixSshCache extends pulumi.ComponentResource {
 
     const identities = this.identities(name, args, names);
     this.productionRootKeys = pulumi.all(identities.map((id) => id.publicKey));
-    this.server = this.staging(name, args, identities);
+    this.server = this.staging(name, args, identities, names);
     this.clients = args.production.map(
       (p, i) =>
         new CacheClient(
           `${name}-${names[i]}`,
-          { host: p, cache: this.server.coordinates, identity: identities[i], ...fragments(args) },
+          {
+            host: p,
+            // staging configured and this host's key authorised: no other host's key awaited
+            cache: this.server.coordinatesFor(names[i]),
+            identity: identities[i],
+            ...fragments(args),
+          },
           { parent: this },
         ),
     );
@@ -197,19 +203,19 @@ export class NixSshCache extends pulumi.ComponentResource {
     );
   }
 
-  /** Phase: staging, authorising every production identity and the extra keys. */
-  private staging(name: string, args: NixSshCacheArgs, identities: ClientIdentity[]): CacheServer {
-    const authorizedKeys = pulumi
-      .all([
-        pulumi.all(identities.map((id) => id.publicKey)),
-        pulumi.output(args.authorizedKeys ?? []),
-      ])
-      .apply(([own, extra]) => [...own, ...extra]);
+  /** Phase: staging, authorising each production identity on its own, and the extra keys. */
+  private staging(
+    name: string,
+    args: NixSshCacheArgs,
+    identities: ClientIdentity[],
+    names: string[],
+  ): CacheServer {
     return new CacheServer(
       `${name}-staging`,
       {
         host: args.staging,
-        authorizedKeys,
+        clients: Object.fromEntries(names.map((n, i) => [n, identities[i].publicKey])),
+        authorizedKeys: args.authorizedKeys,
         keyName: args.keyName,
         signingKey: args.signingKey,
         compress: args.compress,

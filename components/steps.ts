@@ -177,6 +177,40 @@ export function signingKeyStep(
   );
 }
 
+/** What `authorized-keys.sh` reports: the entry's lines in the serve user's keys file. */
+export interface AuthorizedKeysResult {
+  entry: string;
+  lines: number;
+  sha256: string;
+}
+
+/**
+ * The key lines of one entry (e.g. one production host) in staging's shared authorized_keys
+ * file, kept apart from the other entries' lines: one host's key waits for no other host.
+ */
+export function authorizedKeysStep(
+  name: string,
+  at: StepContext,
+  a: { file: string; entry: string; lines: pulumi.Input<string> },
+): HostStep<AuthorizedKeysResult> {
+  return new HostStep<AuthorizedKeysResult>(
+    name,
+    {
+      connection: at.connection,
+      step: `authorise ${a.entry} in ${a.file}`,
+      script: hostScript("authorized-keys"),
+      env: pulumi
+        .output(a.lines)
+        .apply((keys) => ({ KEYS_FILE: a.file, KEYS_ENTRY: a.entry, KEYS: keys })),
+      readable: true,
+      removable: true,
+      driftKeys: ["sha256"],
+      timeoutSeconds: 60,
+    },
+    at.opts,
+  );
+}
+
 /** Plain Linux: the user `nix-ssh` that serves the store (removed on delete). */
 export function serveUserStep(name: string, at: StepContext): HostStep {
   return new HostStep(

@@ -93,8 +93,10 @@ export interface PlainServerOptions extends PlainRoleOptions {
   maxConnections?: number;
   /** Substituter URL `priority=`. */
   priority?: number;
-  /** SSH public keys authorised on staging (a list, or keys by name). */
-  authorizedKeys?: Now<Now<string>[] | Record<string, Now<string>>>;
+  /** Extra SSH public keys authorised on staging. */
+  authorizedKeys?: Now<Now<string>[]>;
+  /** Production hosts' keys by name, each authorised on its own. */
+  clients?: Record<string, Now<string>>;
 }
 
 /** All NixSshCache arguments, resolved to plain values (the input of {@link validateArgs}). */
@@ -458,16 +460,28 @@ function checkBoolean(value: unknown, field: string, where: string, problems: st
 }
 
 function checkAuthorizedKeys(
-  keys: PlainServerOptions["authorizedKeys"],
+  keys: Now<Now<string>[]> | Record<string, Now<string>> | undefined,
+  field: "authorizedKeys" | "clients",
   where: string,
   problems: string[],
 ): void {
   if (!known(keys)) return;
-  if (!Array.isArray(keys) && !isObject(keys)) {
+  if (field === "authorizedKeys" ? !Array.isArray(keys) : !isObject(keys)) {
     problems.push(
-      `authorizedKeys (${show(keys)}${where}): must be a list of SSH public key lines, or such lines by name`,
+      field === "authorizedKeys"
+        ? `authorizedKeys (${show(keys)}${where}): must be a list of SSH public key lines`
+        : `clients (${show(keys)}${where}): must be an object of SSH public key lines by host name, e.g. { web: "ssh-ed25519 AAAA..." }`,
     );
     return;
+  }
+  if (field === "clients") {
+    for (const n of Object.keys(keys)) {
+      if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/.test(n)) {
+        problems.push(
+          `clients.${n} (${show(n)}${where}): a client name must be 1-63 letters, digits, ".", "_" or "-", starting with a letter or digit, e.g. "web1"`,
+        );
+      }
+    }
   }
   const entries = Array.isArray(keys)
     ? keys.map((k, i): [string, unknown] => [`[${i}]`, k])
@@ -479,7 +493,7 @@ function checkAuthorizedKeys(
       parsePublicKeyLine(k);
     } catch (e) {
       problems.push(
-        `authorizedKeys${at} (${show(k)}${where}): not a valid SSH public key: ${(e as Error).message}; give a line like "ssh-ed25519 AAAA... root@prod1"`,
+        `${field}${at} (${show(k)}${where}): not a valid SSH public key: ${(e as Error).message}; give a line like "ssh-ed25519 AAAA... root@prod1"`,
       );
     }
   }
@@ -501,7 +515,8 @@ function checkServerOptions(args: PlainServerOptions, where: string, problems: s
   checkBoolean(args?.write, "write", where, problems);
   checkSigningKey(args?.signingKey, where, problems);
   checkSubstituterOptions(args, where, problems);
-  checkAuthorizedKeys(args?.authorizedKeys, where, problems);
+  checkAuthorizedKeys(args?.authorizedKeys, "authorizedKeys", where, problems);
+  checkAuthorizedKeys(args?.clients, "clients", where, problems);
 }
 
 /** `, staging host "…"` for messages about options, when the host is known. */

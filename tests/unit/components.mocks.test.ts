@@ -138,19 +138,32 @@ describe('NixSshCache with clientIdentity: "dedicated" (mocks)', () => {
     assert.ok(!seen.some((s) => s.name.endsWith("-root-key")), "root keys must not be read");
   });
 
-  it("staging authorises the tls public keys (plus authorizedKeys), before any host is reached", async () => {
-    const authorized = fileContent("cache-staging-authorized-keys");
-    for (const n of ["cache-prod1-identity-key", "cache-prod2-identity-key"]) {
-      assert.ok(authorized.includes(TLS_PUBLIC(n).trim()), `${n} is not authorised`);
+  it("staging authorises each tls public key on its own (plus authorizedKeys), before any host is reached", async () => {
+    for (const n of ["prod1", "prod2"]) {
+      const env = envOf(`cache-staging-authorize-${n}`);
+      assert.equal(env.KEYS_FILE, "/etc/ssh/nix-ssh-cache/authorized_keys");
+      assert.equal(env.KEYS_ENTRY, `client-${n}`);
+      assert.equal(env.KEYS, `restrict ${TLS_PUBLIC(`cache-${n}-identity-key`).trim()}\n`);
     }
-    assert.ok(authorized.includes(ED25519_KEY.split(" ")[1]), "authorizedKeys entry missing");
-    assert.equal(authorized.trim().split("\n").length, 3);
+    const extra = envOf("cache-staging-authorized-keys");
+    assert.equal(extra.KEYS_ENTRY, "keys");
+    assert.ok(extra.KEYS.includes(ED25519_KEY.split(" ")[1]), "authorizedKeys entry missing");
+    assert.equal(extra.KEYS.trim().split("\n").length, 1);
     assert.deepEqual(
       [...(await promiseOf(cache.productionRootKeys))].sort(),
       [
         TLS_PUBLIC("cache-prod1-identity-key").trim(),
         TLS_PUBLIC("cache-prod2-identity-key").trim(),
       ].sort(),
+    );
+  });
+
+  it("the staging module names the keys file and waits for no production key", async () => {
+    const module = await promiseOf(cache.stagingModule);
+    assert.match(module, /nix\.sshServe\.keys = \[ *\];/);
+    assert.match(
+      module,
+      /Match User nix-ssh\n\s+AuthorizedKeysFile \/etc\/ssh\/nix-ssh-cache\/authorized_keys\n/,
     );
   });
 
