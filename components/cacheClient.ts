@@ -214,6 +214,7 @@ export class CacheClient extends pulumi.ComponentResource {
     this.publicKey = identity.publicKey;
     const at = (dependsOn: pulumi.Resource[]): StepContext => ({
       connection: host.connection,
+      os: identity.os,
       opts: { parent: this, dependsOn },
     });
     // With a dedicated key, this host's URL names the key file (`ssh-key=`).
@@ -276,7 +277,7 @@ function clientLinuxSteps(
   cache: pulumi.Output<CacheCoordinates>,
 ): HostStep<FileResult>[] {
   const after = (step: pulumi.Resource): StepContext => ({
-    connection: at.connection,
+    ...at,
     opts: { parent: at.opts.parent, dependsOn: [step] },
   });
   const knownHosts = fileStep(`${name}-known-hosts`, at, {

@@ -187,12 +187,16 @@ export class CacheServer extends pulumi.ComponentResource {
     } as unknown as PlainCacheServerArgs);
     const host = resolveHost(args.host, valid);
     const s = serverSettings(name, args, host);
-    const at = (dependsOn: pulumi.Input<pulumi.Resource>[] = []): StepContext => ({
+    const probe = probeStep(`${name}-probe`, {
       connection: host.connection,
+      opts: { parent: this },
+    });
+    const facts: pulumi.Output<HostFacts> = probe.result;
+    const at = (dependsOn: pulumi.Resource[]): StepContext => ({
+      connection: host.connection,
+      os: facts.os,
       opts: { parent: this, dependsOn },
     });
-
-    const probe = probeStep(`${name}-probe`, at());
     const keys = signingKeys(s, at([probe]));
     this.cachePublicKey = keys[0].result.apply((r) => r.publicKey);
     this.publicKeys = pulumi.all(keys.map((k) => k.result.apply((r) => r.publicKey)));
@@ -208,7 +212,6 @@ export class CacheServer extends pulumi.ComponentResource {
       canaryNonce(s, this.publicKeys),
     );
 
-    const facts: pulumi.Output<HostFacts> = probe.result;
     this.os = facts.os;
     this.hostKey = facts.hostKey;
     this.substituterUrl = pulumi.all([host.hostName, host.port]).apply(([h, port]) =>
@@ -359,7 +362,7 @@ function stagingModule(s: ServerSettings): pulumi.Output<string> {
 function linuxSteps(s: ServerSettings, at: StepContext, keys: pulumi.Resource[]) {
   const serveUser = serveUserStep(`${s.name}-serve-user`, at);
   const after = (dependsOn: pulumi.Resource[]): StepContext => ({
-    connection: at.connection,
+    ...at,
     opts: { parent: at.opts.parent, dependsOn },
   });
   const sshdAt = after([serveUser]);

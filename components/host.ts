@@ -49,7 +49,9 @@ function run(resource: pulumi.Resource, check: () => void): void {
   try {
     check();
   } catch (e) {
-    if (e instanceof NixSshCacheInputError) throw new pulumi.ResourceError(e.message, resource);
+    if (e instanceof NixSshCacheInputError) {
+      throw new pulumi.ResourceError(e.message, resource, true);
+    }
     throw e;
   }
 }

@@ -114,6 +114,28 @@ function workChanges(olds: HostStepOutputs, news: HostStepProps): string[] {
   return WORK.filter((k) => !sameJson(old[k], news[k]));
 }
 
+/**
+ * Runs a no-op script over `props.connection` once per provider process (the steps of one host
+ * share the proof, as they share the pooled connection): one login per host proves new
+ * credentials.
+ */
+function proveConnection(props: HostStepProps): Promise<unknown> {
+  const registry = globalThis as { [k: symbol]: Map<string, Promise<unknown>> | undefined };
+  const slot = Symbol.for("nix-ssh-cache/proven-connections");
+  const proven = (registry[slot] ??= new Map<string, Promise<unknown>>());
+  const key = JSON.stringify(props.connection);
+  let proof = proven.get(key);
+  if (!proof) {
+    proof = runJsonScript(props.connection, `printf '{}\\n'`, {
+      step: "login with the new connection settings",
+      timeoutMs: props.timeoutSeconds * 1000,
+    });
+    proven.set(key, proof);
+    proof.catch(() => proven.delete(key));
+  }
+  return proof;
+}
+
 async function apply(props: HostStepProps): Promise<Record<string, unknown>> {
   return runJsonScript(props.connection, props.script, {
     env: { ...props.env, ACTION: "apply" },
@@ -155,12 +177,9 @@ export const hostStepProvider: pulumi.dynamic.ResourceProvider = {
       return { outs };
     }
     // Only the transport (or a label) changed: the host is as it was. Prove the new connection
-    // works (one login per host: the pool shares it between steps), then store it.
+    // works, once per host and connection in this provider process, then store it.
     if (JSON.stringify(olds.connection) !== JSON.stringify(news.connection)) {
-      await runJsonScript(news.connection, `printf '{}\\n'`, {
-        step: `${news.step} (new connection)`,
-        timeoutMs: news.timeoutSeconds * 1000,
-      });
+      await proveConnection(news);
     }
     const outs: HostStepOutputs = { ...news, result: olds.result, drifted: false };
     return { outs };

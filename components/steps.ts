@@ -17,7 +17,30 @@ export interface StepContext {
   connection: pulumi.Input<Connection>;
   /** Parent component and dependencies of the step. */
   opts: pulumi.CustomResourceOptions;
+  /** The host's OS once probed (`"nixos"` or `"linux"`), for steps of one OS only. */
+  os?: pulumi.Output<string>;
 }
+
+/**
+ * The inputs of a step that applies to hosts of one OS only: on a host of the other OS (once
+ * probed) the step has nothing to do, so its inputs stay constant and a preview never lists it
+ * as changed there (its script reports `skipped`).
+ */
+function forOs<T>(
+  at: StepContext,
+  onlyOn: "nixos" | "linux" | undefined,
+  value: pulumi.Input<T>,
+  elsewhere: T,
+): pulumi.Output<T> {
+  const os = at.os;
+  if (!onlyOn || !os) return pulumi.output(value) as pulumi.Output<T>;
+  return os.apply((o) =>
+    o === onlyOn ? pulumi.output(value) : pulumi.output(elsewhere),
+  ) as pulumi.Output<T>;
+}
+
+/** The inputs of a one-OS step on a host of the other OS. */
+const NOT_HERE: Record<string, string> = { NSC_NOT_FOR_THIS_OS: "1" };
 
 /** What `probe.sh` reports about a host. */
 export interface HostFacts {
@@ -112,7 +135,7 @@ export interface FileStepArgs {
  * a deletion out of band is drift that the next `up` repairs), removed on delete.
  */
 export function fileStep(name: string, at: StepContext, args: FileStepArgs): HostStep<FileResult> {
-  const env = pulumi.output(args.content).apply((content) => ({
+  const env = pulumi.output(args.content).apply((content): Record<string, string> => ({
     FILE_PATH: args.path,
     FILE_CONTENT: content,
     FILE_MODE: args.mode ?? "0644",
@@ -125,7 +148,7 @@ export function fileStep(name: string, at: StepContext, args: FileStepArgs): Hos
       connection: at.connection,
       step: `${args.label} ${args.path}`,
       script: hostScript("file", args.onlyOn),
-      env,
+      env: forOs(at, args.onlyOn, env, NOT_HERE),
       readable: true,
       removable: true,
       driftKeys: ["exists", "sha256"],
@@ -219,7 +242,7 @@ export function serveUserStep(name: string, at: StepContext): HostStep {
       connection: at.connection,
       step: "serve user",
       script: hostScript("serve-user", "linux"),
-      env: { SERVE_USER: "nix-ssh" },
+      env: forOs(at, "linux", { SERVE_USER: "nix-ssh" }, NOT_HERE),
       removable: true,
       timeoutSeconds: 60,
     },
@@ -367,12 +390,22 @@ export function nixosModuleSteps(
       connection: at.connection,
       step: "nixos-rebuild",
       script: hostScript("nixos-apply", "nixos"),
-      env: {
-        MODULE_PATH: options.fragmentPath,
-        REBUILD: options.rebuild,
-        ADD_IMPORT: options.addImport ? "1" : "0",
-      },
-      triggers: pulumi.output(module).apply((m) => [digest(m)]),
+      env: forOs(
+        at,
+        "nixos",
+        {
+          MODULE_PATH: options.fragmentPath,
+          REBUILD: options.rebuild,
+          ADD_IMPORT: options.addImport ? "1" : "0",
+        },
+        NOT_HERE,
+      ),
+      triggers: forOs(
+        at,
+        "nixos",
+        pulumi.output(module).apply((m) => [digest(m)]),
+        [],
+      ),
       timeoutSeconds: 1800,
     },
     { parent: at.opts.parent, dependsOn: [moduleFile] },
