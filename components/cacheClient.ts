@@ -4,8 +4,8 @@
  */
 import * as pulumi from "@pulumi/pulumi";
 import * as tls from "@pulumi/tls";
-import { CacheCoordinates } from "./cacheServer";
-import { resolveHost, validateNow } from "./host";
+import { CacheCoordinateInputs, CacheCoordinates } from "./cacheServer";
+import { digest, resolveHost, validateNow } from "./host";
 import { HostStep } from "./hostStep";
 import {
   knownHostsName,
@@ -148,10 +148,11 @@ export interface CacheClientArgs extends FragmentOptions {
   /** The production host and how to reach it (see {@link HostArgs}). */
   host: HostArgs;
   /**
-   * The cache to use: `CacheServer.coordinates`, or the same object read from another stack.
+   * The cache to use: `CacheServer.coordinates`, or the same object read from another stack, or
+   * `CacheServer.coordinatesFor(name)` (field by field, waiting for this host's key only).
    * @example `new pulumi.StackReference("org/staging/prod").requireOutput("cache")`
    */
-  cache: pulumi.Input<CacheCoordinates>;
+  cache: pulumi.Input<CacheCoordinates> | CacheCoordinateInputs;
   /**
    * This host's identity, when already created (e.g. to export its key before the cache exists).
    * @defaultValue a new `ClientIdentity` named `<name>-identity` with `clientIdentity` and
@@ -217,38 +218,32 @@ export class CacheClient extends pulumi.ComponentResource {
       os: identity.os,
       opts: { parent: this, dependsOn },
     });
-    // With a dedicated key, this host's URL names the key file (`ssh-key=`).
-    const keyFile = identity.keyFile;
-    const cache = pulumi.output(coordinates).apply((c) => ({
-      ...c,
-      substituterUrl: keyFile
-        ? withUrlParam(c.substituterUrl, "ssh-key", keyFile)
-        : c.substituterUrl,
-    }));
-    this.substituterUrl = cache.apply((c) => c.substituterUrl);
-    this.module = cache.apply((c) =>
-      renderProductionModule({
-        substituterUrl: c.substituterUrl,
-        trustedPublicKeys: c.publicKeys,
-        stagingHostName: c.hostName,
-        stagingHostKey: c.hostKey,
-        stagingPort: c.port,
-      }),
-    );
+    const cache = cacheFields(coordinates, identity.keyFile);
+    this.substituterUrl = cache.substituterUrl;
+    this.module = pulumi
+      .all([cache.substituterUrl, cache.publicKeys, cache.hostName, cache.hostKey, cache.port])
+      .apply(([url, keys, hostName, hostKey, port]) =>
+        renderProductionModule({
+          substituterUrl: url,
+          trustedPublicKeys: keys,
+          stagingHostName: hostName,
+          stagingHostKey: hostKey,
+          stagingPort: port,
+        }),
+      );
     const linux = clientLinuxSteps(name, at([identity]), cache);
     const nixos = nixosModuleSteps(name, at([identity]), this.module, fragmentDefaults(args));
     if (args.verify ?? true) {
       const verify = verifyStep(
         `${name}-verify`,
         at([identity, ...linux, ...nixos]),
-        cache.apply((c) => ({
-          canaryPath: c.canaryPath,
-          substituter: c.substituterUrl,
-          staging: c.hostName,
-        })),
+        pulumi
+          .all([cache.canaryPath, cache.substituterUrl, cache.hostName])
+          .apply(([canaryPath, substituter, staging]) => ({ canaryPath, substituter, staging })),
+        // Verified again when a file it relies on changed on the host.
         pulumi
           .all(linux.map((f) => f.result))
-          .apply((rs) => rs.map((r) => String(r.sha256 ?? r.skipped ?? ""))),
+          .apply((rs) => [digest(rs.map((r) => String(r.sha256 ?? r.skipped ?? "")).join(" "))]),
       );
       this.verification = verify.result;
       this.verified = verify.result.apply((r) => r.verified === true);
@@ -274,7 +269,7 @@ export class CacheClient extends pulumi.ComponentResource {
 function clientLinuxSteps(
   name: string,
   at: StepContext,
-  cache: pulumi.Output<CacheCoordinates>,
+  cache: ClientCache,
 ): HostStep<FileResult>[] {
   const after = (step: pulumi.Resource): StepContext => ({
     ...at,
@@ -282,30 +277,60 @@ function clientLinuxSteps(
   });
   const knownHosts = fileStep(`${name}-known-hosts`, at, {
     path: CLIENT_FILES.knownHosts,
-    content: cache.apply((c) => renderKnownHosts([knownHostsName(c.hostName, c.port)], c.hostKey)),
+    content: pulumi
+      .all([cache.hostName, cache.port, cache.hostKey])
+      .apply(([hostName, port, hostKey]) =>
+        renderKnownHosts([knownHostsName(hostName, port)], hostKey),
+      ),
     label: "pinned staging host key",
     onlyOn: "linux",
   });
   const sshConfig = fileStep(`${name}-ssh-config`, after(knownHosts), {
     path: CLIENT_FILES.sshConfigDropIn,
-    content: cache.apply((c) =>
-      renderSshClientConfig({
-        hostName: c.hostName,
-        knownHostsFile: CLIENT_FILES.knownHosts,
-        port: c.port,
-      }),
-    ),
+    content: pulumi
+      .all([cache.hostName, cache.port])
+      .apply(([hostName, port]) =>
+        renderSshClientConfig({ hostName, knownHostsFile: CLIENT_FILES.knownHosts, port }),
+      ),
     label: "ssh client drop-in",
     onlyOn: "linux",
   });
   const nixConf = fileStep(`${name}-nix-conf`, after(sshConfig), {
     path: CLIENT_FILES.nixConf,
-    content: cache.apply((c) =>
-      renderNixConf({ substituters: [c.substituterUrl], trustedPublicKeys: c.publicKeys }),
-    ),
+    content: pulumi
+      .all([cache.substituterUrl, cache.publicKeys])
+      .apply(([url, keys]) => renderNixConf({ substituters: [url], trustedPublicKeys: keys })),
     after: "nix",
     label: "nix.conf include",
     onlyOn: "linux",
   });
   return [knownHosts, sshConfig, nixConf];
+}
+
+/** The coordinates a client uses, each field an Output of its own. */
+type ClientCache = { [K in keyof CacheCoordinates]: pulumi.Output<CacheCoordinates[K]> };
+
+/**
+ * The coordinates field by field (a whole object, e.g. from a StackReference, is split), with
+ * this host's substituter URL: naming the dedicated key file (`ssh-key=`) when there is one.
+ */
+function cacheFields(
+  cache: pulumi.Input<CacheCoordinates> | CacheCoordinateInputs,
+  keyFile: string | undefined,
+): ClientCache {
+  const whole = pulumi.Output.isInstance(cache) || cache instanceof Promise;
+  const field = <K extends keyof CacheCoordinates>(k: K): pulumi.Output<CacheCoordinates[K]> =>
+    whole
+      ? pulumi.output(cache as pulumi.Input<CacheCoordinates>).apply((c) => c[k])
+      : (pulumi.output((cache as CacheCoordinateInputs)[k]) as pulumi.Output<CacheCoordinates[K]>);
+  return {
+    substituterUrl: field("substituterUrl").apply((url) =>
+      keyFile ? withUrlParam(url, "ssh-key", keyFile) : url,
+    ),
+    publicKeys: field("publicKeys"),
+    hostName: field("hostName"),
+    port: field("port"),
+    hostKey: field("hostKey"),
+    canaryPath: field("canaryPath"),
+  };
 }

@@ -15,6 +15,7 @@ import {
 } from "./render";
 import {
   AuthorizedKeysResult,
+  CanaryResult,
   authorizedKeysStep,
   canaryStep,
   fileStep,
@@ -65,6 +66,14 @@ export interface CacheCoordinates {
   /** A store path built and signed on staging, realised by production to verify the cache. */
   canaryPath: string;
 }
+
+/**
+ * {@link CacheCoordinates} field by field, each an input of its own: a client uses each field as
+ * soon as it is known (e.g. in a preview, before the canary is rebuilt).
+ */
+export type CacheCoordinateInputs = {
+  [K in keyof CacheCoordinates]: pulumi.Input<CacheCoordinates[K]>;
+};
 
 /** File names of signing key generation `generation` (0: the seed's names). */
 export function signingKeyFiles(
@@ -176,6 +185,10 @@ export class CacheServer extends pulumi.ComponentResource {
   public readonly coordinates: pulumi.Output<CacheCoordinates>;
   /** The authorisation of each of `clients`, by name. */
   private readonly authorizations: Record<string, HostStep<AuthorizedKeysResult>>;
+  /** The coordinates field by field (see {@link CacheServer.coordinatesFor}). */
+  private readonly fields: CacheCoordinateInputs;
+  /** The canary build: the last step of staging. */
+  private readonly canary: HostStep<CanaryResult>;
 
   constructor(name: string, args: CacheServerArgs, opts?: pulumi.ComponentResourceOptions) {
     super("nix-ssh-cache:index:CacheServer", name, {}, opts);
@@ -226,16 +239,16 @@ export class CacheServer extends pulumi.ComponentResource {
         },
       }),
     );
-    this.coordinates = pulumi
-      .all([this.substituterUrl, this.publicKeys, host.hostName, host.port, facts, canary.result])
-      .apply(([url, publicKeys, hostName, port, f, c]) => ({
-        substituterUrl: url,
-        publicKeys,
-        hostName,
-        port,
-        hostKey: f.hostKey,
-        canaryPath: c.path,
-      }));
+    this.canary = canary;
+    this.fields = {
+      substituterUrl: this.substituterUrl,
+      publicKeys: this.publicKeys,
+      hostName: host.hostName,
+      port: host.port,
+      hostKey: this.hostKey,
+      canaryPath: canary.result.path,
+    };
+    this.coordinates = pulumi.all([canary.urn, this.fields]).apply(([, c]) => c);
 
     this.registerOutputs({
       cachePublicKey: this.cachePublicKey,
@@ -252,10 +265,22 @@ export class CacheServer extends pulumi.ComponentResource {
    * The coordinates, once the key of `client` (a name in `clients`) is authorised too: what
    * that client's `CacheClient` takes as `cache`.
    */
-  public coordinatesFor(client: string): pulumi.Output<CacheCoordinates> {
-    const authorized = this.authorizations[client];
-    if (!authorized) return this.coordinates;
-    return pulumi.all([this.coordinates, authorized.result]).apply(([c]) => c);
+  public coordinatesFor(client: string): CacheCoordinateInputs {
+    // Each field waits for staging to be configured (the canary) and for this client's key,
+    // but is known as soon as its own value is: a preview after a change that rebuilds the
+    // canary shows only what changes on the client.
+    const ready = pulumi.all([this.canary.urn, this.authorizations[client]?.urn]);
+    const after = <T>(v: pulumi.Input<T>): pulumi.Output<T> =>
+      pulumi.all([ready, v]).apply(([, value]) => value as T);
+    const f = this.fields;
+    return {
+      substituterUrl: after(f.substituterUrl),
+      publicKeys: after(f.publicKeys),
+      hostName: after(f.hostName),
+      port: after(f.port),
+      hostKey: after(f.hostKey),
+      canaryPath: after(f.canaryPath),
+    };
   }
 }
 

@@ -17,20 +17,17 @@ import * as crypto from "crypto";
 import * as pulumi from "@pulumi/pulumi";
 import { Connection, runJsonScript } from "./ssh";
 
-/** Plain inputs of a host step, as the provider sees them. */
-export interface HostStepProps {
-  /** Where to run. */
-  connection: Connection;
+/**
+ * What a step is, apart from its inputs: one line of JSON in the state (`HostStepProps.spec`),
+ * so a preview shows it on one line.
+ */
+export interface StepSpec {
   /** The resource's name, also its id, e.g. `cache-staging-sshd-config`. */
   name: string;
   /** Label used in messages, e.g. `sshd drop-in /etc/ssh/sshd_config.d/nix-ssh-cache.conf`. */
   step: string;
-  /** The full script body (lib.sh + step script); a secret, so previews show the digest. */
+  /** SHA-256 of the script body (16 hex digits): what a diff shows when the script changes. */
   script: string;
-  /** SHA-256 of `script` (16 hex digits): what a diff shows when the script changes. */
-  scriptDigest: string;
-  /** Inputs of the script. */
-  env: Record<string, string>;
   /** Whether the script supports `ACTION=read` (refresh observes the host). */
   readable: boolean;
   /** Whether the script supports `ACTION=remove` (run on delete). */
@@ -39,10 +36,22 @@ export interface HostStepProps {
   removeEnv: Record<string, string>;
   /** Keys of the result that `read` compares with the last applied result to detect drift. */
   driftKeys: string[];
-  /** Any change here re-runs the step (e.g. the contents it depends on). */
-  triggers: string[];
   /** Timeout of one run, in seconds. */
   timeoutSeconds: number;
+}
+
+/** Plain inputs of a host step, as the provider sees them. */
+export interface HostStepProps {
+  /** Where to run (secret: it holds the credentials). */
+  connection: Connection;
+  /** {@link StepSpec} as one line of JSON. */
+  spec: string;
+  /** The full script body (lib.sh + step script); secret, so previews show its digest only. */
+  script: string;
+  /** Inputs of the script. */
+  env: Record<string, string>;
+  /** Any change here re-runs the step (e.g. the digest of what it depends on). */
+  triggers?: string[];
 }
 
 /** Outputs: the inputs plus what the host reported. */
@@ -75,7 +84,7 @@ export interface HostStepArgs {
   /** The script supports `ACTION=remove`. @defaultValue `false` */
   removable?: boolean;
   /** Extra inputs for `ACTION=remove`. @defaultValue `{}` */
-  removeEnv?: pulumi.Input<Record<string, string>>;
+  removeEnv?: Record<string, string>;
   /** Result keys a refresh compares to detect drift. @defaultValue `[]` */
   driftKeys?: string[];
   /** Values whose change re-runs the step. @defaultValue `[]` */
@@ -84,34 +93,43 @@ export interface HostStepArgs {
   timeoutSeconds?: number;
 }
 
-/** Inputs whose change re-runs the step (everything but the transport and the labels). */
-const WORK: (keyof HostStepProps)[] = [
-  "scriptDigest",
-  "env",
-  "readable",
-  "removable",
-  "removeEnv",
-  "driftKeys",
-  "triggers",
-];
+/** A state's spec (states written before `spec` existed kept its fields at the top level). */
+function specOf(props: HostStepProps): StepSpec {
+  if (typeof props.spec === "string") return JSON.parse(props.spec) as StepSpec;
+  const legacy = props as unknown as Omit<StepSpec, "script" | "name"> & { script: string };
+  // Required here, not imported: this code is serialized into the dynamic provider.
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const c = require("crypto") as typeof import("crypto");
+  return {
+    name: "",
+    step: legacy.step,
+    script: c.createHash("sha256").update(legacy.script).digest("hex").slice(0, 16),
+    readable: legacy.readable,
+    removable: legacy.removable,
+    removeEnv: legacy.removeEnv ?? {},
+    driftKeys: legacy.driftKeys ?? [],
+    timeoutSeconds: legacy.timeoutSeconds,
+  };
+}
 
 function sameJson(a: unknown, b: unknown): boolean {
   return JSON.stringify(a ?? null) === JSON.stringify(b ?? null);
 }
 
-/** The digest of the script a state holds (states before the digest existed: of its body). */
-function scriptDigestOf(props: HostStepProps): string {
-  if (props.scriptDigest) return props.scriptDigest;
-  // Required here, not imported: this code is serialized into the dynamic provider.
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
-  const c = require("crypto") as typeof import("crypto");
-  return c.createHash("sha256").update(props.script).digest("hex").slice(0, 16);
-}
-
-/** Inputs that differ in a way that needs the step to run again. */
+/**
+ * What differs in a way that needs the step to run again: everything but the transport
+ * (`connection`, `timeoutSeconds`) and the labels (`name`, `step`).
+ */
 function workChanges(olds: HostStepOutputs, news: HostStepProps): string[] {
-  const old = { ...olds, scriptDigest: scriptDigestOf(olds) };
-  return WORK.filter((k) => !sameJson(old[k], news[k]));
+  const o = specOf(olds);
+  const n = specOf(news);
+  const changes: string[] = [];
+  for (const k of ["script", "readable", "removable", "removeEnv", "driftKeys"] as const) {
+    if (!sameJson(o[k], n[k])) changes.push(k === "script" ? "script" : "spec");
+  }
+  if (!sameJson(olds.env, news.env)) changes.push("env");
+  if (!sameJson(olds.triggers ?? [], news.triggers ?? [])) changes.push("triggers");
+  return [...new Set(changes)];
 }
 
 /**
@@ -128,7 +146,7 @@ function proveConnection(props: HostStepProps): Promise<unknown> {
   if (!proof) {
     proof = runJsonScript(props.connection, `printf '{}\\n'`, {
       step: "login with the new connection settings",
-      timeoutMs: props.timeoutSeconds * 1000,
+      timeoutMs: specOf(props).timeoutSeconds * 1000,
     });
     proven.set(key, proof);
     proof.catch(() => proven.delete(key));
@@ -136,20 +154,24 @@ function proveConnection(props: HostStepProps): Promise<unknown> {
   return proof;
 }
 
-async function apply(props: HostStepProps): Promise<Record<string, unknown>> {
+/** Runs the step's script with `ACTION` (and the remove inputs on remove). */
+function run(props: HostStepProps, action: "apply" | "read" | "remove") {
+  const spec = specOf(props);
+  const extra = action === "remove" ? spec.removeEnv : {};
   return runJsonScript(props.connection, props.script, {
-    env: { ...props.env, ACTION: "apply" },
-    step: props.step,
-    timeoutMs: props.timeoutSeconds * 1000,
+    env: { ...props.env, ...extra, ACTION: action },
+    step: action === "apply" ? spec.step : `${spec.step} (${action})`,
+    timeoutMs: spec.timeoutSeconds * 1000,
   });
 }
 
 /** @internal The provider of {@link HostStep} (exported for the serialization unit test). */
 export const hostStepProvider: pulumi.dynamic.ResourceProvider = {
   async create(inputs: HostStepProps) {
-    const result = await apply(inputs);
+    const result = await run(inputs, "apply");
     const outs: HostStepOutputs = { ...inputs, result, drifted: false };
-    return { id: inputs.name || `${inputs.connection.host}/${inputs.step}`, outs };
+    const spec = specOf(inputs);
+    return { id: spec.name || `${inputs.connection.host}/${spec.step}`, outs };
   },
 
   async diff(_id: string, olds: HostStepOutputs, news: HostStepProps) {
@@ -159,9 +181,7 @@ export const hostStepProvider: pulumi.dynamic.ResourceProvider = {
     const replaces: string[] = [];
     if (oc.host !== nc.host || oc.port !== nc.port) replaces.push("connection");
     else if (!sameJson(oc, nc)) changes.push("connection");
-    for (const k of ["step", "name", "timeoutSeconds"] as const) {
-      if (!sameJson(olds[k], news[k])) changes.push(k);
-    }
+    if (!sameJson(specOf(olds), specOf(news))) changes.push("spec");
     if (olds.drifted) changes.push("result");
     return {
       changes: changes.length > 0 || replaces.length > 0,
@@ -172,29 +192,24 @@ export const hostStepProvider: pulumi.dynamic.ResourceProvider = {
 
   async update(_id: string, olds: HostStepOutputs, news: HostStepProps) {
     if (workChanges(olds, news).length > 0 || olds.drifted) {
-      const result = await apply(news);
+      const result = await run(news, "apply");
       const outs: HostStepOutputs = { ...news, result, drifted: false };
       return { outs };
     }
     // Only the transport (or a label) changed: the host is as it was. Prove the new connection
     // works, once per host and connection in this provider process, then store it.
-    if (JSON.stringify(olds.connection) !== JSON.stringify(news.connection)) {
-      await proveConnection(news);
-    }
+    if (!sameJson(olds.connection, news.connection)) await proveConnection(news);
     const outs: HostStepOutputs = { ...news, result: olds.result, drifted: false };
     return { outs };
   },
 
   async read(id: string, props: HostStepOutputs) {
-    if (!props.readable) return { id, props };
-    const observed = await runJsonScript(props.connection, props.script, {
-      env: { ...props.env, ACTION: "read" },
-      step: `${props.step} (read)`,
-      timeoutMs: props.timeoutSeconds * 1000,
-    });
+    const spec = specOf(props);
+    if (!spec.readable) return { id, props };
+    const observed = await run(props, "read");
     const result: Record<string, unknown> = { ...props.result };
     let drifted = props.drifted;
-    for (const key of props.driftKeys) {
+    for (const key of spec.driftKeys) {
       if (!sameJson(observed[key], props.result[key])) {
         drifted = true;
         result[key] = observed[key] ?? null;
@@ -204,12 +219,8 @@ export const hostStepProvider: pulumi.dynamic.ResourceProvider = {
   },
 
   async delete(_id: string, props: HostStepOutputs) {
-    if (!props.removable) return;
-    await runJsonScript(props.connection, props.script, {
-      env: { ...props.env, ...props.removeEnv, ACTION: "remove" },
-      step: `${props.step} (remove)`,
-      timeoutMs: props.timeoutSeconds * 1000,
-    });
+    if (!specOf(props).removable) return;
+    await run(props, "remove");
   },
 };
 
@@ -227,21 +238,26 @@ export class HostStep<R = Record<string, unknown>> extends pulumi.dynamic.Resour
 
   constructor(name: string, args: HostStepArgs, opts?: pulumi.CustomResourceOptions) {
     const script = pulumi.output(args.script);
+    const spec = pulumi.unsecret(
+      script.apply((body) =>
+        JSON.stringify({
+          name,
+          step: args.step,
+          script: crypto.createHash("sha256").update(body).digest("hex").slice(0, 16),
+          readable: args.readable ?? false,
+          removable: args.removable ?? false,
+          removeEnv: args.removeEnv ?? {},
+          driftKeys: args.driftKeys ?? [],
+          timeoutSeconds: args.timeoutSeconds ?? 300,
+        } satisfies StepSpec),
+      ),
+    );
     const props: pulumi.Inputs = {
       connection: args.connection,
-      name,
-      step: args.step,
+      spec,
       script: pulumi.secret(script),
-      scriptDigest: pulumi.unsecret(
-        script.apply((s) => crypto.createHash("sha256").update(s).digest("hex").slice(0, 16)),
-      ),
       env: args.env ?? {},
-      readable: args.readable ?? false,
-      removable: args.removable ?? false,
-      removeEnv: args.removeEnv ?? {},
-      driftKeys: args.driftKeys ?? [],
-      triggers: args.triggers ?? [],
-      timeoutSeconds: args.timeoutSeconds ?? 300,
+      triggers: args.triggers,
       result: undefined,
       drifted: undefined,
     };

@@ -34,7 +34,7 @@ const registered: pulumi.ResourceTransformationArgs[] = [];
 
 /** Fake results of the host scripts, by step label. */
 function stepResult(inputs: Record<string, unknown>): Record<string, unknown> {
-  const step = String(inputs.step);
+  const step = String((JSON.parse(String(inputs.spec)) as { step: string }).step);
   const env = (inputs.env ?? {}) as Record<string, string>;
   if (step === "probe") return { os: "linux", hostKey: HOST_KEY, daemonRunning: true };
   if (step.startsWith("signing key")) return { publicKey: CACHE_KEY(env.KEY_NAME) };
