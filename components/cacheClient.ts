@@ -231,7 +231,8 @@ export class CacheClient extends pulumi.ComponentResource {
           stagingPort: port,
         }),
       );
-    const linux = clientLinuxSteps(name, at([identity]), cache);
+    const files = clientFiles(cache);
+    const linux = clientLinuxSteps(name, at([identity]), files);
     const nixos = nixosModuleSteps(name, at([identity]), this.module, fragmentDefaults(args));
     if (args.verify ?? true) {
       const verify = verifyStep(
@@ -240,10 +241,10 @@ export class CacheClient extends pulumi.ComponentResource {
         pulumi
           .all([cache.canaryPath, cache.substituterUrl, cache.hostName])
           .apply(([canaryPath, substituter, staging]) => ({ canaryPath, substituter, staging })),
-        // Verified again when a file it relies on changed on the host.
+        // Verified again when what it relies on changes (files, module).
         pulumi
-          .all(linux.map((f) => f.result))
-          .apply((rs) => [digest(rs.map((r) => String(r.sha256 ?? r.skipped ?? "")).join(" "))]),
+          .all([files.knownHosts, files.sshConfig, files.nixConf, this.module])
+          .apply((texts) => [digest(texts.join("\0"))]),
       );
       this.verification = verify.result;
       this.verified = verify.result.apply((r) => r.verified === true);
@@ -266,10 +267,40 @@ export class CacheClient extends pulumi.ComponentResource {
  * Plain Linux: the pinned staging host key, the ssh client drop-in that uses it, and the
  * included nix.conf with the substituter and the trusted keys, in that order.
  */
+/** What the plain-Linux files of a client hold. */
+interface ClientFiles {
+  knownHosts: pulumi.Output<string>;
+  sshConfig: pulumi.Output<string>;
+  nixConf: pulumi.Output<string>;
+}
+
+/** Renders the plain-Linux files of a client from the coordinates. */
+function clientFiles(cache: ClientCache): ClientFiles {
+  return {
+    knownHosts: pulumi
+      .all([cache.hostName, cache.port, cache.hostKey])
+      .apply(([hostName, port, hostKey]) =>
+        renderKnownHosts([knownHostsName(hostName, port)], hostKey),
+      ),
+    sshConfig: pulumi
+      .all([cache.hostName, cache.port])
+      .apply(([hostName, port]) =>
+        renderSshClientConfig({ hostName, knownHostsFile: CLIENT_FILES.knownHosts, port }),
+      ),
+    nixConf: pulumi
+      .all([cache.substituterUrl, cache.publicKeys])
+      .apply(([url, keys]) => renderNixConf({ substituters: [url], trustedPublicKeys: keys })),
+  };
+}
+
+/**
+ * Plain Linux: the pinned staging host key, the ssh client drop-in that uses it, and the
+ * included nix.conf with the substituter and the trusted keys, in that order.
+ */
 function clientLinuxSteps(
   name: string,
   at: StepContext,
-  cache: ClientCache,
+  files: ClientFiles,
 ): HostStep<FileResult>[] {
   const after = (step: pulumi.Resource): StepContext => ({
     ...at,
@@ -277,29 +308,19 @@ function clientLinuxSteps(
   });
   const knownHosts = fileStep(`${name}-known-hosts`, at, {
     path: CLIENT_FILES.knownHosts,
-    content: pulumi
-      .all([cache.hostName, cache.port, cache.hostKey])
-      .apply(([hostName, port, hostKey]) =>
-        renderKnownHosts([knownHostsName(hostName, port)], hostKey),
-      ),
+    content: files.knownHosts,
     label: "pinned staging host key",
     onlyOn: "linux",
   });
   const sshConfig = fileStep(`${name}-ssh-config`, after(knownHosts), {
     path: CLIENT_FILES.sshConfigDropIn,
-    content: pulumi
-      .all([cache.hostName, cache.port])
-      .apply(([hostName, port]) =>
-        renderSshClientConfig({ hostName, knownHostsFile: CLIENT_FILES.knownHosts, port }),
-      ),
+    content: files.sshConfig,
     label: "ssh client drop-in",
     onlyOn: "linux",
   });
   const nixConf = fileStep(`${name}-nix-conf`, after(sshConfig), {
     path: CLIENT_FILES.nixConf,
-    content: pulumi
-      .all([cache.substituterUrl, cache.publicKeys])
-      .apply(([url, keys]) => renderNixConf({ substituters: [url], trustedPublicKeys: keys })),
+    content: files.nixConf,
     after: "nix",
     label: "nix.conf include",
     onlyOn: "linux",

@@ -435,15 +435,14 @@ function signStoreSteps(
 }
 
 /**
- * The canary is built and signed once staging is configured, and again when the keys or the
- * protocol change. Not when the authorised keys change: adding or removing a production host
- * must not make every other host verify again.
+ * The canary is built and signed once staging is configured, and again when the keys change
+ * (not the protocol: the same signed path proves either, and every client verifies again
+ * anyway). Not when the authorised keys change: adding or removing a production host must not
+ * make every other host verify again.
  */
 function canaryNonce(
   s: ServerSettings,
   publicKeys: pulumi.Output<string[]>,
 ): pulumi.Output<string> {
-  return publicKeys.apply((keys) =>
-    digest(`${keys.join("\n")}\n${s.keyFiles.join("\n")}\n${s.protocol}`),
-  );
+  return publicKeys.apply((keys) => digest(`${keys.join("\n")}\n${s.keyFiles.join("\n")}`));
 }

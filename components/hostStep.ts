@@ -18,8 +18,8 @@ import * as pulumi from "@pulumi/pulumi";
 import { Connection, runJsonScript } from "./ssh";
 
 /**
- * What a step is, apart from its inputs: one line of JSON in the state (`HostStepProps.spec`),
- * so a preview shows it on one line.
+ * What a step is, apart from its inputs: one line in the state (`HostStepProps.spec`, see
+ * {@link encodeSpec}), so a preview shows it on one line.
  */
 export interface StepSpec {
   /** The resource's name, also its id, e.g. `cache-staging-sshd-config`. */
@@ -44,7 +44,10 @@ export interface StepSpec {
 export interface HostStepProps {
   /** Where to run (secret: it holds the credentials). */
   connection: Connection;
-  /** {@link StepSpec} as one line of JSON. */
+  /**
+   * {@link StepSpec} as one line, e.g. `cache-staging-sshd-config | sshd drop-in /etc/… |
+   * script 1024ff0d643a39ad | read yes | remove yes | drift exists,sha256 | timeout 120s`.
+   */
   spec: string;
   /** The full script body (lib.sh + step script); secret, so previews show its digest only. */
   script: string;
@@ -95,7 +98,7 @@ export interface HostStepArgs {
 
 /** A state's spec (states written before `spec` existed kept its fields at the top level). */
 function specOf(props: HostStepProps): StepSpec {
-  if (typeof props.spec === "string") return JSON.parse(props.spec) as StepSpec;
+  if (typeof props.spec === "string") return decodeSpec(props.spec);
   const legacy = props as unknown as Omit<StepSpec, "script" | "name"> & { script: string };
   // Required here, not imported: this code is serialized into the dynamic provider.
   // eslint-disable-next-line @typescript-eslint/no-require-imports
@@ -109,6 +112,50 @@ function specOf(props: HostStepProps): StepSpec {
     removeEnv: legacy.removeEnv ?? {},
     driftKeys: legacy.driftKeys ?? [],
     timeoutSeconds: legacy.timeoutSeconds,
+  };
+}
+
+/**
+ * One line for a {@link StepSpec}: name, label, script digest, read, remove (with its extra
+ * inputs), drift keys, timeout, separated by ` | `.
+ */
+export function encodeSpec(s: StepSpec): string {
+  const removeEnv = Object.entries(s.removeEnv).map(([k, v]) => `${k}=${v}`);
+  for (const word of [...removeEnv, ...s.driftKeys]) {
+    if (/[\s,|]/.test(word)) throw new Error(`invalid step spec word ${JSON.stringify(word)}`);
+  }
+  return [
+    s.name,
+    s.step,
+    `script ${s.script}`,
+    `read ${s.readable ? "yes" : "no"}`,
+    `remove ${s.removable ? "yes" : "no"}${removeEnv.length ? ` with ${removeEnv.join(",")}` : ""}`,
+    `drift ${s.driftKeys.join(",") || "none"}`,
+    `timeout ${s.timeoutSeconds}s`,
+  ].join(" | ");
+}
+
+/** The {@link StepSpec} of a line made by {@link encodeSpec}. */
+export function decodeSpec(line: string): StepSpec {
+  const parts = line.split(" | ");
+  if (parts.length < 7) throw new Error(`invalid step spec: ${line}`);
+  const [script, read, remove, drift, timeout] = parts.slice(-5);
+  const [removable, withEnv] = remove.replace(/^remove /, "").split(" with ");
+  const driftKeys = drift.replace(/^drift /, "");
+  return {
+    name: parts[0],
+    step: parts.slice(1, -5).join(" | "),
+    script: script.replace(/^script /, ""),
+    readable: read === "read yes",
+    removable: removable === "yes",
+    removeEnv: Object.fromEntries(
+      (withEnv ? withEnv.split(",") : []).map((kv) => [
+        kv.slice(0, kv.indexOf("=")),
+        kv.slice(kv.indexOf("=") + 1),
+      ]),
+    ),
+    driftKeys: driftKeys === "none" ? [] : driftKeys.split(","),
+    timeoutSeconds: Number(timeout.replace(/^timeout (\d+)s$/, "$1")),
   };
 }
 
@@ -240,7 +287,7 @@ export class HostStep<R = Record<string, unknown>> extends pulumi.dynamic.Resour
     const script = pulumi.output(args.script);
     const spec = pulumi.unsecret(
       script.apply((body) =>
-        JSON.stringify({
+        encodeSpec({
           name,
           step: args.step,
           script: crypto.createHash("sha256").update(body).digest("hex").slice(0, 16),
@@ -249,7 +296,7 @@ export class HostStep<R = Record<string, unknown>> extends pulumi.dynamic.Resour
           removeEnv: args.removeEnv ?? {},
           driftKeys: args.driftKeys ?? [],
           timeoutSeconds: args.timeoutSeconds ?? 300,
-        } satisfies StepSpec),
+        }),
       ),
     );
     const props: pulumi.Inputs = {

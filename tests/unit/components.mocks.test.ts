@@ -6,6 +6,7 @@
 import { before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import * as pulumi from "@pulumi/pulumi";
+import { decodeSpec } from "../../components/hostStep";
 import { ED25519_KEY, FAKE_PRIVATE_KEY, HOST_KEY } from "./fixtures";
 
 import { createHash } from "node:crypto";
@@ -34,7 +35,7 @@ const registered: pulumi.ResourceTransformationArgs[] = [];
 
 /** Fake results of the host scripts, by step label. */
 function stepResult(inputs: Record<string, unknown>): Record<string, unknown> {
-  const step = String((JSON.parse(String(inputs.spec)) as { step: string }).step);
+  const step = decodeSpec(String(inputs.spec)).step;
   const env = (inputs.env ?? {}) as Record<string, string>;
   if (step === "probe") return { os: "linux", hostKey: HOST_KEY, daemonRunning: true };
   if (step.startsWith("signing key")) return { publicKey: CACHE_KEY(env.KEY_NAME) };
