@@ -244,7 +244,7 @@ export class CacheClient extends pulumi.ComponentResource {
         // Verified again when what it relies on changes (files, module).
         pulumi
           .all([files.knownHosts, files.sshConfig, files.nixConf, this.module])
-          .apply((texts) => [digest(texts.join("\0"))]),
+          .apply((texts) => digest(texts.join("\0"))),
       );
       this.verification = verify.result;
       this.verified = verify.result.apply((r) => r.verified === true);

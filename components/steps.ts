@@ -135,13 +135,14 @@ export interface FileStepArgs {
  * a deletion out of band is drift that the next `up` repairs), removed on delete.
  */
 export function fileStep(name: string, at: StepContext, args: FileStepArgs): HostStep<FileResult> {
-  const env = pulumi.output(args.content).apply((content): Record<string, string> => ({
-    FILE_PATH: args.path,
-    FILE_CONTENT: content,
-    FILE_MODE: args.mode ?? "0644",
-    FILE_OWNER: args.owner ?? "root:root",
-    AFTER: args.after ?? "none",
-  }));
+  // Inputs at their defaults (file.sh's) are left out: a preview shows what is particular.
+  const env = pulumi.output(args.content).apply((content) => {
+    const e: Record<string, string> = { FILE_PATH: args.path, FILE_CONTENT: content };
+    if (args.mode && args.mode !== "0644") e.FILE_MODE = args.mode;
+    if (args.owner && args.owner !== "root:root") e.FILE_OWNER = args.owner;
+    if (args.after && args.after !== "none") e.AFTER = args.after;
+    return e;
+  });
   return new HostStep<FileResult>(
     name,
     {
@@ -314,12 +315,15 @@ export interface VerifyStepArgs {
   staging: string;
 }
 
-/** Realises staging's canary on a production host through the cache; again when `triggers` change. */
+/**
+ * Realises staging's canary on a production host through the cache; again when `reliesOn` (a
+ * digest of the configuration it relies on) changes.
+ */
 export function verifyStep(
   name: string,
   at: StepContext,
   a: pulumi.Input<VerifyStepArgs>,
-  triggers: pulumi.Input<string[]>,
+  reliesOn: pulumi.Input<string>,
 ): HostStep<VerifyResult> {
   return new HostStep<VerifyResult>(
     name,
@@ -327,12 +331,12 @@ export function verifyStep(
       connection: at.connection,
       step: "verify substitution from staging",
       script: hostScript("verify"),
-      env: pulumi.output(a).apply((v) => ({
+      env: pulumi.all([a, reliesOn]).apply(([v, digest]) => ({
         CANARY_PATH: v.canaryPath,
         SUBSTITUTER: v.substituter,
         STAGING: v.staging,
+        RELIES_ON: digest,
       })),
-      triggers,
       timeoutSeconds: 300,
     },
     at.opts,

@@ -172,7 +172,7 @@ describe('NixSshCache with clientIdentity: "dedicated" (mocks)', () => {
     const env = envOf("cache-prod1-identity-key-file");
     assert.equal(env.FILE_PATH, "/etc/nix/nix-ssh-cache/id_ed25519");
     assert.equal(env.FILE_MODE, "0600");
-    assert.equal(env.FILE_OWNER, "root:root");
+    assert.equal(env.FILE_OWNER, undefined, "root:root is file.sh's default");
     assert.equal(
       fileContent("cache-prod1-identity-key-file"),
       TLS_PRIVATE("cache-prod1-identity-key"),
