@@ -5,7 +5,7 @@
 import * as pulumi from "@pulumi/pulumi";
 import * as tls from "@pulumi/tls";
 import { CacheCoordinateInputs, CacheCoordinates } from "./cacheServer";
-import { digest, resolveHost, validateNow } from "./host";
+import { digest, isResolved, resolveHost, validateNow } from "./host";
 import { HostStep } from "./hostStep";
 import {
   knownHostsName,
@@ -99,7 +99,10 @@ export class ClientIdentity extends pulumi.ComponentResource {
   constructor(name: string, args: ClientIdentityArgs, opts?: pulumi.ComponentResourceOptions) {
     super("nix-ssh-cache:index:ClientIdentity", name, {}, opts);
     const plain = { host: args.host, clientIdentity: args.mode };
-    const valid = validateNow(this, plain as unknown as PlainCacheClientArgs, validateClientArgs);
+    const checked = plain as unknown as PlainCacheClientArgs;
+    // A host resolved by a parent (NixSshCache) was checked there, values known late included.
+    const later = isResolved(args.host) ? null : checked;
+    const valid = validateNow(this, checked, validateClientArgs, later);
     const host = resolveHost(args.host, valid);
     const at = (dependsOn: pulumi.Resource[] = []): StepContext => ({
       connection: host.connection,
@@ -203,7 +206,10 @@ export class CacheClient extends pulumi.ComponentResource {
   constructor(name: string, args: CacheClientArgs, opts?: pulumi.ComponentResourceOptions) {
     super("nix-ssh-cache:index:CacheClient", name, {}, opts);
     const { identity: given, clientKey, cache: coordinates, ...plain } = args;
-    const valid = validateNow(this, plain as unknown as PlainCacheClientArgs, validateClientArgs);
+    const checked = plain as unknown as PlainCacheClientArgs;
+    // A host resolved by a parent (NixSshCache) was checked there, values known late included.
+    const later = isResolved(args.host) ? null : checked;
+    const valid = validateNow(this, checked, validateClientArgs, later);
     const host = resolveHost(args.host, valid);
     const identity =
       given ??

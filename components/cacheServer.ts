@@ -3,7 +3,7 @@
  * authorised production keys over SSH (`nix-store --serve` as user `nix-ssh`).
  */
 import * as pulumi from "@pulumi/pulumi";
-import { digest, ResolvedHost, resolveHost, validateNow } from "./host";
+import { digest, isResolved, ResolvedHost, resolveHost, validateNow } from "./host";
 import { HostStep } from "./hostStep";
 import {
   renderAuthorizedKeys,
@@ -192,12 +192,14 @@ export class CacheServer extends pulumi.ComponentResource {
 
   constructor(name: string, args: CacheServerArgs, opts?: pulumi.ComponentResourceOptions) {
     super("nix-ssh-cache:index:CacheServer", name, {}, opts);
-    // authorizedKeys are not known before the production hosts are read: checked now as far as
-    // known, later when rendered, so they never hold back staging's own steps.
-    const valid = validateNow(this, args as unknown as PlainCacheServerArgs, validateServerArgs, {
-      ...args,
-      authorizedKeys: undefined,
-    } as unknown as PlainCacheServerArgs);
+    // The production keys (clients, authorizedKeys) are not known before the production hosts
+    // are read: checked now as far as known, later each when rendered, so they never hold back
+    // staging's own steps.
+    const checked = args as unknown as PlainCacheServerArgs;
+    const later = isResolved(args.host)
+      ? null
+      : { ...checked, authorizedKeys: undefined, clients: undefined };
+    const valid = validateNow(this, checked, validateServerArgs, later);
     const host = resolveHost(args.host, valid);
     const s = serverSettings(name, args, host);
     const probe = probeStep(`${name}-probe`, {

@@ -13,7 +13,7 @@ import { knownNow, NixSshCacheInputError, PlainConnection } from "./validate";
 
 /** A host, validated and resolved once. */
 export interface ResolvedHost {
-  /** The resolved connection; rejects (a `ResourceError`) when a value known late is invalid. */
+  /** The resolved connection (with `invalidInput` when a value known late is invalid). */
   connection: pulumi.Output<Connection>;
   /** Where the operator connects (`connection.host`). */
   address: pulumi.Output<string>;
@@ -27,31 +27,48 @@ export interface ResolvedHost {
 export type Validator<T> = (plain: T) => void;
 
 /**
+ * What a deferred validation resolves to: `true`, or the problems (already reported).
+ * A connection built on a failed validation carries them in `invalidInput`, and the `HostStep`
+ * provider refuses to run anything over it.
+ */
+export type Validity = true | string;
+
+/**
  * Validates `args` for `resource`: the values known now at once (a `ResourceError` thrown from
- * the constructor, every problem listed), the rest once resolved (the returned Output rejects
- * with one `ResourceError`; gate the host connections on it so nothing runs on any host). The
- * second pass checks `later` (default `args`): leave out what must not hold back the hosts.
+ * the constructor, every problem listed), the rest once resolved (`later`, default `args`;
+ * `null` when a parent component checked them already). A problem found then is reported once,
+ * as the runtime reports an uncaught `ResourceError` (the program then fails), and the returned
+ * Output resolves to the message instead of `true`: host connections built on it refuse to run,
+ * so nothing runs on any host, and no error travels through every resource's inputs (which
+ * made `pulumi preview` take minutes).
  */
 export function validateNow<T>(
   resource: pulumi.Resource,
   args: T,
   validate: Validator<T>,
-  later: T = args,
-): pulumi.Output<true> {
-  run(resource, () => validate(knownNow(args) as T));
-  return pulumi.output(later as pulumi.Input<T>).apply((plain) => {
-    run(resource, () => validate(plain as T));
-    return true as const;
-  }) as pulumi.Output<true>;
+  later: T | null = args,
+): pulumi.Output<Validity> {
+  const known = problemsOf(() => validate(knownNow(args) as T));
+  if (known) throw new pulumi.ResourceError(known, resource, true);
+  if (later === null) return pulumi.output<Validity>(true);
+  return pulumi.output(later as pulumi.Input<T>).apply((plain): Validity => {
+    const problems = problemsOf(() => validate(plain as T));
+    if (!problems) return true;
+    const error = new pulumi.ResourceError(problems, resource, true);
+    queueMicrotask(() => {
+      throw error;
+    });
+    return problems;
+  });
 }
 
-function run(resource: pulumi.Resource, check: () => void): void {
+/** The message of the problems `check` throws, if any. */
+function problemsOf(check: () => void): string | undefined {
   try {
     check();
+    return undefined;
   } catch (e) {
-    if (e instanceof NixSshCacheInputError) {
-      throw new pulumi.ResourceError(e.message, resource, true);
-    }
+    if (e instanceof NixSshCacheInputError) return e.message;
     throw e;
   }
 }
@@ -63,16 +80,17 @@ const resolvedHosts = new WeakMap<HostArgs, ResolvedHost>();
  * `ClientIdentity` and a `CacheClient`) gives the same {@link ResolvedHost}. Its connection waits
  * for `valid` (the validation of the component that resolved it first).
  */
-export function resolveHost(h: HostArgs, valid: pulumi.Output<true>): ResolvedHost {
+export function resolveHost(h: HostArgs, valid: pulumi.Output<Validity>): ResolvedHost {
   const cached = resolvedHosts.get(h);
   if (cached) return cached;
   const plain = pulumi.output({ connection: h.connection, become: h.become }) as pulumi.Output<{
     connection: PlainConnection;
     become?: BecomeMode;
   }>;
-  const connection = pulumi
-    .all([valid, plain])
-    .apply(([, p]) => toConnection(p.connection, p.become));
+  const connection = pulumi.all([valid, plain]).apply(([validity, p]) => {
+    const c = toConnection(p.connection, p.become);
+    return validity === true ? c : { ...c, invalidInput: validity };
+  });
   const address = pulumi.output(h.connection).apply((c) => c.host);
   const resolved: ResolvedHost = {
     connection,

@@ -185,6 +185,7 @@ function workChanges(olds: HostStepOutputs, news: HostStepProps): string[] {
  * credentials.
  */
 function proveConnection(props: HostStepProps): Promise<unknown> {
+  refuseInvalid(props);
   const registry = globalThis as { [k: symbol]: Map<string, Promise<unknown>> | undefined };
   const slot = Symbol.for("nix-ssh-cache/proven-connections");
   const proven = (registry[slot] ??= new Map<string, Promise<unknown>>());
@@ -201,8 +202,16 @@ function proveConnection(props: HostStepProps): Promise<unknown> {
   return proof;
 }
 
+/** Nothing runs over a connection built from invalid input (the problems were reported). */
+function refuseInvalid(props: HostStepProps): void {
+  const invalid = props.connection.invalidInput;
+  if (invalid)
+    throw new Error(`not run: invalid input (reported above): ${invalid.split("\n")[0]}`);
+}
+
 /** Runs the step's script with `ACTION` (and the remove inputs on remove). */
 function run(props: HostStepProps, action: "apply" | "read" | "remove") {
+  refuseInvalid(props);
   const spec = specOf(props);
   const extra = action === "remove" ? spec.removeEnv : {};
   return runJsonScript(props.connection, props.script, {
