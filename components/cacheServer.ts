@@ -309,12 +309,14 @@ function authorizeKeys(
   at: StepContext,
   keys: CacheServerArgs["authorizedKeys"],
 ): HostStep<AuthorizedKeysResult>[] {
-  if (keys === undefined) return [];
+  // Always there, even without extra keys: a stack from before per-host entries has its
+  // whole-file step under this name, and updating it (dropping the untagged lines) keeps the
+  // file, where deleting it would delete the file with every host's entry.
   return [
     authorizedKeysStep(`${s.name}-authorized-keys`, at, {
       file: STAGING_FILES.authorizedKeys,
       entry: "keys",
-      lines: pulumi.output(keys).apply((list) => renderAuthorizedKeys(list)),
+      lines: pulumi.output(keys ?? []).apply((list) => renderAuthorizedKeys(list)),
     }),
   ];
 }
