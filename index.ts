@@ -1,39 +1,65 @@
 /**
  * The example stack: one staging host becomes a signed binary cache for the production hosts.
  * Every setting is documented in Pulumi.yaml; `npm run demo` runs it on local test hosts.
+ *
+ * The config keys are flat (`staging.host`, `production[0].user`, …); `hostModel` maps each
+ * host to the components' host model (`{ connection, become, cacheHost, name }`), with the
+ * operator's key (`sshKey`, `sshKeyPassword`) as its credentials.
  */
 import * as pulumi from "@pulumi/pulumi";
 // The same entry point as in your own project: the package name (here resolved to this
 // repository itself through package.json "exports"; build/components, made by `npm run build`).
-import { FragmentsMode, NixSshCache, Protocol, RebuildMode, SigningKeyArgs } from "nix-ssh-cache";
+import {
+  FragmentsMode,
+  HostArgs,
+  NixSshCache,
+  Protocol,
+  RebuildMode,
+  SigningKeyArgs,
+} from "nix-ssh-cache";
 
-interface HostConfig {
+/** A jump host in the config: the same key as the hosts unless it has its own user. */
+interface ProxyConfig {
   host: string;
   port?: number;
   user?: string;
   hostKey?: string;
+  agentSocketPath?: string;
+}
+
+/** One host in the config (`staging`, `production[i]`). */
+interface HostConfig extends ProxyConfig {
   name?: string;
   cacheHost?: string;
   become?: "sudo" | "none";
-  agentSocketPath?: string;
-  /** A jump host; it uses sshKey (and sshKeyPassword) too. */
-  proxy?: { host: string; port?: number; user?: string; hostKey?: string };
+  proxy?: ProxyConfig;
 }
 
 const cfg = new pulumi.Config();
-const sshKey = cfg.requireSecret("sshKey");
-const sshKeyPassword = cfg.getSecret("sshKeyPassword");
-const credentials = { privateKey: sshKey, privateKeyPassword: sshKeyPassword };
-const withKey = (h: HostConfig) => ({
-  ...h,
-  ...credentials,
-  proxy: h.proxy && { ...h.proxy, ...credentials },
-});
+const credentials = {
+  privateKey: cfg.getSecret("sshKey"),
+  privateKeyPassword: cfg.getSecret("sshKeyPassword"),
+};
+
+/** Maps a config host to the host model. */
+function hostModel(h: HostConfig): HostArgs {
+  const { name, cacheHost, become, proxy, ...connection } = h;
+  return {
+    connection: {
+      ...connection,
+      ...credentials,
+      proxy: proxy && { ...credentials, ...proxy },
+    },
+    become,
+    cacheHost,
+    name,
+  };
+}
 
 const cache = new NixSshCache("cache", {
-  staging: withKey(cfg.requireObject<HostConfig>("staging")),
-  production: cfg.requireObject<HostConfig[]>("production").map(withKey),
-  keyName: cfg.get("keyName") || undefined,
+  staging: hostModel(cfg.requireObject<HostConfig>("staging")),
+  production: cfg.requireObject<HostConfig[]>("production").map(hostModel),
+  keyName: cfg.get("keyName"),
   keyDirectory: cfg.get("keyDirectory"),
   removeSigningKeyOnDestroy: cfg.getBoolean("removeSigningKeyOnDestroy"),
   fragments: cfg.get("fragments") as FragmentsMode | undefined,

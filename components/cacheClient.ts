@@ -2,11 +2,10 @@
  * The production role: a host that substitutes from a staging cache over SSH, with staging's
  * host key pinned and only the cache's key trusted for its paths.
  */
-import * as path from "path";
 import * as pulumi from "@pulumi/pulumi";
 import * as tls from "@pulumi/tls";
-import { CacheCoordinates, DEFAULT_FRAGMENT_PATH, nixosModuleSteps } from "./cacheServer";
-import { hostScript, resolveConnection } from "./host";
+import { CacheCoordinateInputs, CacheCoordinates } from "./cacheServer";
+import { digest, isResolved, resolveHost, validateNow } from "./host";
 import { HostStep } from "./hostStep";
 import {
   knownHostsName,
@@ -16,9 +15,21 @@ import {
   renderSshClientConfig,
   withUrlParam,
 } from "./render";
-import { Connection } from "./ssh";
-import { fileStep, hostFacts, probeStep } from "./steps";
-import { FragmentOptions, ProductionArgs } from "./types";
+import {
+  fileStep,
+  FileResult,
+  fragmentDefaults,
+  nixosModuleSteps,
+  probeStep,
+  rootKeyStep,
+  StepContext,
+  verifyStep,
+  VerifyResult,
+} from "./steps";
+import { ClientIdentityMode, FragmentOptions, HostArgs } from "./types";
+import { PlainCacheClientArgs, validateClientArgs } from "./validate";
+
+export type { ClientIdentityMode } from "./types";
 
 /** Paths the plain-Linux path manages on production. */
 export const CLIENT_FILES = {
@@ -28,20 +39,6 @@ export const CLIENT_FILES = {
   /** The dedicated client key (`clientIdentity: "dedicated"`), root-only. */
   identity: "/etc/nix/nix-ssh-cache/id_ed25519",
 } as const;
-
-/**
- * Whose SSH key a production host uses to log in to the cache.
- *
- * - `"root"`: root's own key (`~/.ssh/id_ed25519`, …), read from the host (generated there when
- *   missing); the private key never leaves the host. The seed tutorial's way.
- * - `"dedicated"`: an ED25519 key made by Pulumi (`@pulumi/tls` `PrivateKey`), kept as a secret in
- *   the state, installed root-only at `/etc/nix/nix-ssh-cache/id_ed25519` and named in the
- *   substituter URL (`ssh-key=`). Its public key is known before the host is reached, so staging
- *   can authorise a fleet before its hosts exist, and it is used for nothing else.
- *
- * @defaultValue `"root"`
- */
-export type ClientIdentityMode = "root" | "dedicated";
 
 /** A client key pair, e.g. a `tls.PrivateKey` with `algorithm: "ED25519"`. */
 export interface ClientKeyPair {
@@ -53,72 +50,127 @@ export interface ClientKeyPair {
 
 /** Arguments of {@link ClientIdentity}. */
 export interface ClientIdentityArgs {
-  /** The production host. */
-  host: ProductionArgs;
-}
-
-/**
- * The SSH identity a production host's root uses to reach the cache: root's own key
- * (ed25519, ecdsa or rsa), or a new ed25519 key generated on the host when root has none. The
- * private key never leaves the host.
- */
-export class ClientIdentity extends pulumi.ComponentResource {
-  /** Root's SSH public key line, to authorise on staging. */
-  public readonly publicKey: pulumi.Output<string>;
-  /** `"nixos"` or `"linux"`. */
-  public readonly os: pulumi.Output<string>;
-  /** @internal The probe step (other steps of this host depend on it). */
-  public readonly probe: HostStep;
-
-  constructor(name: string, args: ClientIdentityArgs, opts?: pulumi.ComponentResourceOptions) {
-    super("nix-ssh-cache:index:ClientIdentity", name, {}, opts);
-    const connection = resolveConnection(args.host);
-    this.probe = probeStep(`${name}-probe`, connection, { parent: this });
-    const rootKey = new HostStep(
-      `${name}-root-key`,
-      {
-        connection,
-        step: "root SSH key",
-        script: hostScript("client-key"),
-        env: {},
-        readable: true,
-        removable: false,
-        removeEnv: {},
-        driftKeys: ["publicKey"],
-        triggers: [],
-        timeoutSeconds: 60,
-      },
-      { parent: this, dependsOn: [this.probe] },
-    );
-    this.publicKey = rootKey.result.apply((r) => String(r.publicKey));
-    this.os = hostFacts(this.probe).os;
-    this.registerOutputs({ publicKey: this.publicKey, os: this.os });
-  }
-}
-
-/** Arguments of {@link CacheClient}. */
-export interface CacheClientArgs extends FragmentOptions {
-  /** The production host and how to reach it. */
-  host: ProductionArgs;
   /**
-   * The cache to use: `CacheServer.coordinates`, or the same object read from another stack.
-   * @example `new pulumi.StackReference("org/staging/prod").requireOutput("cache")`
+   * The production host.
+   * @example `{ connection: { host: "yourapp.com", privateKey: cfg.requireSecret("sshKey") }, name: "web" }`
    */
-  cache: pulumi.Input<CacheCoordinates>;
-  /** This host's identity, when already created (`NixSshCache` does). @defaultValue a new one */
-  identity?: ClientIdentity;
+  host: HostArgs;
   /**
    * Whose key logs in to the cache: root's (`"root"`) or a dedicated key made by Pulumi
    * (`"dedicated"`, see {@link ClientIdentityMode}).
    * @defaultValue `"root"`
    * @example `"dedicated"`
    */
+  mode?: ClientIdentityMode;
+  /**
+   * `mode: "dedicated"`: the key pair, when made elsewhere (e.g. by the staging stack, so it can
+   * authorise the key before this host exists).
+   * @defaultValue a new `tls.PrivateKey` (`algorithm: "ED25519"`) named `<name>-key`
+   * @example `new tls.PrivateKey("web-key", { algorithm: "ED25519" })`
+   */
+  clientKey?: ClientKeyPair;
+}
+
+/**
+ * The SSH identity a production host's root uses to reach the cache, and its one owner:
+ *
+ * - `mode: "root"`: root's own key (ed25519, ecdsa or rsa), or a new ed25519 key generated on the
+ *   host when root has none. The private key never leaves the host.
+ * - `mode: "dedicated"`: an ED25519 key made by Pulumi (or given as `clientKey`), installed
+ *   root-only at `/etc/nix/nix-ssh-cache/id_ed25519`. Its public key is known before the host is
+ *   reached.
+ *
+ * @example
+ * ```ts
+ * const identity = new ClientIdentity("web-identity", { host });
+ * export const rootKey = identity.publicKey; // authorise it on staging
+ * ```
+ */
+export class ClientIdentity extends pulumi.ComponentResource {
+  /** The SSH public key line this host logs in to the cache with: authorise it on staging. */
+  public readonly publicKey: pulumi.Output<string>;
+  /** `"nixos"` or `"linux"`. */
+  public readonly os: pulumi.Output<string>;
+  /** Whose key it is. */
+  public readonly mode: ClientIdentityMode;
+  /** The key file on the host a substituter URL must name (`ssh-key=`); none for root's key. */
+  public readonly keyFile: string | undefined;
+
+  constructor(name: string, args: ClientIdentityArgs, opts?: pulumi.ComponentResourceOptions) {
+    super("nix-ssh-cache:index:ClientIdentity", name, {}, opts);
+    const plain = { host: args.host, clientIdentity: args.mode };
+    const checked = plain as unknown as PlainCacheClientArgs;
+    // A host resolved by a parent (NixSshCache) was checked there, values known late included.
+    const later = isResolved(args.host) ? null : checked;
+    const valid = validateNow(this, checked, validateClientArgs, later);
+    const host = resolveHost(args.host, valid);
+    const at = (dependsOn: pulumi.Resource[] = []): StepContext => ({
+      connection: host.connection,
+      opts: { parent: this, dependsOn },
+    });
+    this.mode = args.mode ?? "root";
+    const probe = probeStep(`${name}-probe`, at());
+    this.os = probe.result.apply((f) => f.os);
+    if (this.mode === "dedicated") {
+      this.keyFile = CLIENT_FILES.identity;
+      this.publicKey = this.dedicatedKey(name, args.clientKey, at([probe]));
+    } else {
+      this.keyFile = undefined;
+      this.publicKey = rootKeyStep(`${name}-root-key`, at([probe])).result.apply(
+        (r) => r.publicKey,
+      );
+    }
+    this.registerOutputs({ publicKey: this.publicKey, os: this.os });
+  }
+
+  /** Phase: the dedicated key pair, and its private key installed root-only on the host. */
+  private dedicatedKey(
+    name: string,
+    given: ClientKeyPair | undefined,
+    at: StepContext,
+  ): pulumi.Output<string> {
+    const key: ClientKeyPair =
+      given ?? new tls.PrivateKey(`${name}-key`, { algorithm: "ED25519" }, { parent: this });
+    fileStep(
+      `${name}-key-file`,
+      // The file's content travels in `env`: keep it secret in the state.
+      { ...at, opts: { ...at.opts, additionalSecretOutputs: ["env"] } },
+      {
+        path: CLIENT_FILES.identity,
+        content: pulumi.secret(key.privateKeyOpenssh),
+        mode: "0600",
+        label: "dedicated client key",
+      },
+    );
+    return pulumi.output(key.publicKeyOpenssh).apply((k) => k.trim());
+  }
+}
+
+/** Arguments of {@link CacheClient}. */
+export interface CacheClientArgs extends FragmentOptions {
+  /** The production host and how to reach it (see {@link HostArgs}). */
+  host: HostArgs;
+  /**
+   * The cache to use: `CacheServer.coordinates`, or the same object read from another stack, or
+   * `CacheServer.coordinatesFor(name)` (field by field, waiting for this host's key only).
+   * @example `new pulumi.StackReference("org/staging/prod").requireOutput("cache")`
+   */
+  cache: pulumi.Input<CacheCoordinates> | CacheCoordinateInputs;
+  /**
+   * This host's identity, when already created (e.g. to export its key before the cache exists).
+   * @defaultValue a new `ClientIdentity` named `<name>-identity` with `clientIdentity` and
+   * `clientKey`
+   */
+  identity?: ClientIdentity;
+  /**
+   * Whose key logs in to the cache, for the identity made here (see {@link ClientIdentityMode}).
+   * @defaultValue `"root"`
+   * @example `"dedicated"`
+   */
   clientIdentity?: ClientIdentityMode;
   /**
-   * The dedicated key pair (`clientIdentity: "dedicated"`), when made elsewhere (e.g. by the
-   * staging stack, so it can authorise the key before this host exists).
-   * @defaultValue a new `tls.PrivateKey` (`algorithm: "ED25519"`) named `<name>-client-key`
-   * @example `new tls.PrivateKey("web-key", { algorithm: "ED25519" })`
+   * The dedicated key pair (`clientIdentity: "dedicated"`), for the identity made here.
+   * @defaultValue a new `tls.PrivateKey` (`algorithm: "ED25519"`)
    */
   clientKey?: ClientKeyPair;
   /** Prove the cache works by realising staging's canary path. @defaultValue `true` */
@@ -130,6 +182,14 @@ export interface CacheClientArgs extends FragmentOptions {
  * (NixOS: a module and `nixos-rebuild`; other Linux: a known_hosts file, an ssh_config drop-in
  * with `StrictHostKeyChecking yes`, and an included nix.conf with `extra-substituters` and
  * `extra-trusted-public-keys`), then verifies by substituting staging's signed canary path.
+ *
+ * @example
+ * ```ts
+ * const web = new CacheClient("web", {
+ *   host: { connection: { host: "yourapp.com", privateKey: cfg.requireSecret("sshKey") } },
+ *   cache: server.coordinates,
+ * });
+ * ```
  */
 export class CacheClient extends pulumi.ComponentResource {
   /** The SSH public key this host logs in with (root's, or the dedicated one): authorise it. */
@@ -138,155 +198,72 @@ export class CacheClient extends pulumi.ComponentResource {
   public readonly substituterUrl: pulumi.Output<string>;
   /** The rendered NixOS module for this host. */
   public readonly module: pulumi.Output<string>;
-  /** True once this host realised staging's canary path through the cache. */
+  /** True once this host realised staging's canary through the cache. */
   public readonly verified: pulumi.Output<boolean>;
   /** What the verification reported (path, substituter, signatures). */
-  public readonly verification: pulumi.Output<Record<string, unknown>>;
+  public readonly verification: pulumi.Output<VerifyResult>;
 
   constructor(name: string, args: CacheClientArgs, opts?: pulumi.ComponentResourceOptions) {
     super("nix-ssh-cache:index:CacheClient", name, {}, opts);
-    const connection: pulumi.Output<Connection> = resolveConnection(args.host);
-    const dedicated = (args.clientIdentity ?? "root") === "dedicated";
-    let probe: HostStep;
-    const keySteps: HostStep[] = [];
-    if (dedicated) {
-      const key: ClientKeyPair =
-        args.clientKey ??
-        new tls.PrivateKey(`${name}-client-key`, { algorithm: "ED25519" }, { parent: this });
-      probe = args.identity?.probe ?? probeStep(`${name}-probe`, connection, { parent: this });
-      this.publicKey = pulumi.output(key.publicKeyOpenssh).apply((k) => k.trim());
-      keySteps.push(
-        fileStep(
-          `${name}-client-key-file`,
-          {
-            connection,
-            path: CLIENT_FILES.identity,
-            content: pulumi.secret(key.privateKeyOpenssh),
-            mode: "0600",
-            label: "dedicated client key",
-          },
-          // The file's content travels in `env`: keep it secret in the state.
-          { parent: this, dependsOn: [probe], additionalSecretOutputs: ["env"] },
-        ),
+    const { identity: given, clientKey, cache: coordinates, ...plain } = args;
+    const checked = plain as unknown as PlainCacheClientArgs;
+    // A host resolved by a parent (NixSshCache) was checked there, values known late included.
+    const later = isResolved(args.host) ? null : checked;
+    const valid = validateNow(this, checked, validateClientArgs, later);
+    const host = resolveHost(args.host, valid);
+    const identity =
+      given ??
+      new ClientIdentity(
+        `${name}-identity`,
+        { host: args.host, mode: args.clientIdentity, clientKey },
+        { parent: this },
       );
-    } else {
-      const identity =
-        args.identity ??
-        new ClientIdentity(`${name}-identity`, { host: args.host }, { parent: this });
-      probe = identity.probe;
-      this.publicKey = identity.publicKey;
-    }
-    const raw = pulumi.output(args.cache);
-    // With a dedicated key, this host's URL names the key file (`ssh-key=`).
-    const cache = raw.apply((c) =>
-      dedicated
-        ? { ...c, substituterUrl: withUrlParam(c.substituterUrl, "ssh-key", CLIENT_FILES.identity) }
-        : c,
-    );
-    this.substituterUrl = cache.apply((c) => c.substituterUrl);
-    const child = { parent: this, dependsOn: [probe] };
-
-    this.module = cache.apply((c) =>
-      renderProductionModule({
-        substituterUrl: c.substituterUrl,
-        trustedPublicKeys: c.publicKeys,
-        stagingHostName: c.hostName,
-        stagingHostKey: c.hostKey,
-        stagingPort: c.port,
-      }),
-    );
-
-    const knownHosts = fileStep(
-      `${name}-known-hosts`,
-      {
-        connection,
-        path: CLIENT_FILES.knownHosts,
-        content: cache.apply((c) =>
-          renderKnownHosts([knownHostsName(c.hostName, c.port)], c.hostKey),
-        ),
-        label: "pinned staging host key",
-        onlyOn: "linux",
-      },
-      child,
-    );
-    const sshConfig = fileStep(
-      `${name}-ssh-config`,
-      {
-        connection,
-        path: CLIENT_FILES.sshConfigDropIn,
-        content: cache.apply((c) =>
-          renderSshClientConfig({
-            hostName: c.hostName,
-            knownHostsFile: CLIENT_FILES.knownHosts,
-            port: c.port,
-          }),
-        ),
-        after: "ssh",
-        label: "ssh client drop-in",
-        onlyOn: "linux",
-      },
-      { ...child, dependsOn: [knownHosts] },
-    );
-    const nixConf = fileStep(
-      `${name}-nix-conf`,
-      {
-        connection,
-        path: CLIENT_FILES.nixConf,
-        content: cache.apply((c) =>
-          renderNixConf({ substituters: [c.substituterUrl], trustedPublicKeys: c.publicKeys }),
-        ),
-        after: "nix",
-        label: "nix.conf include",
-        onlyOn: "linux",
-      },
-      { ...child, dependsOn: [sshConfig] },
-    );
-    const nixosSteps = nixosModuleSteps(name, {
-      connection,
-      module: this.module,
-      fragments: args.fragments ?? "remote",
-      fragmentPath: args.fragmentPath ?? DEFAULT_FRAGMENT_PATH,
-      localPath: path.join(args.localFragmentsDir ?? "nixos", `${name}.nix`),
-      rebuild: args.rebuild ?? "switch",
-      addImport: args.addImport ?? false,
-      checkEnv: cache.apply((c) => ({
-        CHECK_SUBSTITUTER: c.substituterUrl,
-        CHECK_PUBLIC_KEYS: c.publicKeys.join(" "),
-      })),
-      dependsOn: [probe, ...keySteps],
-      parent: this,
+    this.publicKey = identity.publicKey;
+    const at = (dependsOn: pulumi.Resource[]): StepContext => ({
+      connection: host.connection,
+      os: identity.os,
+      opts: { parent: this, dependsOn },
     });
-
+    const cache = cacheFields(coordinates, identity.keyFile);
+    this.substituterUrl = cache.substituterUrl;
+    this.module = pulumi
+      .all([cache.substituterUrl, cache.publicKeys, cache.hostName, cache.hostKey, cache.port])
+      .apply(([url, keys, hostName, hostKey, port]) =>
+        renderProductionModule({
+          substituterUrl: url,
+          trustedPublicKeys: keys,
+          stagingHostName: hostName,
+          stagingHostKey: hostKey,
+          stagingPort: port,
+        }),
+      );
+    const files = clientFiles(cache);
+    const linux = clientLinuxSteps(name, at([identity]), files);
+    const nixos = nixosModuleSteps(
+      name,
+      at([identity]),
+      this.module,
+      fragmentDefaults(args),
+      pulumi
+        .all([cache.substituterUrl, cache.publicKeys])
+        .apply(([url, keys]) => ({ CHECK_SUBSTITUTER: url, CHECK_PUBLIC_KEYS: keys.join(" ") })),
+    );
     if (args.verify ?? true) {
-      const verify = new HostStep(
+      const verify = verifyStep(
         `${name}-verify`,
-        {
-          connection,
-          step: "verify substitution from staging",
-          script: hostScript("verify"),
-          env: cache.apply((c) => ({
-            CANARY_PATH: c.canaryPath,
-            SUBSTITUTER: c.substituterUrl,
-            STAGING: c.hostName,
-          })),
-          readable: false,
-          removable: false,
-          removeEnv: {},
-          driftKeys: [],
-          triggers: pulumi
-            .all([knownHosts.result, sshConfig.result, nixConf.result])
-            .apply((rs) => rs.map((r) => String(r.sha256 ?? r.skipped ?? ""))),
-          timeoutSeconds: 300,
-        },
-        {
-          parent: this,
-          dependsOn: [knownHosts, sshConfig, nixConf, ...keySteps, ...nixosSteps],
-        },
+        at([identity, ...linux, ...nixos]),
+        pulumi
+          .all([cache.canaryPath, cache.substituterUrl, cache.hostName])
+          .apply(([canaryPath, substituter, staging]) => ({ canaryPath, substituter, staging })),
+        // Verified again when what it relies on changes (files, module).
+        pulumi
+          .all([files.knownHosts, files.sshConfig, files.nixConf, this.module])
+          .apply((texts) => digest(texts.join("\0"))),
       );
       this.verification = verify.result;
       this.verified = verify.result.apply((r) => r.verified === true);
     } else {
-      this.verification = pulumi.output("").apply((): Record<string, unknown> => ({}));
+      this.verification = pulumi.output<VerifyResult>({ verified: false });
       this.verified = pulumi.output(false);
     }
 
@@ -298,4 +275,98 @@ export class CacheClient extends pulumi.ComponentResource {
       verification: this.verification,
     });
   }
+}
+
+/**
+ * Plain Linux: the pinned staging host key, the ssh client drop-in that uses it, and the
+ * included nix.conf with the substituter and the trusted keys, in that order.
+ */
+/** What the plain-Linux files of a client hold. */
+interface ClientFiles {
+  knownHosts: pulumi.Output<string>;
+  sshConfig: pulumi.Output<string>;
+  nixConf: pulumi.Output<string>;
+}
+
+/** Renders the plain-Linux files of a client from the coordinates. */
+function clientFiles(cache: ClientCache): ClientFiles {
+  return {
+    knownHosts: pulumi
+      .all([cache.hostName, cache.port, cache.hostKey])
+      .apply(([hostName, port, hostKey]) =>
+        renderKnownHosts([knownHostsName(hostName, port)], hostKey),
+      ),
+    sshConfig: pulumi
+      .all([cache.hostName, cache.port])
+      .apply(([hostName, port]) =>
+        renderSshClientConfig({ hostName, knownHostsFile: CLIENT_FILES.knownHosts, port }),
+      ),
+    nixConf: pulumi
+      .all([cache.substituterUrl, cache.publicKeys])
+      .apply(([url, keys]) => renderNixConf({ substituters: [url], trustedPublicKeys: keys })),
+  };
+}
+
+/**
+ * Plain Linux: the pinned staging host key, the ssh client drop-in that uses it, and the
+ * included nix.conf with the substituter and the trusted keys, in that order.
+ */
+function clientLinuxSteps(
+  name: string,
+  at: StepContext,
+  files: ClientFiles,
+): HostStep<FileResult>[] {
+  const after = (step: pulumi.Resource): StepContext => ({
+    ...at,
+    opts: { parent: at.opts.parent, dependsOn: [step] },
+  });
+  const knownHosts = fileStep(`${name}-known-hosts`, at, {
+    path: CLIENT_FILES.knownHosts,
+    content: files.knownHosts,
+    label: "pinned staging host key",
+    onlyOn: "linux",
+  });
+  const sshConfig = fileStep(`${name}-ssh-config`, after(knownHosts), {
+    path: CLIENT_FILES.sshConfigDropIn,
+    content: files.sshConfig,
+    after: "ssh",
+    label: "ssh client drop-in",
+    onlyOn: "linux",
+  });
+  const nixConf = fileStep(`${name}-nix-conf`, after(sshConfig), {
+    path: CLIENT_FILES.nixConf,
+    content: files.nixConf,
+    after: "nix",
+    label: "nix.conf include",
+    onlyOn: "linux",
+  });
+  return [knownHosts, sshConfig, nixConf];
+}
+
+/** The coordinates a client uses, each field an Output of its own. */
+type ClientCache = { [K in keyof CacheCoordinates]: pulumi.Output<CacheCoordinates[K]> };
+
+/**
+ * The coordinates field by field (a whole object, e.g. from a StackReference, is split), with
+ * this host's substituter URL: naming the dedicated key file (`ssh-key=`) when there is one.
+ */
+function cacheFields(
+  cache: pulumi.Input<CacheCoordinates> | CacheCoordinateInputs,
+  keyFile: string | undefined,
+): ClientCache {
+  const whole = pulumi.Output.isInstance(cache) || cache instanceof Promise;
+  const field = <K extends keyof CacheCoordinates>(k: K): pulumi.Output<CacheCoordinates[K]> =>
+    whole
+      ? pulumi.output(cache as pulumi.Input<CacheCoordinates>).apply((c) => c[k])
+      : (pulumi.output((cache as CacheCoordinateInputs)[k]) as pulumi.Output<CacheCoordinates[K]>);
+  return {
+    substituterUrl: field("substituterUrl").apply((url) =>
+      keyFile ? withUrlParam(url, "ssh-key", keyFile) : url,
+    ),
+    publicKeys: field("publicKeys"),
+    hostName: field("hostName"),
+    port: field("port"),
+    hostKey: field("hostKey"),
+    canaryPath: field("canaryPath"),
+  };
 }

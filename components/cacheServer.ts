@@ -2,10 +2,8 @@
  * `CacheServer`: the staging role. Staging signs what it builds and serves its store to the
  * authorised production keys over SSH (`nix-store --serve` as user `nix-ssh`).
  */
-import * as crypto from "crypto";
-import * as path from "path";
 import * as pulumi from "@pulumi/pulumi";
-import { hostScript, resolveConnection } from "./host";
+import { digest, isResolved, ResolvedHost, resolveHost, validateNow } from "./host";
 import { HostStep } from "./hostStep";
 import {
   renderAuthorizedKeys,
@@ -15,18 +13,28 @@ import {
   serveCommand,
   substituterUrl,
 } from "./render";
-import { Connection } from "./ssh";
-import { fileStep, hostFacts, probeStep } from "./steps";
-import { LocalFile } from "./trackedFile";
 import {
-  FragmentOptions,
-  FragmentsMode,
-  Protocol,
-  RebuildMode,
-  SigningKeyArgs,
-  StagingArgs,
-  SubstituterOptions,
-} from "./types";
+  AuthorizedKeysResult,
+  CanaryResult,
+  authorizedKeysStep,
+  canaryStep,
+  fileStep,
+  fragmentDefaults,
+  HostFacts,
+  nixosModuleSteps,
+  probeStep,
+  ResolvedFragmentOptions,
+  serveUserStep,
+  signingKeyStep,
+  SigningKeyResult,
+  SignStoreResult,
+  signStoreStep,
+  StepContext,
+} from "./steps";
+import { FragmentOptions, HostArgs, Protocol, SigningKeyArgs, SubstituterOptions } from "./types";
+import { PlainCacheServerArgs, validateServerArgs } from "./validate";
+
+export { DEFAULT_FRAGMENT_PATH } from "./steps";
 
 /** Paths the plain-Linux path manages on staging. */
 export const STAGING_FILES = {
@@ -37,8 +45,6 @@ export const STAGING_FILES = {
 
 /** The default directory of the signing key: the seed tutorial's layout. */
 export const DEFAULT_KEY_DIRECTORY = "/etc/shipnix/binary";
-/** The default path of the generated NixOS module on a host. */
-export const DEFAULT_FRAGMENT_PATH = "/etc/nixos/nix-ssh-cache.nix";
 
 /**
  * Everything a production host needs to use a cache; one object, so a staging stack can export
@@ -62,6 +68,14 @@ export interface CacheCoordinates {
   canaryPath: string;
 }
 
+/**
+ * {@link CacheCoordinates} field by field, each an input of its own: a client uses each field as
+ * soon as it is known (e.g. in a preview, before the canary is rebuilt).
+ */
+export type CacheCoordinateInputs = {
+  [K in keyof CacheCoordinates]: pulumi.Input<CacheCoordinates[K]>;
+};
+
 /** File names of signing key generation `generation` (0: the seed's names). */
 export function signingKeyFiles(
   keyDirectory: string,
@@ -81,14 +95,27 @@ export function signingKeyName(keyName: string, generation: number): string {
 
 /** Arguments of {@link CacheServer}. */
 export interface CacheServerArgs extends SubstituterOptions, FragmentOptions {
-  /** The staging host and how to reach it. */
-  host: StagingArgs;
   /**
-   * SSH public keys allowed to substitute: each production host's root key (see
-   * `ClientIdentity.publicKey`), or keys exported by production stacks.
-   * @example `[prod1.publicKey, "ssh-ed25519 AAAA... root@prod2"]`
+   * The staging host and how to reach it.
+   * @example `{ connection: { host: "stage.yourapp.com", user: "ship", privateKey: cfg.requireSecret("sshKey") }, cacheHost: "stage.internal" }`
    */
-  authorizedKeys: pulumi.Input<pulumi.Input<string>[]>;
+  host: HostArgs;
+  /**
+   * Production hosts' SSH public keys by host name (e.g. `ClientIdentity.publicKey`), each
+   * authorised on its own (child `<name>-authorize-<host>`): a host not reached yet holds back
+   * neither staging nor any other host. A client that must wait for its own key uses
+   * {@link CacheServer.coordinatesFor}.
+   * @defaultValue `{}`
+   * @example `{ web: webIdentity.publicKey, db: "ssh-ed25519 AAAA... root@db" }`
+   */
+  clients?: Record<string, pulumi.Input<string>>;
+  /**
+   * More SSH public keys allowed to substitute, authorised together (child
+   * `<name>-authorized-keys`): e.g. keys exported by production stacks.
+   * @defaultValue `[]`
+   * @example `[new pulumi.StackReference("org/web/prod").requireOutput("rootKey")]`
+   */
+  authorizedKeys?: pulumi.Input<pulumi.Input<string>[]>;
   /**
    * Name of the signing key, as in `nix-store --generate-binary-cache-key NAME`.
    * @defaultValue `cacheHost`, else `host`
@@ -147,7 +174,9 @@ export interface CacheServerArgs extends SubstituterOptions, FragmentOptions {
  * @example
  * ```ts
  * const server = new CacheServer("cache", {
- *   host: { host: "stage.yourapp.com", user: "ship", privateKey: cfg.requireSecret("sshKey") },
+ *   host: {
+ *     connection: { host: "stage.yourapp.com", user: "ship", privateKey: cfg.requireSecret("sshKey") },
+ *   },
  *   authorizedKeys: ["ssh-ed25519 AAAA... root@yourapp"],
  * });
  * export const coordinates = server.coordinates;
@@ -176,224 +205,65 @@ export class CacheServer extends pulumi.ComponentResource {
    * after a key rotation); `0` when neither ran.
    */
   public readonly signedPaths: pulumi.Output<number>;
+  /** The authorisation of each of `clients`, by name. */
+  private readonly authorizations: Record<string, HostStep<AuthorizedKeysResult>>;
+  /** The coordinates field by field (see {@link CacheServer.coordinatesFor}). */
+  private readonly fields: CacheCoordinateInputs;
+  /** The canary build: the last step of staging. */
+  private readonly canary: HostStep<CanaryResult>;
 
   constructor(name: string, args: CacheServerArgs, opts?: pulumi.ComponentResourceOptions) {
     super("nix-ssh-cache:index:CacheServer", name, {}, opts);
-    const child: pulumi.CustomResourceOptions = { parent: this };
-    const connection: pulumi.Output<Connection> = resolveConnection(args.host);
-    const hostName = pulumi.output(args.host.cacheHost ?? args.host.host);
-    const keyName = pulumi.output(args.keyName ?? hostName);
-    const keyDirectory = args.keyDirectory ?? DEFAULT_KEY_DIRECTORY;
-    const generation = args.signingKey?.generation ?? 0;
-    const previous = [...new Set(args.signingKey?.previousGenerations ?? [])].filter(
-      (g) => g !== generation,
-    );
-    const generations = [generation, ...previous];
-    // Staging signs with every generation in use: during a rotation's overlap a path then
-    // carries the old and the new signature, whichever side is updated first.
-    const keyFiles = generations.map((g) => signingKeyFiles(keyDirectory, g).privateKey);
-    const keyFile = keyFiles[0];
-    const protocol = args.protocol ?? "ssh";
-    const fragments = args.fragments ?? "remote";
-
-    const probe = probeStep(`${name}-probe`, connection, child);
-    const facts = hostFacts(probe);
-
-    const signingKeys = generations.map(
-      (g) =>
-        new HostStep(
-          g > 0 ? `${name}-signing-key-${g}` : `${name}-signing-key`,
-          {
-            connection,
-            step: g > 0 ? `signing key ${g}` : "signing key",
-            script: hostScript("signing-key"),
-            env: keyName.apply((k): Record<string, string> =>
-              g > 0
-                ? { KEY_NAME: signingKeyName(k, g), KEY_DIR: keyDirectory, KEY_GENERATION: `${g}` }
-                : { KEY_NAME: k, KEY_DIR: keyDirectory },
-            ),
-            readable: true,
-            removable: true,
-            removeEnv: { REMOVE_KEY: args.removeSigningKeyOnDestroy ? "1" : "0" },
-            driftKeys: ["publicKey"],
-            triggers: [],
-            timeoutSeconds: 120,
-          },
-          { ...child, dependsOn: [probe] },
-        ),
-    );
-    const signingKey = signingKeys[0];
-    this.cachePublicKey = signingKey.result.apply((r) => String(r.publicKey));
-    this.publicKeys = pulumi.all(
-      signingKeys.map((k) => k.result.apply((r) => String(r.publicKey))),
-    );
-
-    const clientKeys = pulumi
-      .output(args.authorizedKeys)
-      .apply((keys) => [...new Set(keys.map((k) => k.trim()))].sort());
-    this.module = clientKeys.apply((keys) =>
-      renderStagingModule({
-        clientKeys: keys,
-        secretKeyFile: keyFile,
-        previousSecretKeyFiles: keyFiles.slice(1),
-        write: args.write,
-        protocol,
-      }),
-    );
-
-    // Plain Linux: the equivalent of the NixOS module, applied file by file.
-    const serveUser = new HostStep(
-      `${name}-serve-user`,
-      {
-        connection,
-        step: "serve user",
-        script: hostScript("serve-user", "linux"),
-        env: { SERVE_USER: "nix-ssh" },
-        readable: false,
-        removable: true,
-        removeEnv: {},
-        driftKeys: [],
-        triggers: [],
-        timeoutSeconds: 60,
-      },
-      // after the signing keys: their step refuses a host that already signs with another key
-      // before anything is changed
-      { ...child, dependsOn: [probe, ...signingKeys] },
-    );
-    const authorizedKeys = fileStep(
-      `${name}-authorized-keys`,
-      {
-        connection,
-        path: STAGING_FILES.authorizedKeys,
-        content: clientKeys.apply(renderAuthorizedKeys),
-        label: "authorized keys",
-        onlyOn: "linux",
-      },
-      { ...child, dependsOn: [serveUser] },
-    );
-    const sshdDropIn = fileStep(
-      `${name}-sshd`,
-      {
-        connection,
-        path: STAGING_FILES.sshdDropIn,
-        content: facts.apply((f) =>
-          renderSshdMatchBlock({
-            user: "nix-ssh",
-            authorizedKeysFile: STAGING_FILES.authorizedKeys,
-            forceCommand: serveCommand(protocol, args.write ?? false, f.nixBin),
-          }),
-        ),
-        after: "sshd",
-        label: "sshd drop-in",
-        onlyOn: "linux",
-      },
-      { ...child, dependsOn: [authorizedKeys] },
-    );
-    const nixConf = fileStep(
-      `${name}-nix-conf`,
-      {
-        connection,
-        path: STAGING_FILES.nixConf,
-        content: renderNixConf({ secretKeyFiles: keyFiles }),
-        after: "nix",
-        label: "nix.conf include",
-        onlyOn: "linux",
-      },
-      { ...child, dependsOn: signingKeys },
-    );
-
-    // NixOS: the module, then nixos-rebuild.
-    const nixosSteps = nixosModuleSteps(name, {
-      connection,
-      module: this.module,
-      fragments,
-      fragmentPath: args.fragmentPath ?? DEFAULT_FRAGMENT_PATH,
-      localPath: path.join(args.localFragmentsDir ?? "nixos", `${name}.nix`),
-      rebuild: args.rebuild ?? "switch",
-      addImport: args.addImport ?? false,
-      checkEnv: { CHECK_SIGNING_KEYS: keyFiles.join(" ") },
-      dependsOn: [...signingKeys, probe],
-      parent: this,
+    // The production keys (clients, authorizedKeys) are not known before the production hosts
+    // are read: checked now as far as known, later each when rendered, so they never hold back
+    // staging's own steps.
+    const checked = args as unknown as PlainCacheServerArgs;
+    const later = isResolved(args.host)
+      ? null
+      : { ...checked, authorizedKeys: undefined, clients: undefined };
+    const valid = validateNow(this, checked, validateServerArgs, later);
+    const host = resolveHost(args.host, valid);
+    const s = serverSettings(name, args, host);
+    const probe = probeStep(`${name}-probe`, {
+      connection: host.connection,
+      opts: { parent: this },
     });
-
-    const signStoreStep = (stepName: string, label: string): HostStep =>
-      new HostStep(
-        stepName,
-        {
-          connection,
-          step: label,
-          script: hostScript("sign-store"),
-          env: this.cachePublicKey.apply((k) => ({ KEY_FILE: keyFile, PUBLIC_KEY: k })),
-          readable: false,
-          removable: false,
-          removeEnv: {},
-          driftKeys: [],
-          triggers: [],
-          timeoutSeconds: 3600,
-        },
-        { ...child, dependsOn: [nixConf, ...nixosSteps] },
-      );
-    // Add the current key's signature to every path already in the store, once signing is
-    // configured (paths built meanwhile are signed at build time), again whenever the current
-    // key changes (the env carries it). Generation 0: the paths staging built before the cache
-    // existed (`signExistingPaths`). After a rotation: so they keep substituting once older keys
-    // are retired.
-    const signExisting =
-      generation === 0 && (args.signExistingPaths ?? true)
-        ? [signStoreStep(`${name}-sign-store`, "sign the paths already in the store")]
-        : [];
-    const signStore =
-      generation > 0
-        ? [
-            signStoreStep(
-              `${name}-sign-store-${generation}`,
-              `sign the store with key ${generation}`,
-            ),
-          ]
-        : signExisting;
+    const facts: pulumi.Output<HostFacts> = probe.result;
+    const at = (dependsOn: pulumi.Resource[]): StepContext => ({
+      connection: host.connection,
+      os: facts.os,
+      opts: { parent: this, dependsOn },
+    });
+    const keys = signingKeys(s, at([probe]));
+    this.cachePublicKey = keys[0].result.apply((r) => r.publicKey);
+    this.publicKeys = pulumi.all(keys.map((k) => k.result.apply((r) => r.publicKey)));
+    // After the signing keys: their step refuses a host that already signs with another key
+    // before anything is changed.
+    this.authorizations = authorizeClients(s, at(keys), args.clients ?? {});
+    const extraKeys = authorizeKeys(s, at(keys), args.authorizedKeys);
+    this.module = stagingModule(s);
+    const linux = linuxSteps(s, at(keys), keys, facts);
+    const nixos = nixosModuleSteps(name, at([...keys, probe]), this.module, s.fragments, {
+      CHECK_SIGNING_KEYS: s.keyFiles.join(" "),
+    });
+    const signStore = signStoreSteps(s, at([linux.nixConf, ...nixos]), this.cachePublicKey);
     this.signedPaths =
       signStore.length > 0
         ? signStore[0].result.apply((r) => Number(r.signed ?? r.paths ?? 0))
         : pulumi.output(0);
-
-    // The canary: built and signed once staging is configured; rebuilt when the keys change.
-    // Not when the authorised keys change: adding or removing a production host must not make
-    // every other host verify again.
-    const canaryTrigger = this.publicKeys.apply((keys) =>
-      crypto
-        .createHash("sha256")
-        .update(`${keys.join("\n")}\n${keyFiles.join("\n")}\n${protocol}`)
-        .digest("hex")
-        .slice(0, 16),
-    );
-    const canary = new HostStep(
+    const canary = canaryStep(
       `${name}-canary`,
-      {
-        connection,
-        step: "canary build",
-        script: hostScript("canary"),
-        env: canaryTrigger.apply((nonce) => ({ NONCE: nonce })),
-        readable: false,
-        removable: false,
-        removeEnv: {},
-        driftKeys: [],
-        triggers: [],
-        timeoutSeconds: 300,
-      },
-      {
-        ...child,
-        dependsOn: [serveUser, authorizedKeys, sshdDropIn, nixConf, ...nixosSteps, ...signStore],
-      },
+      at([linux.serveUser, linux.sshd, linux.nixConf, ...nixos, ...signStore, ...extraKeys]),
+      canaryNonce(s, this.publicKeys),
     );
 
     this.os = facts.os;
     this.hostKey = facts.hostKey;
-    const port = pulumi.output(args.host.port ?? 22);
-    this.substituterUrl = pulumi.all([hostName, port]).apply(([host, p]) =>
+    this.substituterUrl = pulumi.all([host.hostName, host.port]).apply(([h, port]) =>
       substituterUrl({
-        protocol,
-        host,
-        port: p,
+        protocol: s.protocol,
+        host: h,
+        port,
         params: {
           compress: args.compress,
           maxConnections: args.maxConnections,
@@ -401,16 +271,16 @@ export class CacheServer extends pulumi.ComponentResource {
         },
       }),
     );
-    this.coordinates = pulumi
-      .all([this.substituterUrl, this.publicKeys, hostName, port, facts, canary.result])
-      .apply(([url, publicKeys, host, p, f, c]) => ({
-        substituterUrl: url,
-        publicKeys,
-        hostName: host,
-        port: p,
-        hostKey: f.hostKey,
-        canaryPath: String(c.path),
-      }));
+    this.canary = canary;
+    this.fields = {
+      substituterUrl: this.substituterUrl,
+      publicKeys: this.publicKeys,
+      hostName: host.hostName,
+      port: host.port,
+      hostKey: this.hostKey,
+      canaryPath: canary.result.path,
+    };
+    this.coordinates = pulumi.all([canary.urn, this.fields]).apply(([, c]) => c);
 
     this.registerOutputs({
       cachePublicKey: this.cachePublicKey,
@@ -423,68 +293,206 @@ export class CacheServer extends pulumi.ComponentResource {
       signedPaths: this.signedPaths,
     });
   }
+
+  /**
+   * The coordinates, once the key of `client` (a name in `clients`) is authorised too: what
+   * that client's `CacheClient` takes as `cache`.
+   */
+  public coordinatesFor(client: string): CacheCoordinateInputs {
+    // Each field waits for staging to be configured (the canary) and for this client's key,
+    // but is known as soon as its own value is: a preview after a change that rebuilds the
+    // canary shows only what changes on the client.
+    const ready = pulumi.all([this.canary.urn, this.authorizations[client]?.urn]);
+    const after = <T>(v: pulumi.Input<T>): pulumi.Output<T> =>
+      pulumi.all([ready, v]).apply(([, value]) => value as T);
+    const f = this.fields;
+    return {
+      substituterUrl: after(f.substituterUrl),
+      publicKeys: after(f.publicKeys),
+      hostName: after(f.hostName),
+      port: after(f.port),
+      hostKey: after(f.hostKey),
+      canaryPath: after(f.canaryPath),
+    };
+  }
 }
 
-/** Arguments of {@link nixosModuleSteps}. */
-export interface NixosModuleStepsArgs {
-  connection: pulumi.Input<Connection>;
-  module: pulumi.Input<string>;
-  fragments: FragmentsMode;
-  fragmentPath: string;
-  localPath: string;
-  rebuild: RebuildMode;
-  addImport: boolean;
-  /**
-   * What nixos-apply checks is in force after `nixos-rebuild switch`: `CHECK_SIGNING_KEYS`
-   * (staging) or `CHECK_SUBSTITUTER` + `CHECK_PUBLIC_KEYS` (production).
-   */
-  checkEnv: pulumi.Input<Record<string, string>>;
-  dependsOn: pulumi.Resource[];
-  parent: pulumi.Resource;
+/** One entry in the serve user's keys file per client: each waits only for its own key. */
+function authorizeClients(
+  s: ServerSettings,
+  at: StepContext,
+  clients: Record<string, pulumi.Input<string>>,
+): Record<string, HostStep<AuthorizedKeysResult>> {
+  const steps: Record<string, HostStep<AuthorizedKeysResult>> = {};
+  for (const [client, key] of Object.entries(clients)) {
+    steps[client] = authorizedKeysStep(`${s.name}-authorize-${client}`, at, {
+      file: STAGING_FILES.authorizedKeys,
+      entry: `client-${client}`,
+      lines: pulumi.output(key).apply((k) => renderAuthorizedKeys([k])),
+    });
+  }
+  return steps;
+}
+
+/** The extra keys, together in one entry (the child name of the former whole-file step). */
+function authorizeKeys(
+  s: ServerSettings,
+  at: StepContext,
+  keys: CacheServerArgs["authorizedKeys"],
+): HostStep<AuthorizedKeysResult>[] {
+  // Always there, even without extra keys: a stack from before per-host entries has its
+  // whole-file step under this name, and updating it (dropping the untagged lines) keeps the
+  // file, where deleting it would delete the file with every host's entry.
+  return [
+    authorizedKeysStep(`${s.name}-authorized-keys`, at, {
+      file: STAGING_FILES.authorizedKeys,
+      entry: "keys",
+      lines: pulumi.output(keys ?? []).apply((list) => renderAuthorizedKeys(list)),
+    }),
+  ];
+}
+
+/** CacheServer's arguments with the defaults applied. */
+interface ServerSettings {
+  name: string;
+  keyName: pulumi.Output<string>;
+  keyDirectory: string;
+  /** Current generation first, then the previous ones still in use. */
+  generations: number[];
+  /** Private key files of `generations`, in the same order. */
+  keyFiles: string[];
+  protocol: Protocol;
+  write: boolean;
+  removeSigningKeyOnDestroy: boolean;
+  signExistingPaths: boolean;
+  fragments: ResolvedFragmentOptions;
+}
+
+function serverSettings(name: string, args: CacheServerArgs, host: ResolvedHost): ServerSettings {
+  const keyDirectory = args.keyDirectory ?? DEFAULT_KEY_DIRECTORY;
+  const generation = args.signingKey?.generation ?? 0;
+  const previous = [...new Set(args.signingKey?.previousGenerations ?? [])].filter(
+    (g) => g !== generation,
+  );
+  const generations = [generation, ...previous];
+  return {
+    name,
+    keyName: pulumi.output(args.keyName ?? host.hostName),
+    keyDirectory,
+    generations,
+    // Staging signs with every generation in use: during a rotation's overlap a path then
+    // carries the old and the new signature, whichever side is updated first.
+    keyFiles: generations.map((g) => signingKeyFiles(keyDirectory, g).privateKey),
+    protocol: args.protocol ?? "ssh",
+    write: args.write ?? false,
+    removeSigningKeyOnDestroy: args.removeSigningKeyOnDestroy ?? false,
+    signExistingPaths: args.signExistingPaths ?? true,
+    fragments: fragmentDefaults(args),
+  };
+}
+
+/** One signing key step per generation in use, the current one first. */
+function signingKeys(s: ServerSettings, at: StepContext): HostStep<SigningKeyResult>[] {
+  return s.generations.map((g) =>
+    signingKeyStep(g > 0 ? `${s.name}-signing-key-${g}` : `${s.name}-signing-key`, at, {
+      keyName: s.keyName.apply((k) => signingKeyName(k, g)),
+      keyDirectory: s.keyDirectory,
+      generation: g,
+      removeOnDestroy: s.removeSigningKeyOnDestroy,
+    }),
+  );
 }
 
 /**
- * The NixOS half of a role: the module written on the host (`"remote"`, then `nixos-rebuild`)
- * or into the operator's repository (`"local"`, deployed by the user). On plain Linux the host
- * steps report `skipped`.
+ * The NixOS module for staging. The production keys are not in it: sshd reads them from the
+ * keys file the authorisation steps manage, so the module waits for no production host.
  */
-export function nixosModuleSteps(name: string, a: NixosModuleStepsArgs): pulumi.Resource[] {
-  const opts: pulumi.CustomResourceOptions = { parent: a.parent, dependsOn: a.dependsOn };
-  if (a.fragments === "local") {
-    return [new LocalFile(`${name}-module`, { path: a.localPath, content: a.module }, opts)];
-  }
-  if (a.fragments === "none") return [];
-  const moduleFile = fileStep(
-    `${name}-module`,
-    {
-      connection: a.connection,
-      path: a.fragmentPath,
-      content: a.module,
-      label: "NixOS module",
-      onlyOn: "nixos",
-    },
-    opts,
+function stagingModule(s: ServerSettings): pulumi.Output<string> {
+  return pulumi.output(
+    renderStagingModule({
+      clientKeys: [],
+      secretKeyFile: s.keyFiles[0],
+      previousSecretKeyFiles: s.keyFiles.slice(1),
+      write: s.write,
+      protocol: s.protocol,
+      authorizedKeysFile: STAGING_FILES.authorizedKeys,
+    }),
   );
-  const rebuild = new HostStep(
-    `${name}-nixos-rebuild`,
-    {
-      connection: a.connection,
-      step: "nixos-rebuild",
-      script: hostScript("nixos-apply", "nixos"),
-      env: pulumi.output(a.checkEnv).apply((check) => ({
-        MODULE_PATH: a.fragmentPath,
-        REBUILD: a.rebuild,
-        ADD_IMPORT: a.addImport ? "1" : "0",
-        ...check,
-      })),
-      readable: false,
-      removable: false,
-      removeEnv: {},
-      driftKeys: [],
-      triggers: pulumi.output(a.module).apply((m) => [m]),
-      timeoutSeconds: 1800,
-    },
-    { parent: a.parent, dependsOn: [moduleFile] },
-  );
-  return [moduleFile, rebuild];
+}
+
+/**
+ * Plain Linux: the equivalent of the NixOS module, applied file by file. The ForceCommand names
+ * Nix by its absolute path when the probe found Nix outside sshd's session PATH.
+ */
+function linuxSteps(
+  s: ServerSettings,
+  at: StepContext,
+  keys: pulumi.Resource[],
+  facts: pulumi.Output<HostFacts>,
+) {
+  const serveUser = serveUserStep(`${s.name}-serve-user`, at);
+  const after = (dependsOn: pulumi.Resource[]): StepContext => ({
+    ...at,
+    opts: { parent: at.opts.parent, dependsOn },
+  });
+  const sshdAt = after([serveUser]);
+  sshdAt.opts.aliases = [{ name: `${s.name}-sshd` }];
+  const sshd = fileStep(`${s.name}-sshd-config`, sshdAt, {
+    path: STAGING_FILES.sshdDropIn,
+    content: facts.apply((f) =>
+      renderSshdMatchBlock({
+        user: "nix-ssh",
+        authorizedKeysFile: STAGING_FILES.authorizedKeys,
+        forceCommand: serveCommand(s.protocol, s.write, f.nixBin),
+      }),
+    ),
+    after: "sshd",
+    label: "sshd drop-in",
+    onlyOn: "linux",
+  });
+  const nixConf = fileStep(`${s.name}-nix-conf`, after(keys), {
+    path: STAGING_FILES.nixConf,
+    content: renderNixConf({ secretKeyFiles: s.keyFiles }),
+    after: "nix",
+    label: "nix.conf include",
+    onlyOn: "linux",
+  });
+  return { serveUser, sshd, nixConf };
+}
+
+/**
+ * Add the current key's signature to every path already in the store, once signing is
+ * configured (paths built meanwhile are signed at build time), again whenever the current key
+ * changes (the env carries it). Generation 0: the paths staging built before the cache existed
+ * (`signExistingPaths`). After a rotation: so they keep substituting once older keys are retired.
+ */
+function signStoreSteps(
+  s: ServerSettings,
+  at: StepContext,
+  publicKey: pulumi.Output<string>,
+): HostStep<SignStoreResult>[] {
+  const generation = s.generations[0];
+  if (generation === 0 && !s.signExistingPaths) return [];
+  const args = { generation, keyFile: s.keyFiles[0], publicKey };
+  return [
+    generation > 0
+      ? signStoreStep(`${s.name}-sign-store-${generation}`, at, args)
+      : signStoreStep(`${s.name}-sign-store`, at, {
+          ...args,
+          label: "sign the paths already in the store",
+        }),
+  ];
+}
+
+/**
+ * The canary is built and signed once staging is configured, and again when the keys change
+ * (not the protocol: the same signed path proves either, and every client verifies again
+ * anyway). Not when the authorised keys change: adding or removing a production host must not
+ * make every other host verify again.
+ */
+function canaryNonce(
+  s: ServerSettings,
+  publicKeys: pulumi.Output<string[]>,
+): pulumi.Output<string> {
+  return publicKeys.apply((keys) => digest(`${keys.join("\n")}\n${s.keyFiles.join("\n")}`));
 }

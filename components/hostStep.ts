@@ -8,20 +8,26 @@
  *
  * Scripts follow the contract in `components/remote/README.md`: inputs in environment variables,
  * `ACTION=apply|read|remove`, the last stdout line is one JSON object.
+ *
+ * How a host is reached (`connection`) and how long a run may take (`timeoutSeconds`) are not
+ * part of what a step does: when only they change, `update` proves the new connection with one
+ * login and stores it, without running the step again.
  */
+import * as crypto from "crypto";
 import * as pulumi from "@pulumi/pulumi";
 import { Connection, runJsonScript } from "./ssh";
 
-/** Plain inputs of a host step, as the provider sees them. */
-export interface HostStepProps {
-  /** Where to run. */
-  connection: Connection;
-  /** Label used in messages and ids, e.g. `signing key`. */
+/**
+ * What a step is, apart from its inputs: one line in the state (`HostStepProps.spec`, see
+ * {@link encodeSpec}), so a preview shows it on one line.
+ */
+export interface StepSpec {
+  /** The resource's name, also its id, e.g. `cache-staging-sshd-config`. */
+  name: string;
+  /** Label used in messages, e.g. `sshd drop-in /etc/ssh/sshd_config.d/nix-ssh-cache.conf`. */
   step: string;
-  /** The full script body (lib.sh + step script). */
+  /** SHA-256 of the script body (16 hex digits): what a diff shows when the script changes. */
   script: string;
-  /** Inputs of the script. */
-  env: Record<string, string>;
   /** Whether the script supports `ACTION=read` (refresh observes the host). */
   readable: boolean;
   /** Whether the script supports `ACTION=remove` (run on delete). */
@@ -30,64 +36,208 @@ export interface HostStepProps {
   removeEnv: Record<string, string>;
   /** Keys of the result that `read` compares with the last applied result to detect drift. */
   driftKeys: string[];
-  /** Any change here re-runs the step (e.g. the contents it depends on). */
-  triggers: string[];
   /** Timeout of one run, in seconds. */
   timeoutSeconds: number;
 }
 
+/** Plain inputs of a host step, as the provider sees them. */
+export interface HostStepProps {
+  /** Where to run (secret: it holds the credentials). */
+  connection: Connection;
+  /**
+   * {@link StepSpec} as one line, e.g. `cache-staging-sshd-config | sshd drop-in /etc/… |
+   * script 1024ff0d643a39ad | read yes | remove yes | drift exists,sha256 | timeout 120s`.
+   */
+  spec: string;
+  /** The full script body (lib.sh + step script); secret, so previews show its digest only. */
+  script: string;
+  /** Inputs of the script. */
+  env: Record<string, string>;
+  /** Any change here re-runs the step (e.g. the digest of what it depends on). */
+  triggers?: string[];
+}
+
 /** Outputs: the inputs plus what the host reported. */
-export interface HostStepOutputs extends HostStepProps {
+export interface HostStepOutputs<R = Record<string, unknown>> extends HostStepProps {
   /** The JSON object the script printed last. */
-  result: Record<string, unknown>;
+  result: R;
   /** True after a refresh observed a result different from the last applied one. */
   drifted: boolean;
 }
 
-/** Inputs of {@link HostStep}, as Pulumi inputs. */
-export type HostStepArgs = {
-  [K in keyof HostStepProps]: pulumi.Input<HostStepProps[K]>;
-};
+/**
+ * Inputs of {@link HostStep}. Only `connection`, `step` and `script` are required.
+ *
+ * @example
+ * ```ts
+ * new HostStep("web-uptime", { connection, step: "uptime", script: "uptime; echo '{}'" });
+ * ```
+ */
+export interface HostStepArgs {
+  /** Where to run (a resolved connection). */
+  connection: pulumi.Input<Connection>;
+  /** Label used in messages. */
+  step: string;
+  /** The full script body. */
+  script: pulumi.Input<string>;
+  /** Inputs of the script. @defaultValue `{}` */
+  env?: pulumi.Input<Record<string, pulumi.Input<string>>>;
+  /** The script supports `ACTION=read`. @defaultValue `false` */
+  readable?: boolean;
+  /** The script supports `ACTION=remove`. @defaultValue `false` */
+  removable?: boolean;
+  /** Extra inputs for `ACTION=remove`. @defaultValue `{}` */
+  removeEnv?: Record<string, string>;
+  /** Result keys a refresh compares to detect drift. @defaultValue `[]` */
+  driftKeys?: string[];
+  /** Values whose change re-runs the step. @defaultValue `[]` */
+  triggers?: pulumi.Input<pulumi.Input<string>[]>;
+  /** Timeout of one run, in seconds. @defaultValue `300` */
+  timeoutSeconds?: number;
+}
+
+/** A state's spec (states written before `spec` existed kept its fields at the top level). */
+function specOf(props: HostStepProps): StepSpec {
+  if (typeof props.spec === "string") return decodeSpec(props.spec);
+  const legacy = props as unknown as Omit<StepSpec, "script" | "name"> & { script: string };
+  // Required here, not imported: this code is serialized into the dynamic provider.
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const c = require("crypto") as typeof import("crypto");
+  return {
+    name: "",
+    step: legacy.step,
+    script: c.createHash("sha256").update(legacy.script).digest("hex").slice(0, 16),
+    readable: legacy.readable,
+    removable: legacy.removable,
+    removeEnv: legacy.removeEnv ?? {},
+    driftKeys: legacy.driftKeys ?? [],
+    timeoutSeconds: legacy.timeoutSeconds,
+  };
+}
+
+/**
+ * One line for a {@link StepSpec}: name, label, script digest, read, remove (with its extra
+ * inputs), drift keys, timeout, separated by ` | `.
+ */
+export function encodeSpec(s: StepSpec): string {
+  const removeEnv = Object.entries(s.removeEnv).map(([k, v]) => `${k}=${v}`);
+  for (const word of [...removeEnv, ...s.driftKeys]) {
+    if (/[\s,|]/.test(word)) throw new Error(`invalid step spec word ${JSON.stringify(word)}`);
+  }
+  return [
+    s.name,
+    s.step,
+    `script ${s.script}`,
+    `read ${s.readable ? "yes" : "no"}`,
+    `remove ${s.removable ? "yes" : "no"}${removeEnv.length ? ` with ${removeEnv.join(",")}` : ""}`,
+    `drift ${s.driftKeys.join(",") || "none"}`,
+    `timeout ${s.timeoutSeconds}s`,
+  ].join(" | ");
+}
+
+/** The {@link StepSpec} of a line made by {@link encodeSpec}. */
+export function decodeSpec(line: string): StepSpec {
+  const parts = line.split(" | ");
+  if (parts.length < 7) throw new Error(`invalid step spec: ${line}`);
+  const [script, read, remove, drift, timeout] = parts.slice(-5);
+  const [removable, withEnv] = remove.replace(/^remove /, "").split(" with ");
+  const driftKeys = drift.replace(/^drift /, "");
+  return {
+    name: parts[0],
+    step: parts.slice(1, -5).join(" | "),
+    script: script.replace(/^script /, ""),
+    readable: read === "read yes",
+    removable: removable === "yes",
+    removeEnv: Object.fromEntries(
+      (withEnv ? withEnv.split(",") : []).map((kv) => [
+        kv.slice(0, kv.indexOf("=")),
+        kv.slice(kv.indexOf("=") + 1),
+      ]),
+    ),
+    driftKeys: driftKeys === "none" ? [] : driftKeys.split(","),
+    timeoutSeconds: Number(timeout.replace(/^timeout (\d+)s$/, "$1")),
+  };
+}
 
 function sameJson(a: unknown, b: unknown): boolean {
   return JSON.stringify(a ?? null) === JSON.stringify(b ?? null);
 }
 
-async function apply(props: HostStepProps): Promise<Record<string, unknown>> {
+/**
+ * What differs in a way that needs the step to run again: everything but the transport
+ * (`connection`, `timeoutSeconds`) and the labels (`name`, `step`).
+ */
+function workChanges(olds: HostStepOutputs, news: HostStepProps): string[] {
+  const o = specOf(olds);
+  const n = specOf(news);
+  const changes: string[] = [];
+  for (const k of ["script", "readable", "removable", "removeEnv", "driftKeys"] as const) {
+    if (!sameJson(o[k], n[k])) changes.push(k === "script" ? "script" : "spec");
+  }
+  if (!sameJson(olds.env, news.env)) changes.push("env");
+  if (!sameJson(olds.triggers ?? [], news.triggers ?? [])) changes.push("triggers");
+  return [...new Set(changes)];
+}
+
+/**
+ * Runs a no-op script over `props.connection` once per provider process (the steps of one host
+ * share the proof, as they share the pooled connection): one login per host proves new
+ * credentials.
+ */
+function proveConnection(props: HostStepProps): Promise<unknown> {
+  refuseInvalid(props);
+  const registry = globalThis as { [k: symbol]: Map<string, Promise<unknown>> | undefined };
+  const slot = Symbol.for("nix-ssh-cache/proven-connections");
+  const proven = (registry[slot] ??= new Map<string, Promise<unknown>>());
+  const key = JSON.stringify(props.connection);
+  let proof = proven.get(key);
+  if (!proof) {
+    proof = runJsonScript(props.connection, `printf '{}\\n'`, {
+      step: "login with the new connection settings",
+      timeoutMs: specOf(props).timeoutSeconds * 1000,
+    });
+    proven.set(key, proof);
+    proof.catch(() => proven.delete(key));
+  }
+  return proof;
+}
+
+/** Nothing runs over a connection built from invalid input (the problems were reported). */
+function refuseInvalid(props: HostStepProps): void {
+  const invalid = props.connection.invalidInput;
+  if (invalid)
+    throw new Error(`not run: invalid input (reported above): ${invalid.split("\n")[0]}`);
+}
+
+/** Runs the step's script with `ACTION` (and the remove inputs on remove). */
+function run(props: HostStepProps, action: "apply" | "read" | "remove") {
+  refuseInvalid(props);
+  const spec = specOf(props);
+  const extra = action === "remove" ? spec.removeEnv : {};
   return runJsonScript(props.connection, props.script, {
-    env: { ...props.env, ACTION: "apply" },
-    step: props.step,
-    timeoutMs: props.timeoutSeconds * 1000,
+    env: { ...props.env, ...extra, ACTION: action },
+    step: action === "apply" ? spec.step : `${spec.step} (${action})`,
+    timeoutMs: spec.timeoutSeconds * 1000,
   });
 }
 
 /** @internal The provider of {@link HostStep} (exported for the serialization unit test). */
 export const hostStepProvider: pulumi.dynamic.ResourceProvider = {
   async create(inputs: HostStepProps) {
-    const result = await apply(inputs);
-    const id = `${inputs.connection.host}/${inputs.step}/${Date.now().toString(36)}`;
+    const result = await run(inputs, "apply");
     const outs: HostStepOutputs = { ...inputs, result, drifted: false };
-    return { id, outs };
+    const spec = specOf(inputs);
+    return { id: spec.name || `${inputs.connection.host}/${spec.step}`, outs };
   },
 
   async diff(_id: string, olds: HostStepOutputs, news: HostStepProps) {
-    const compared: (keyof HostStepProps)[] = [
-      "step",
-      "script",
-      "env",
-      "readable",
-      "removable",
-      "removeEnv",
-      "driftKeys",
-      "triggers",
-      "timeoutSeconds",
-    ];
-    const changes: string[] = compared.filter((k) => !sameJson(olds[k], news[k]));
+    const changes = workChanges(olds, news);
     const oc = olds.connection;
     const nc = news.connection;
     const replaces: string[] = [];
     if (oc.host !== nc.host || oc.port !== nc.port) replaces.push("connection");
     else if (!sameJson(oc, nc)) changes.push("connection");
+    if (!sameJson(specOf(olds), specOf(news))) changes.push("spec");
     if (olds.drifted) changes.push("result");
     return {
       changes: changes.length > 0 || replaces.length > 0,
@@ -96,22 +246,26 @@ export const hostStepProvider: pulumi.dynamic.ResourceProvider = {
     };
   },
 
-  async update(_id: string, _olds: HostStepOutputs, news: HostStepProps) {
-    const result = await apply(news);
-    const outs: HostStepOutputs = { ...news, result, drifted: false };
+  async update(_id: string, olds: HostStepOutputs, news: HostStepProps) {
+    if (workChanges(olds, news).length > 0 || olds.drifted) {
+      const result = await run(news, "apply");
+      const outs: HostStepOutputs = { ...news, result, drifted: false };
+      return { outs };
+    }
+    // Only the transport (or a label) changed: the host is as it was. Prove the new connection
+    // works, once per host and connection in this provider process, then store it.
+    if (!sameJson(olds.connection, news.connection)) await proveConnection(news);
+    const outs: HostStepOutputs = { ...news, result: olds.result, drifted: false };
     return { outs };
   },
 
   async read(id: string, props: HostStepOutputs) {
-    if (!props.readable) return { id, props };
-    const observed = await runJsonScript(props.connection, props.script, {
-      env: { ...props.env, ACTION: "read" },
-      step: `${props.step} (read)`,
-      timeoutMs: props.timeoutSeconds * 1000,
-    });
+    const spec = specOf(props);
+    if (!spec.readable) return { id, props };
+    const observed = await run(props, "read");
     const result: Record<string, unknown> = { ...props.result };
     let drifted = props.drifted;
-    for (const key of props.driftKeys) {
+    for (const key of spec.driftKeys) {
       if (!sameJson(observed[key], props.result[key])) {
         drifted = true;
         result[key] = observed[key] ?? null;
@@ -121,33 +275,55 @@ export const hostStepProvider: pulumi.dynamic.ResourceProvider = {
   },
 
   async delete(_id: string, props: HostStepOutputs) {
-    if (!props.removable) return;
-    await runJsonScript(props.connection, props.script, {
-      env: { ...props.env, ...props.removeEnv, ACTION: "remove" },
-      step: `${props.step} (remove)`,
-      timeoutMs: props.timeoutSeconds * 1000,
-    });
+    if (!specOf(props).removable) return;
+    await run(props, "remove");
   },
 };
 
 /**
- * One idempotent, re-observable step on a host. The connection (with its private key) is kept
- * secret in the state; `result` is what the host reported and never holds private material.
+ * One idempotent, re-observable step on a host, typed by what its script reports (`R`). The
+ * connection (with its private key) and the script body are secret in the state; a diff shows
+ * `scriptDigest` instead of the body. `result` is what the host reported and never holds private
+ * material.
  */
-export class HostStep extends pulumi.dynamic.Resource {
+export class HostStep<R = Record<string, unknown>> extends pulumi.dynamic.Resource {
   /** The JSON object the step's script printed last. */
-  declare public readonly result: pulumi.Output<Record<string, unknown>>;
+  declare public readonly result: pulumi.Output<R>;
   /** True when a refresh saw the host differ from the last apply (the next `up` repairs it). */
   declare public readonly drifted: pulumi.Output<boolean>;
 
   constructor(name: string, args: HostStepArgs, opts?: pulumi.CustomResourceOptions) {
+    const script = pulumi.output(args.script);
+    const spec = pulumi.unsecret(
+      script.apply((body) =>
+        encodeSpec({
+          name,
+          step: args.step,
+          script: crypto.createHash("sha256").update(body).digest("hex").slice(0, 16),
+          readable: args.readable ?? false,
+          removable: args.removable ?? false,
+          removeEnv: args.removeEnv ?? {},
+          driftKeys: args.driftKeys ?? [],
+          timeoutSeconds: args.timeoutSeconds ?? 300,
+        }),
+      ),
+    );
+    const props: pulumi.Inputs = {
+      connection: args.connection,
+      spec,
+      script: pulumi.secret(script),
+      env: args.env ?? {},
+      triggers: args.triggers,
+      result: undefined,
+      drifted: undefined,
+    };
     super(
       hostStepProvider,
       name,
-      { ...args, result: undefined, drifted: undefined },
+      props,
       {
         ...opts,
-        additionalSecretOutputs: ["connection", ...(opts?.additionalSecretOutputs ?? [])],
+        additionalSecretOutputs: ["connection", "script", ...(opts?.additionalSecretOutputs ?? [])],
       },
       "nix-ssh-cache",
       "HostStep",

@@ -19,12 +19,27 @@ export {
   CacheClientArgs,
   ClientIdentity,
   ClientIdentityArgs,
-  ClientIdentityMode,
   ClientKeyPair,
   CLIENT_FILES,
 } from "./cacheClient";
 export { HostStep, HostStepArgs } from "./hostStep";
+export {
+  HostFacts,
+  FileResult,
+  SigningKeyResult,
+  ClientKeyResult,
+  CanaryResult,
+  VerifyResult,
+} from "./steps";
 export { LocalFile, LocalFileArgs } from "./trackedFile";
 export * from "./types";
-export { validateArgs, NixSshCacheInputError, PlainNixSshCacheArgs } from "./validate";
+export {
+  validateArgs,
+  validateServerArgs,
+  validateClientArgs,
+  NixSshCacheInputError,
+  PlainNixSshCacheArgs,
+  PlainCacheServerArgs,
+  PlainCacheClientArgs,
+} from "./validate";
 export * as render from "./render";

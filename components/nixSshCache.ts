@@ -3,31 +3,31 @@
  * Nix binary cache; every production host substitutes from it over SSH.
  */
 import * as pulumi from "@pulumi/pulumi";
-import * as tls from "@pulumi/tls";
-import { CacheClient, ClientIdentity, ClientIdentityMode } from "./cacheClient";
+import { CacheClient, ClientIdentity } from "./cacheClient";
 import { CacheCoordinates, CacheServer } from "./cacheServer";
+import { resolveHost, validateNow } from "./host";
 import {
+  ClientIdentityMode,
   FragmentOptions,
-  ProductionArgs,
+  HostArgs,
   Protocol,
   SigningKeyArgs,
-  StagingArgs,
   SubstituterOptions,
 } from "./types";
-import { NixSshCacheInputError, PlainNixSshCacheArgs, validateArgs } from "./validate";
+import { PlainNixSshCacheArgs, validateArgs } from "./validate";
 
 /** Arguments of {@link NixSshCache}. */
 export interface NixSshCacheArgs extends SubstituterOptions, FragmentOptions {
   /**
-   * The staging host: builds, signs and serves.
-   * @example `{ host: "stage.yourapp.com", user: "ship", privateKey: cfg.requireSecret("sshKey") }`
+   * The staging host: builds, signs and serves (see {@link HostArgs}).
+   * @example `{ connection: { host: "stage.yourapp.com", user: "ship", privateKey: cfg.requireSecret("sshKey") } }`
    */
-  staging: StagingArgs;
+  staging: HostArgs;
   /**
    * The production hosts: substitute from staging. Configured in parallel, after staging.
-   * @example `[{ host: "yourapp.com", user: "ship", privateKey: cfg.requireSecret("sshKey") }]`
+   * @example `[{ connection: { host: "yourapp.com", user: "ship", privateKey: cfg.requireSecret("sshKey") }, name: "web" }]`
    */
-  production: ProductionArgs[];
+  production: HostArgs[];
   /**
    * Name of the signing key (`nix-store --generate-binary-cache-key NAME`).
    * @defaultValue staging's `cacheHost`, else its `host`
@@ -88,81 +88,14 @@ export interface ProductionHostOutputs {
   verified: boolean;
 }
 
-function childName(p: ProductionArgs, index: number): string {
+/** The resource-name part of production host `index`: its `name`, else from its address. */
+function childName(p: HostArgs, index: number): string {
   if (p.name) return p.name;
-  if (typeof p.host === "string") return p.host.replace(/[^A-Za-z0-9]+/g, "-");
+  const c = p.connection as { host?: unknown } | undefined;
+  if (c && typeof c === "object" && typeof c.host === "string") {
+    return c.host.replace(/[^A-Za-z0-9]+/g, "-");
+  }
   return `prod${index + 1}`;
-}
-
-/** Resolves every input to plain values and validates them; rejects with all problems at once. */
-function validated(args: NixSshCacheArgs): pulumi.Output<true> {
-  const plainHost = (h: StagingArgs | ProductionArgs) =>
-    pulumi.output({
-      host: h.host,
-      port: h.port,
-      user: h.user,
-      privateKey: h.privateKey,
-      privateKeyPassword: h.privateKeyPassword,
-      password: h.password,
-      agentSocketPath: h.agentSocketPath,
-      hostKey: h.hostKey,
-      become: h.become,
-    });
-  return pulumi
-    .all([
-      plainHost(args.staging),
-      pulumi.all(args.production.map(plainHost)),
-      pulumi.output(args.keyName),
-      pulumi.output(args.authorizedKeys),
-    ])
-    .apply(([staging, production, keyName, authorizedKeys]): pulumi.Input<true> => {
-      const plain: PlainNixSshCacheArgs = {
-        staging: { ...staging, cacheHost: args.staging.cacheHost },
-        production: production.map((p, i) => ({ ...p, name: args.production[i].name })),
-        keyName,
-        keyDirectory: args.keyDirectory,
-        fragments: args.fragments,
-        fragmentPath: args.fragmentPath,
-        localFragmentsDir: args.localFragmentsDir,
-        rebuild: args.rebuild,
-        protocol: args.protocol,
-        write: args.write,
-        signingKey: args.signingKey,
-        compress: args.compress,
-        maxConnections: args.maxConnections,
-        priority: args.priority,
-        authorizedKeys,
-        clientIdentity: args.clientIdentity,
-      };
-      try {
-        validateArgs(plain);
-      } catch (e) {
-        if (e instanceof NixSshCacheInputError) return reportAndStop(e);
-        throw e;
-      }
-      return true as const;
-    }) as pulumi.Output<true>;
-}
-
-/**
- * Reports invalid input once and ends the program (exit code 32: "error already reported").
- * A rejected Output here would reach every child resource, and the runtime formats the error
- * once per resource reached: `pulumi preview` took minutes to say "invalid host". Under Pulumi's
- * mocks (unit tests) the error is thrown (the Output rejects) instead.
- */
-function reportAndStop(e: NixSshCacheInputError): pulumi.Output<true> {
-  const monitor = pulumi.runtime.getMonitor() as object | undefined;
-  if (!monitor || monitor.constructor.name === "MockMonitor") throw e;
-  const stopped = pulumi.log.error(e.message).then(() => {
-    process.exit(32);
-    return new Promise<true>(() => undefined);
-  });
-  return pulumi.output(stopped);
-}
-
-/** Makes every connection wait for validation, so nothing runs on any host with bad input. */
-function gated<T extends StagingArgs | ProductionArgs>(h: T, ok: pulumi.Output<true>): T {
-  return { ...h, host: pulumi.all([ok, h.host]).apply(([, host]) => host) };
 }
 
 /**
@@ -175,8 +108,8 @@ function gated<T extends StagingArgs | ProductionArgs>(h: T, ok: pulumi.Output<t
  * @example
  * ```ts
  * const cache = new NixSshCache("yourapp", {
- *   staging: { host: "stage.yourapp.com", user: "ship", privateKey: cfg.requireSecret("sshKey") },
- *   production: [{ host: "yourapp.com", user: "ship", privateKey: cfg.requireSecret("sshKey") }],
+ *   staging: { connection: { host: "stage.yourapp.com", user: "ship", privateKey: sshKey } },
+ *   production: [{ connection: { host: "yourapp.com", user: "ship", privateKey: sshKey } }],
  * });
  * export const cachePublicKey = cache.cachePublicKey;
  * ```
@@ -210,72 +143,27 @@ export class NixSshCache extends pulumi.ComponentResource {
 
   constructor(name: string, args: NixSshCacheArgs, opts?: pulumi.ComponentResourceOptions) {
     super("nix-ssh-cache:index:NixSshCache", name, {}, opts);
-    const ok = validated(args);
+    // Every host and option at once; the extra authorizedKeys do not hold back the hosts.
+    const plain = args as unknown as PlainNixSshCacheArgs;
+    const valid = validateNow(this, plain, validateArgs, { ...plain, authorizedKeys: undefined });
+    // Resolved once here; the roles below reuse these (same objects), already validated.
+    resolveHost(args.staging, valid);
+    for (const p of args.production) resolveHost(p, valid);
     const names = args.production.map(childName);
-    const production = args.production.map((p) => gated(p, ok));
 
-    const dedicated = args.clientIdentity === "dedicated";
-    // "dedicated": one key per host made by Pulumi, known before any host is reached.
-    const clientKeys = dedicated
-      ? names.map(
-          (n) =>
-            new tls.PrivateKey(
-              `${name}-${n}-client-key`,
-              { algorithm: "ED25519" },
-              { parent: this },
-            ),
-        )
-      : [];
-    const identities = dedicated
-      ? []
-      : production.map(
-          (p, i) =>
-            new ClientIdentity(`${name}-${names[i]}-identity`, { host: p }, { parent: this }),
-        );
-    this.productionRootKeys = dedicated
-      ? pulumi.all(clientKeys.map((k) => k.publicKeyOpenssh.apply((line) => line.trim())))
-      : pulumi.all(identities.map((id) => id.publicKey));
-    const authorizedKeys = pulumi
-      .all([this.productionRootKeys, pulumi.output(args.authorizedKeys ?? [])])
-      .apply(([own, extra]) => [...own, ...extra]);
-
-    const common = {
-      fragments: args.fragments,
-      fragmentPath: args.fragmentPath,
-      localFragmentsDir: args.localFragmentsDir,
-      rebuild: args.rebuild,
-      addImport: args.addImport,
-    };
-    this.server = new CacheServer(
-      `${name}-staging`,
-      {
-        host: gated(args.staging, ok),
-        authorizedKeys,
-        keyName: args.keyName,
-        signingKey: args.signingKey,
-        compress: args.compress,
-        maxConnections: args.maxConnections,
-        priority: args.priority,
-        keyDirectory: args.keyDirectory,
-        removeSigningKeyOnDestroy: args.removeSigningKeyOnDestroy,
-        protocol: args.protocol,
-        write: args.write,
-        signExistingPaths: args.signExistingPaths,
-        ...common,
-      },
-      { parent: this },
-    );
-    this.clients = production.map(
+    const identities = this.identities(name, args, names);
+    this.productionRootKeys = pulumi.all(identities.map((id) => id.publicKey));
+    this.server = this.staging(name, args, identities, names);
+    this.clients = args.production.map(
       (p, i) =>
         new CacheClient(
           `${name}-${names[i]}`,
           {
             host: p,
-            cache: this.server.coordinates,
-            ...(dedicated
-              ? { clientIdentity: "dedicated" as const, clientKey: clientKeys[i] }
-              : { identity: identities[i] }),
-            ...common,
+            // staging configured and this host's key authorised: no other host's key awaited
+            cache: this.server.coordinatesFor(names[i]),
+            identity: identities[i],
+            ...fragments(args),
           },
           { parent: this },
         ),
@@ -310,4 +198,59 @@ export class NixSshCache extends pulumi.ComponentResource {
       coordinates: this.coordinates,
     });
   }
+
+  /**
+   * Phase: each production host's identity, read first (root's key) or made by Pulumi
+   * (`"dedicated"`: known before any host is reached), so staging can authorise them.
+   */
+  private identities(name: string, args: NixSshCacheArgs, names: string[]): ClientIdentity[] {
+    return args.production.map(
+      (p, i) =>
+        new ClientIdentity(
+          `${name}-${names[i]}-identity`,
+          { host: p, mode: args.clientIdentity },
+          { parent: this },
+        ),
+    );
+  }
+
+  /** Phase: staging, authorising each production identity on its own, and the extra keys. */
+  private staging(
+    name: string,
+    args: NixSshCacheArgs,
+    identities: ClientIdentity[],
+    names: string[],
+  ): CacheServer {
+    return new CacheServer(
+      `${name}-staging`,
+      {
+        host: args.staging,
+        clients: Object.fromEntries(names.map((n, i) => [n, identities[i].publicKey])),
+        authorizedKeys: args.authorizedKeys,
+        keyName: args.keyName,
+        signingKey: args.signingKey,
+        compress: args.compress,
+        maxConnections: args.maxConnections,
+        priority: args.priority,
+        keyDirectory: args.keyDirectory,
+        removeSigningKeyOnDestroy: args.removeSigningKeyOnDestroy,
+        protocol: args.protocol,
+        write: args.write,
+        signExistingPaths: args.signExistingPaths,
+        ...fragments(args),
+      },
+      { parent: this },
+    );
+  }
+}
+
+/** The fragment options, passed on to every role. */
+function fragments(args: FragmentOptions): FragmentOptions {
+  return {
+    fragments: args.fragments,
+    fragmentPath: args.fragmentPath,
+    localFragmentsDir: args.localFragmentsDir,
+    rebuild: args.rebuild,
+    addImport: args.addImport,
+  };
 }

@@ -52,6 +52,8 @@ export interface Connection extends ProxyConnection {
   proxy?: ProxyConnection;
   /** `"sudo"` runs the script through `sudo -n`; `"none"` runs it as the login user. */
   become: "sudo" | "none";
+  /** Set when the component's input was invalid (already reported): nothing may run. */
+  invalidInput?: string;
 }
 
 /** What a script printed and how it ended. */

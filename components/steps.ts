@@ -1,10 +1,46 @@
 /**
- * Builders for the host steps both roles use: probing a host, managing a file on it.
+ * The host steps of both roles, one small factory per step kind, each returning a `HostStep`
+ * typed by what its script reports; and the NixOS half of a role (`nixosModuleSteps`) with the
+ * fragment defaults.
  */
+import * as path from "path";
 import * as pulumi from "@pulumi/pulumi";
-import { hostScript } from "./host";
+import { digest, hostScript } from "./host";
 import { HostStep } from "./hostStep";
 import { Connection } from "./ssh";
+import { LocalFile } from "./trackedFile";
+import { FragmentOptions, FragmentsMode, RebuildMode } from "./types";
+
+/** Where a step runs and what it waits for. */
+export interface StepContext {
+  /** The host's resolved connection. */
+  connection: pulumi.Input<Connection>;
+  /** Parent component and dependencies of the step. */
+  opts: pulumi.CustomResourceOptions;
+  /** The host's OS once probed (`"nixos"` or `"linux"`), for steps of one OS only. */
+  os?: pulumi.Output<string>;
+}
+
+/**
+ * The inputs of a step that applies to hosts of one OS only: on a host of the other OS (once
+ * probed) the step has nothing to do, so its inputs stay constant and a preview never lists it
+ * as changed there (its script reports `skipped`).
+ */
+function forOs<T>(
+  at: StepContext,
+  onlyOn: "nixos" | "linux" | undefined,
+  value: pulumi.Input<T>,
+  elsewhere: T,
+): pulumi.Output<T> {
+  const os = at.os;
+  if (!onlyOn || !os) return pulumi.output(value) as pulumi.Output<T>;
+  return os.apply((o) =>
+    o === onlyOn ? pulumi.output(value) : pulumi.output(elsewhere),
+  ) as pulumi.Output<T>;
+}
+
+/** The inputs of a one-OS step on a host of the other OS. */
+const NOT_HERE: Record<string, string> = { NSC_NOT_FOR_THIS_OS: "1" };
 
 /** What `probe.sh` reports about a host. */
 export interface HostFacts {
@@ -17,52 +53,76 @@ export interface HostFacts {
   nixBin?: string;
 }
 
+/** What `file.sh` reports after apply: the file's digest (`skipped` on hosts of another kind). */
+export interface FileResult {
+  exists?: boolean;
+  sha256?: string;
+  changed?: boolean;
+  skipped?: boolean;
+}
+
+/** What `signing-key.sh` reports. */
+export interface SigningKeyResult {
+  /** `NAME:BASE64`, the cache public key. */
+  publicKey: string;
+  keyName?: string;
+  keyFile?: string;
+}
+
+/** What `client-key.sh` reports: root's SSH public key line. */
+export interface ClientKeyResult {
+  publicKey: string;
+  file?: string;
+  created?: boolean;
+}
+
+/** What `canary.sh` reports: the signed canary path. */
+export interface CanaryResult {
+  path: string;
+  signatures?: string[];
+}
+
+/** What `verify.sh` reports. */
+export interface VerifyResult {
+  verified: boolean;
+  path?: string;
+  substituter?: string;
+  signatures?: string[];
+}
+
 /**
  * Observes a host (OS, Nix version, daemon, SSH host key) without changing it. A refresh that
  * sees another host key or OS marks it drifted, so the next `up` re-reads and re-pins the key.
  */
-export function probeStep(
-  name: string,
-  connection: pulumi.Input<Connection>,
-  opts: pulumi.CustomResourceOptions,
-): HostStep {
-  return new HostStep(
+export function probeStep(name: string, at: StepContext): HostStep<HostFacts> {
+  return new HostStep<HostFacts>(
     name,
     {
-      connection,
+      connection: at.connection,
       step: "probe",
       script: hostScript("probe"),
-      env: {},
       readable: true,
-      removable: false,
-      removeEnv: {},
       driftKeys: ["hostKey", "os"],
-      triggers: [],
       timeoutSeconds: 60,
     },
-    opts,
+    at.opts,
   );
-}
-
-/** Facts of a probe step as a typed output. */
-export function hostFacts(probe: HostStep): pulumi.Output<HostFacts> {
-  return probe.result.apply((r) => r as unknown as HostFacts);
 }
 
 /** Arguments of {@link fileStep}. */
 export interface FileStepArgs {
-  connection: pulumi.Input<Connection>;
   /** Absolute path on the host. */
   path: string;
-  /** Exact content. */
+  /** Exact content (plain text: a preview shows a change as a line diff). */
   content: pulumi.Input<string>;
-  /** Octal mode, e.g. `"0644"`. */
+  /** Octal mode. @defaultValue `"0644"` */
   mode?: string;
-  /** `user:group`. */
+  /** `user:group`. @defaultValue `"root:root"` */
   owner?: string;
   /**
    * What to do after a change: reload sshd (after `sshd -t`), include + restart nix-daemon and
    * check the settings are in force, or (`"ssh"`) check root's ssh really uses the pin.
+   * @defaultValue `"none"`
    */
   after?: "none" | "sshd" | "nix" | "ssh";
   /** Only act on hosts of this kind (the step reports `skipped` elsewhere). */
@@ -75,32 +135,299 @@ export interface FileStepArgs {
  * A file on a host, tracked: written atomically on create/update, re-read on refresh (an edit or
  * a deletion out of band is drift that the next `up` repairs), removed on delete.
  */
-export function fileStep(
-  name: string,
-  args: FileStepArgs,
-  opts: pulumi.CustomResourceOptions,
-): HostStep {
-  const env = pulumi.output(args.content).apply((content) => ({
-    FILE_PATH: args.path,
-    FILE_CONTENT_B64: Buffer.from(content, "utf8").toString("base64"),
-    FILE_MODE: args.mode ?? "0644",
-    FILE_OWNER: args.owner ?? "root:root",
-    AFTER: args.after ?? "none",
-  }));
-  return new HostStep(
+export function fileStep(name: string, at: StepContext, args: FileStepArgs): HostStep<FileResult> {
+  // Inputs at their defaults (file.sh's) are left out: a preview shows what is particular.
+  const env = pulumi.output(args.content).apply((content) => {
+    const e: Record<string, string> = { FILE_PATH: args.path, FILE_CONTENT: content };
+    if (args.mode && args.mode !== "0644") e.FILE_MODE = args.mode;
+    if (args.owner && args.owner !== "root:root") e.FILE_OWNER = args.owner;
+    if (args.after && args.after !== "none") e.AFTER = args.after;
+    return e;
+  });
+  return new HostStep<FileResult>(
     name,
     {
-      connection: args.connection,
+      connection: at.connection,
       step: `${args.label} ${args.path}`,
       script: hostScript("file", args.onlyOn),
+      env: forOs(at, args.onlyOn, env, NOT_HERE),
+      readable: true,
+      removable: true,
+      driftKeys: ["exists", "sha256"],
+      timeoutSeconds: 120,
+    },
+    at.opts,
+  );
+}
+
+/** Arguments of {@link signingKeyStep}. */
+export interface SigningKeyStepArgs {
+  /** The key's name (`NAME` of `NAME:BASE64`). */
+  keyName: pulumi.Input<string>;
+  /** Directory of the key files. */
+  keyDirectory: string;
+  /** Key generation (0: the seed's file names). */
+  generation: number;
+  /** Delete the key on destroy. */
+  removeOnDestroy: boolean;
+}
+
+/** A cache signing key on staging: generated when missing, re-read on refresh. */
+export function signingKeyStep(
+  name: string,
+  at: StepContext,
+  a: SigningKeyStepArgs,
+): HostStep<SigningKeyResult> {
+  const env = pulumi
+    .output(a.keyName)
+    .apply((k): Record<string, string> =>
+      a.generation > 0
+        ? { KEY_NAME: k, KEY_DIR: a.keyDirectory, KEY_GENERATION: `${a.generation}` }
+        : { KEY_NAME: k, KEY_DIR: a.keyDirectory },
+    );
+  return new HostStep<SigningKeyResult>(
+    name,
+    {
+      connection: at.connection,
+      step: a.generation > 0 ? `signing key ${a.generation}` : "signing key",
+      script: hostScript("signing-key"),
       env,
       readable: true,
       removable: true,
-      removeEnv: {},
-      driftKeys: ["exists", "sha256"],
-      triggers: [],
+      removeEnv: { REMOVE_KEY: a.removeOnDestroy ? "1" : "0" },
+      driftKeys: ["publicKey"],
       timeoutSeconds: 120,
     },
-    opts,
+    at.opts,
   );
+}
+
+/** What `authorized-keys.sh` reports: the entry's lines in the serve user's keys file. */
+export interface AuthorizedKeysResult {
+  entry: string;
+  lines: number;
+  sha256: string;
+}
+
+/**
+ * The key lines of one entry (e.g. one production host) in staging's shared authorized_keys
+ * file, kept apart from the other entries' lines: one host's key waits for no other host.
+ */
+export function authorizedKeysStep(
+  name: string,
+  at: StepContext,
+  a: { file: string; entry: string; lines: pulumi.Input<string> },
+): HostStep<AuthorizedKeysResult> {
+  return new HostStep<AuthorizedKeysResult>(
+    name,
+    {
+      connection: at.connection,
+      step: `authorise ${a.entry} in ${a.file}`,
+      script: hostScript("authorized-keys"),
+      env: pulumi
+        .output(a.lines)
+        .apply((keys) => ({ KEYS_FILE: a.file, KEYS_ENTRY: a.entry, KEYS: keys })),
+      readable: true,
+      removable: true,
+      driftKeys: ["sha256"],
+      timeoutSeconds: 60,
+    },
+    at.opts,
+  );
+}
+
+/** Plain Linux: the user `nix-ssh` that serves the store (removed on delete). */
+export function serveUserStep(name: string, at: StepContext): HostStep {
+  return new HostStep(
+    name,
+    {
+      connection: at.connection,
+      step: "serve user",
+      script: hostScript("serve-user", "linux"),
+      env: forOs(at, "linux", { SERVE_USER: "nix-ssh" }, NOT_HERE),
+      removable: true,
+      timeoutSeconds: 60,
+    },
+    at.opts,
+  );
+}
+
+/** Root's SSH key on a production host (generated there when missing; never leaves the host). */
+export function rootKeyStep(name: string, at: StepContext): HostStep<ClientKeyResult> {
+  return new HostStep<ClientKeyResult>(
+    name,
+    {
+      connection: at.connection,
+      step: "root SSH key",
+      script: hostScript("client-key"),
+      readable: true,
+      driftKeys: ["publicKey"],
+      timeoutSeconds: 60,
+    },
+    at.opts,
+  );
+}
+
+/** What `sign-store.sh` reports: valid paths, and how many the key newly signed. */
+export interface SignStoreResult {
+  keyName?: string;
+  paths: number;
+  signed?: number;
+}
+
+/**
+ * Adds the current key's signature to every path in staging's store (the paths built before
+ * the first key, or before a rotation).
+ */
+export function signStoreStep(
+  name: string,
+  at: StepContext,
+  a: { generation: number; keyFile: string; publicKey: pulumi.Input<string>; label?: string },
+): HostStep<SignStoreResult> {
+  return new HostStep<SignStoreResult>(
+    name,
+    {
+      connection: at.connection,
+      step: a.label ?? `sign the store with key ${a.generation}`,
+      script: hostScript("sign-store"),
+      env: pulumi.output(a.publicKey).apply((k) => ({ KEY_FILE: a.keyFile, PUBLIC_KEY: k })),
+      timeoutSeconds: 3600,
+    },
+    at.opts,
+  );
+}
+
+/** A signed canary path built on staging; built again when `nonce` changes. */
+export function canaryStep(
+  name: string,
+  at: StepContext,
+  nonce: pulumi.Input<string>,
+): HostStep<CanaryResult> {
+  return new HostStep<CanaryResult>(
+    name,
+    {
+      connection: at.connection,
+      step: "canary build",
+      script: hostScript("canary"),
+      env: pulumi.output(nonce).apply((n) => ({ NONCE: n })),
+      timeoutSeconds: 300,
+    },
+    at.opts,
+  );
+}
+
+/** Arguments of {@link verifyStep}. */
+export interface VerifyStepArgs {
+  /** Staging's canary path. */
+  canaryPath: string;
+  /** This host's substituter URL. */
+  substituter: string;
+  /** Staging's host name. */
+  staging: string;
+}
+
+/**
+ * Realises staging's canary on a production host through the cache; again when `reliesOn` (a
+ * digest of the configuration it relies on) changes.
+ */
+export function verifyStep(
+  name: string,
+  at: StepContext,
+  a: pulumi.Input<VerifyStepArgs>,
+  reliesOn: pulumi.Input<string>,
+): HostStep<VerifyResult> {
+  return new HostStep<VerifyResult>(
+    name,
+    {
+      connection: at.connection,
+      step: "verify substitution from staging",
+      script: hostScript("verify"),
+      env: pulumi.all([a, reliesOn]).apply(([v, digest]) => ({
+        CANARY_PATH: v.canaryPath,
+        SUBSTITUTER: v.substituter,
+        STAGING: v.staging,
+        RELIES_ON: digest,
+      })),
+      timeoutSeconds: 300,
+    },
+    at.opts,
+  );
+}
+
+/** The default path of the generated NixOS module on a host. */
+export const DEFAULT_FRAGMENT_PATH = "/etc/nixos/nix-ssh-cache.nix";
+
+/** {@link FragmentOptions} with the defaults applied. */
+export interface ResolvedFragmentOptions {
+  fragments: FragmentsMode;
+  fragmentPath: string;
+  localFragmentsDir: string;
+  rebuild: RebuildMode;
+  addImport: boolean;
+}
+
+/** Applies the defaults of {@link FragmentOptions}. */
+export function fragmentDefaults(o: FragmentOptions): ResolvedFragmentOptions {
+  return {
+    fragments: o.fragments ?? "remote",
+    fragmentPath: o.fragmentPath ?? DEFAULT_FRAGMENT_PATH,
+    localFragmentsDir: o.localFragmentsDir ?? "nixos",
+    rebuild: o.rebuild ?? "switch",
+    addImport: o.addImport ?? false,
+  };
+}
+
+/**
+ * The NixOS half of a role: the module written on the host (`"remote"`, then `nixos-rebuild`)
+ * or into the operator's repository (`"local"`, deployed by the user). On plain Linux the host
+ * steps report `skipped`.
+ */
+export function nixosModuleSteps(
+  name: string,
+  at: StepContext,
+  module: pulumi.Input<string>,
+  options: ResolvedFragmentOptions,
+  checkEnv: pulumi.Input<Record<string, string>> = {},
+): pulumi.Resource[] {
+  if (options.fragments === "local") {
+    const localPath = path.join(options.localFragmentsDir, `${name}.nix`);
+    return [new LocalFile(`${name}-module`, { path: localPath, content: module }, at.opts)];
+  }
+  if (options.fragments === "none") return [];
+  const moduleFile = fileStep(`${name}-module`, at, {
+    path: options.fragmentPath,
+    content: module,
+    label: "NixOS module",
+    onlyOn: "nixos",
+  });
+  const rebuild = new HostStep(
+    `${name}-nixos-rebuild`,
+    {
+      connection: at.connection,
+      step: "nixos-rebuild",
+      script: hostScript("nixos-apply", "nixos"),
+      // checkEnv: what must be in force after a switch (CHECK_SIGNING_KEYS on staging,
+      // CHECK_SUBSTITUTER / CHECK_PUBLIC_KEYS on production; see nixos-apply.sh).
+      env: forOs(
+        at,
+        "nixos",
+        pulumi.output(checkEnv).apply((check) => ({
+          MODULE_PATH: options.fragmentPath,
+          REBUILD: options.rebuild,
+          ADD_IMPORT: options.addImport ? "1" : "0",
+          ...check,
+        })),
+        NOT_HERE,
+      ),
+      triggers: forOs(
+        at,
+        "nixos",
+        pulumi.output(module).apply((m) => [digest(m)]),
+        [],
+      ),
+      timeoutSeconds: 1800,
+    },
+    { parent: at.opts.parent, dependsOn: [moduleFile] },
+  );
+  return [moduleFile, rebuild];
 }

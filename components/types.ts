@@ -1,5 +1,18 @@
 import * as pulumi from "@pulumi/pulumi";
 
+import type { types as commandTypes } from "@pulumi/command";
+
+/** Serving protocols, in the order documented (see {@link Protocol}). */
+export const PROTOCOLS = ["ssh", "ssh-ng"] as const;
+/** `nixos-rebuild` modes (see {@link RebuildMode}). */
+export const REBUILD_MODES = ["switch", "boot", "none"] as const;
+/** Where the fragments go (see {@link FragmentsMode}). */
+export const FRAGMENTS_MODES = ["remote", "local", "none"] as const;
+/** How configuration commands gain root (see {@link BecomeMode}). */
+export const BECOME_MODES = ["sudo", "none"] as const;
+/** Whose key a production host logs in to the cache with (see {@link ClientIdentityMode}). */
+export const CLIENT_IDENTITY_MODES = ["root", "dedicated"] as const;
+
 /**
  * How production talks to the staging store over SSH.
  *
@@ -8,7 +21,7 @@ import * as pulumi from "@pulumi/pulumi";
  *
  * @defaultValue `"ssh"`
  */
-export type Protocol = "ssh" | "ssh-ng";
+export type Protocol = (typeof PROTOCOLS)[number];
 
 /**
  * What to do on a NixOS host after its generated module changed.
@@ -19,7 +32,7 @@ export type Protocol = "ssh" | "ssh-ng";
  *
  * @defaultValue `"switch"`
  */
-export type RebuildMode = "switch" | "boot" | "none";
+export type RebuildMode = (typeof REBUILD_MODES)[number];
 
 /**
  * Where the rendered configuration fragments (NixOS modules, nix.conf includes) go.
@@ -31,144 +44,89 @@ export type RebuildMode = "switch" | "boot" | "none";
  *
  * @defaultValue `"remote"`
  */
-export type FragmentsMode = "remote" | "local" | "none";
+export type FragmentsMode = (typeof FRAGMENTS_MODES)[number];
 
 /**
- * How to reach a host over SSH: the connection Pulumi (the operator) uses to configure it.
+ * How configuration commands gain root: `"sudo"` (`sudo -n`, for a login user other than root)
+ * or `"none"` (the login user is root).
  *
- * Give either `privateKey` or `password`.
+ * @defaultValue `"sudo"` when the login user is not `"root"`, else `"none"`
+ */
+export type BecomeMode = (typeof BECOME_MODES)[number];
+
+/**
+ * Whose SSH key a production host uses to log in to the cache.
+ *
+ * - `"root"`: root's own key (`~/.ssh/id_ed25519`, …), read from the host (generated there when
+ *   missing); the private key never leaves the host. The seed tutorial's way.
+ * - `"dedicated"`: an ED25519 key made by Pulumi (`@pulumi/tls` `PrivateKey`), kept as a secret in
+ *   the state, installed root-only at `/etc/nix/nix-ssh-cache/id_ed25519` and named in the
+ *   substituter URL (`ssh-key=`). Its public key is known before the host is reached, so staging
+ *   can authorise a fleet before its hosts exist, and it is used for nothing else.
+ *
+ * @defaultValue `"root"`
+ */
+export type ClientIdentityMode = (typeof CLIENT_IDENTITY_MODES)[number];
+
+/**
+ * How the operator (Pulumi) reaches a host: the connection object of `@pulumi/command`'s
+ * `remote.Command` (`types.input.remote.ConnectionArgs`), so the objects you already pass to
+ * `remote.Command` work here unchanged.
+ *
+ * Defaults (as in `@pulumi/command`): `port` 22, `user` `"root"`, `dialErrorLimit` 10,
+ * `perDialTimeout` 15 (seconds); without `privateKey` and `password`, the ssh-agent at
+ * `agentSocketPath` (default: the environment's `SSH_AUTH_SOCK`). `hostKey` pins the host's key
+ * (`"ssh-ed25519 AAAA…"`, a line of `/etc/ssh/ssh_host_ed25519_key.pub`); without it the
+ * operator's connection does not verify the host key. `proxy` is a jump host with its own
+ * `host`, `user`, `privateKey`, `hostKey`, ….
+ *
+ * Pass secrets as Pulumi secrets, e.g. `privateKey: config.requireSecret("sshKey")`.
+ */
+export type ConnectionArgs = commandTypes.input.remote.ConnectionArgs;
+
+/** A jump host of a {@link ConnectionArgs} (`@pulumi/command`'s `ProxyConnectionArgs`). */
+export type ProxyConnectionArgs = commandTypes.input.remote.ProxyConnectionArgs;
+
+/**
+ * A host: how to reach it and how to gain root on it. The one shape of a host for every
+ * component (`NixSshCache` staging and production, `CacheServer`, `CacheClient`,
+ * `ClientIdentity`).
  *
  * @example
  * ```ts
- * const prod1: HostArgs = {
+ * const connection = {
  *   host: "prod1.example.com",
  *   user: "deploy", // not root, so commands run through sudo
  *   privateKey: config.requireSecret("sshKey"),
  *   hostKey: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI... root@prod1",
  * };
+ * // the same object a remote.Command takes:
+ * new command.remote.Command("uptime", { connection, create: "uptime" });
+ * const prod1: HostArgs = { connection, name: "web" };
  * ```
  */
 export interface HostArgs {
-  /** DNS name or IP address the operator (Pulumi) connects to, e.g. `"prod1.example.com"`. */
-  host: pulumi.Input<string>;
-  /**
-   * SSH port of the host.
-   * @defaultValue `22`
-   */
-  port?: pulumi.Input<number>;
-  /**
-   * Login user for the operator's connection.
-   * @defaultValue `"root"`
-   */
-  user?: pulumi.Input<string>;
-  /**
-   * OpenSSH or PEM private key (`-----BEGIN … PRIVATE KEY-----`) for the login. Pass a Pulumi
-   * secret, e.g. `config.requireSecret("sshKey")`. Required unless `password` is given.
-   */
-  privateKey?: pulumi.Input<string>;
-  /** Password for the login, an alternative to `privateKey`. Pass a Pulumi secret. */
-  password?: pulumi.Input<string>;
-  /**
-   * Pinned public host key of this host for the operator's own connection, as
-   * `"ssh-ed25519 AAAA…"` (a line of `/etc/ssh/ssh_host_ed25519_key.pub`). Without it the
-   * operator's connection does not verify the host key.
-   * @defaultValue none (host key not verified)
-   */
-  hostKey?: pulumi.Input<string>;
+  /** How to reach the host (see {@link ConnectionArgs}); `host` is required. */
+  connection: pulumi.Input<ConnectionArgs>;
   /**
    * How to gain root for configuration commands.
-   * @defaultValue `"sudo"` when `user` is not `"root"`, else `"none"`
+   * @defaultValue `"sudo"` when `connection.user` is not `"root"`, else `"none"`
    */
-  become?: pulumi.Input<"sudo" | "none">;
-  /** Passphrase of an encrypted `privateKey`. Pass a Pulumi secret. */
-  privateKeyPassword?: pulumi.Input<string>;
+  become?: pulumi.Input<BecomeMode>;
   /**
-   * Path of an ssh-agent socket whose keys are offered (as `@pulumi/command`'s
-   * `agentSocketPath`).
-   * @defaultValue env `SSH_AUTH_SOCK` of `pulumi`, only when neither `privateKey` nor `password` is given
-   */
-  agentSocketPath?: pulumi.Input<string>;
-  /**
-   * A jump host (bastion) the connection goes through, e.g.
-   * `{ host: "bastion.example.com", user: "jump", hostKey: "ssh-ed25519 AAAA…" }`; it resolves
-   * and reaches `host:port` itself (SSH `direct-tcpip`, like `ssh -J`).
-   * @defaultValue none (direct connection)
-   */
-  proxy?: pulumi.Input<ProxyArgs>;
-  /**
-   * Dial attempts while the host does not answer (e.g. still booting); `-1`: no limit.
-   * @defaultValue `10`
-   */
-  dialErrorLimit?: pulumi.Input<number>;
-  /**
-   * Seconds one dial attempt (connect, handshake, login) may take; `0`: no limit.
-   * @defaultValue `15`
-   */
-  perDialTimeout?: pulumi.Input<number>;
-}
-
-/**
- * A jump host: the fields of `@pulumi/command`'s `remote.ProxyConnectionArgs`, plus `hostKey`.
- * Give it its own credentials, or it uses env `SSH_AUTH_SOCK` (ssh-agent).
- */
-export interface ProxyArgs {
-  /** DNS name or IP address of the jump host. */
-  host: pulumi.Input<string>;
-  /** @defaultValue `22` */
-  port?: pulumi.Input<number>;
-  /** @defaultValue `"root"` */
-  user?: pulumi.Input<string>;
-  /** Private key for the jump host (a Pulumi secret). */
-  privateKey?: pulumi.Input<string>;
-  /** Passphrase of an encrypted `privateKey` (a Pulumi secret). */
-  privateKeyPassword?: pulumi.Input<string>;
-  /** Password for the jump host (a Pulumi secret). */
-  password?: pulumi.Input<string>;
-  /** @defaultValue env `SSH_AUTH_SOCK`, only when neither `privateKey` nor `password` is given */
-  agentSocketPath?: pulumi.Input<string>;
-  /** Pinned host key of the jump host, `"ssh-ed25519 AAAA…"`. @defaultValue not verified */
-  hostKey?: pulumi.Input<string>;
-  /** @defaultValue `10` */
-  dialErrorLimit?: pulumi.Input<number>;
-  /** @defaultValue `15` */
-  perDialTimeout?: pulumi.Input<number>;
-}
-
-/**
- * The staging host: it builds, signs its store paths and serves them to production over SSH.
- *
- * @example
- * ```ts
- * const staging: StagingArgs = {
- *   host: "203.0.113.10",
- *   cacheHost: "stage.yourapp.com", // the name production resolves
- *   privateKey: config.requireSecret("sshKey"),
- * };
- * ```
- */
-export interface StagingArgs extends HostArgs {
-  /**
-   * Host name production servers use to reach staging (in the substituter URL and the pinned
-   * known-hosts entry), when it differs from `host` (e.g. a private network name).
-   * @defaultValue the value of `host`
+   * Staging only: host name production servers use to reach staging (in the substituter URL and
+   * the pinned known-hosts entry), when it differs from `connection.host` (e.g. a private network
+   * name).
+   * @defaultValue `connection.host`
+   * @example `"stage.yourapp.com"`
    */
   cacheHost?: string;
-}
-
-/**
- * A production host: it substitutes from the staging cache instead of building.
- *
- * @example
- * ```ts
- * const production: ProductionArgs[] = [
- *   { host: "yourapp.com", name: "web", privateKey: config.requireSecret("sshKey") },
- * ];
- * ```
- */
-export interface ProductionArgs extends HostArgs {
   /**
-   * Suffix of the child resource names for this host, e.g. `"web"` gives `<name>-prod-web`.
-   * @defaultValue derived from `host` (non-alphanumerics replaced by `-`)
+   * Production only: the host's part of its child resource names, e.g. `name: "web"` in a
+   * `NixSshCache` named `cache` gives `cache-web-verify`, `cache-web-nix-conf`, ….
+   * @defaultValue derived from `connection.host` (non-alphanumerics replaced by `-`), else
+   * `prod<N>`
+   * @example `"web"`
    */
   name?: string;
 }

@@ -1,44 +1,68 @@
 /**
- * Input validation for NixSshCache, on plain (resolved) values. Every problem is reported at
+ * Input validation, on plain values, for every public component. Every problem is reported at
  * once, one line each, naming the field path, the host and what to do.
+ *
+ * Values not known yet when a component is constructed (Pulumi Outputs, e.g. a secret from
+ * config) are {@link LATER} in the first pass and checked once resolved (see `host.ts`).
  * @packageDocumentation
  */
 import { isIPv4, isIPv6 } from "node:net";
 import { utils as sshUtils } from "ssh2";
 import { parsePublicKeyLine } from "./render/publicKey";
+import {
+  BECOME_MODES,
+  CLIENT_IDENTITY_MODES,
+  FRAGMENTS_MODES,
+  PROTOCOLS,
+  REBUILD_MODES,
+} from "./types";
 
-/** One host's connection settings, resolved to plain values (see `HostArgs`). */
-export interface PlainHost {
+/** Stands for a value that is not known yet (an Output or a Promise): checked once resolved. */
+export const LATER: unique symbol = Symbol("nix-ssh-cache: known later");
+
+/** A value known now (not {@link LATER}), given or not. */
+type Now<T> = T | typeof LATER;
+
+/** One hop of a connection, resolved to plain values (see `ConnectionArgs`). */
+export interface PlainConnection {
   /** DNS name or IP address. */
-  host: string;
+  host: Now<string>;
   /** SSH port, 1..65535. */
-  port?: number;
+  port?: Now<number>;
   /** Login user. */
-  user?: string;
+  user?: Now<string>;
   /** OpenSSH/PEM private key block. */
-  privateKey?: string;
-  /** Passphrase of an encrypted `privateKey`. */
-  privateKeyPassword?: string;
+  privateKey?: Now<string>;
+  /** Passphrase of an encrypted private key. */
+  privateKeyPassword?: Now<string>;
   /** Login password. */
-  password?: string;
-  /** ssh-agent socket. */
-  agentSocketPath?: string;
+  password?: Now<string>;
+  /** ssh-agent socket path. */
+  agentSocketPath?: Now<string>;
   /** Pinned host public key line. */
-  hostKey?: string;
-  /** `"sudo"` or `"none"`. */
-  become?: string;
+  hostKey?: Now<string>;
+  /** Dial attempts (`-1`: unlimited). */
+  dialErrorLimit?: Now<number>;
+  /** Seconds per dial attempt. */
+  perDialTimeout?: Now<number>;
+  /** Jump host. */
+  proxy?: Now<PlainConnection>;
 }
 
-/** All NixSshCache arguments, resolved to plain values (the input of {@link validateArgs}). */
-export interface PlainNixSshCacheArgs {
-  /** The staging (serving) host. */
-  staging: PlainHost & { cacheHost?: string };
-  /** The production (substituting) hosts; at least one. */
-  production: (PlainHost & { name?: string })[];
-  /** Name of the cache signing key, e.g. `"stage.example.com-1"`. */
-  keyName?: string;
-  /** Directory of the signing key on staging, absolute. */
-  keyDirectory?: string;
+/** A host resolved to plain values (see `HostArgs`). */
+export interface PlainHost {
+  /** How the operator reaches the host. */
+  connection: Now<PlainConnection>;
+  /** `"sudo"` or `"none"`. */
+  become?: Now<string>;
+  /** Staging only: the name production uses for staging. */
+  cacheHost?: string;
+  /** Production only: resource-name part. */
+  name?: string;
+}
+
+/** Options of a role, resolved to plain values (shared by the component validators). */
+export interface PlainRoleOptions {
   /** `"remote"`, `"local"` or `"none"`. */
   fragments?: string;
   /** Where fragments are written on the hosts, absolute. */
@@ -47,6 +71,16 @@ export interface PlainNixSshCacheArgs {
   localFragmentsDir?: string;
   /** `"switch"`, `"boot"` or `"none"`. */
   rebuild?: string;
+  /** Add the module to configuration.nix imports. */
+  addImport?: boolean;
+}
+
+/** Staging's options, resolved to plain values. */
+export interface PlainServerOptions extends PlainRoleOptions {
+  /** Name of the cache signing key, e.g. `"stage.example.com-1"`. */
+  keyName?: Now<string>;
+  /** Directory of the signing key on staging, absolute. */
+  keyDirectory?: string;
   /** `"ssh"` or `"ssh-ng"`. */
   protocol?: string;
   /** Let production upload to staging. */
@@ -60,7 +94,17 @@ export interface PlainNixSshCacheArgs {
   /** Substituter URL `priority=`. */
   priority?: number;
   /** Extra SSH public keys authorised on staging. */
-  authorizedKeys?: string[];
+  authorizedKeys?: Now<Now<string>[]>;
+  /** Production hosts' keys by name, each authorised on its own. */
+  clients?: Record<string, Now<string>>;
+}
+
+/** All NixSshCache arguments, resolved to plain values (the input of {@link validateArgs}). */
+export interface PlainNixSshCacheArgs extends PlainServerOptions {
+  /** The staging (serving) host. */
+  staging: PlainHost;
+  /** The production (substituting) hosts; at least one. */
+  production: PlainHost[];
   /** `"root"` or `"dedicated"`. */
   clientIdentity?: string;
 }
@@ -125,6 +169,7 @@ function hostIdentity(host: string, port: number | undefined): string {
 }
 
 function show(value: unknown): string {
+  if (value === LATER) return "<not known yet>";
   return typeof value === "string" ? JSON.stringify(value) : String(value);
 }
 
@@ -152,103 +197,161 @@ function checkAbsolutePath(
   }
 }
 
-function checkHost(
-  h: PlainHost & { cacheHost?: string; name?: string },
-  path: string,
+/** Whether a value is given and known now. */
+function known<T>(value: T | typeof LATER | undefined): value is T {
+  return value !== undefined && value !== LATER;
+}
+
+function isObject(value: unknown): value is Record<string, unknown> {
+  return value !== null && typeof value === "object" && !Array.isArray(value);
+}
+
+/** Checks one hop of a connection (the host's own, or its `proxy`). */
+function checkConnection(
+  c: PlainConnection,
+  at: string,
   problems: string[],
+  isProxy: boolean,
 ): void {
-  if (h === null || typeof h !== "object") {
-    problems.push(`${path}: must be an object like { host: "prod1.example.com", privateKey }`);
+  if (!isObject(c)) {
+    problems.push(
+      `${at}: must be an object like { host: "prod1.example.com", privateKey } (the connection of @pulumi/command's remote.Command)`,
+    );
     return;
   }
-  const hostValid = typeof h.host === "string" && isValidHost(h.host);
-  if (!hostValid) {
-    problems.push(
-      `${path}.host (${show(h.host)}): not a valid host name or IP address; ${HOST_HINT}`,
-    );
-  }
-  const on = `, host ${show(h.host)}`;
-  if (
-    h.port !== undefined &&
-    (typeof h.port !== "number" || !Number.isInteger(h.port) || h.port < 1 || h.port > 65535)
-  ) {
-    problems.push(
-      `${path}.port (${show(h.port)}${on}): must be an integer from 1 to 65535, e.g. 22`,
-    );
-  }
-  if (h.user !== undefined && (typeof h.user !== "string" || !/^[a-z_][a-z0-9_-]*$/.test(h.user))) {
-    problems.push(
-      `${path}.user (${show(h.user)}${on}): not a valid user name; use lower-case letters, digits, "_" and "-", e.g. "root" or "deploy"`,
-    );
-  }
-  if (h.become !== undefined && h.become !== "sudo" && h.become !== "none") {
-    problems.push(`${path}.become (${show(h.become)}${on}): must be "sudo" or "none"`);
-  }
-  if (
-    h.privateKey === undefined &&
-    h.password === undefined &&
-    h.agentSocketPath === undefined &&
-    !process.env.SSH_AUTH_SOCK
-  ) {
-    problems.push(
-      `${path} (host ${show(h.host)}): no credentials; set privateKey (an OpenSSH/PEM private key, as a Pulumi secret), password or agentSocketPath (SSH_AUTH_SOCK is not set)`,
-    );
-  }
-  if (
-    h.privateKey !== undefined &&
-    (typeof h.privateKey !== "string" || !PRIVATE_KEY.test(h.privateKey.trim()))
-  ) {
-    problems.push(
-      `${path}.privateKey (<secret>${on}): not an OpenSSH/PEM private key; expected a "-----BEGIN ... PRIVATE KEY-----" block (the key file's contents, not its path)`,
-    );
-  } else if (typeof h.privateKey === "string") {
-    // A well-formed block can still be unreadable (truncated, corrupted, passphrase-protected):
-    // ssh2 would only fail when connecting, after other hosts were already changed. ssh2's own
-    // message is not shown: it can quote bytes of the key.
-    const parsed = sshUtils.parseKey(h.privateKey);
-    if (parsed instanceof Error && /no passphrase given/.test(parsed.message)) {
-      if (!h.privateKeyPassword) {
-        problems.push(
-          `${path}.privateKey (<secret>${on}): is encrypted; set privateKeyPassword to its passphrase (as a Pulumi secret)`,
-        );
-      } else if (sshUtils.parseKey(h.privateKey, h.privateKeyPassword) instanceof Error) {
-        problems.push(
-          `${path}.privateKeyPassword (<secret>${on}): does not decrypt privateKey (wrong passphrase?)`,
-        );
-      }
-    } else if (parsed instanceof Error) {
+  if (known(c.host) || c.host === undefined) {
+    if (!(typeof c.host === "string" && isValidHost(c.host))) {
       problems.push(
-        `${path}.privateKey (<secret>${on}): cannot be read (corrupted or truncated); give the key file's complete contents`,
+        `${at}.host (${show(c.host)}): not a valid host name or IP address; ${HOST_HINT}`,
       );
     }
   }
-  if (h.password !== undefined && (typeof h.password !== "string" || h.password === "")) {
-    problems.push(`${path}.password (<secret>${on}): must be a non-empty string`);
+  const on = `, host ${c.host === LATER ? "<not known yet>" : show(c.host)}`;
+  if (known(c.port) && !isInt(c.port, 1, 65535)) {
+    problems.push(`${at}.port (${show(c.port)}${on}): must be an integer from 1 to 65535, e.g. 22`);
   }
-  if (h.hostKey !== undefined) {
-    try {
-      if (typeof h.hostKey !== "string") throw new Error("must be a string");
-      parsePublicKeyLine(h.hostKey);
-      // the key blob itself must decode (a truncated line can still look like base64)
-      const parsed = sshUtils.parseKey(h.hostKey.trim().split(/\s+/).slice(0, 2).join(" "));
-      if (parsed instanceof Error) throw new Error(parsed.message.replace(/\.$/, ""));
-    } catch (e) {
-      problems.push(
-        `${path}.hostKey (${show(h.hostKey)}${on}): not a valid SSH public host key: ${(e as Error).message}; copy a line of /etc/ssh/ssh_host_ed25519_key.pub`,
-      );
+  if (known(c.user) && (typeof c.user !== "string" || !/^[a-z_][a-z0-9_-]*$/.test(c.user))) {
+    problems.push(
+      `${at}.user (${show(c.user)}${on}): not a valid user name; use lower-case letters, digits, "_" and "-", e.g. "root" or "deploy"`,
+    );
+  }
+  const agent = c.agentSocketPath !== undefined || Boolean(process.env.SSH_AUTH_SOCK);
+  if (c.privateKey === undefined && c.password === undefined && !agent) {
+    problems.push(
+      `${at} (host ${show(c.host)}): no credentials; set privateKey (an OpenSSH/PEM private key, as a Pulumi secret), password, or agentSocketPath (an ssh-agent${isProxy ? "" : "; or run with SSH_AUTH_SOCK set"})`,
+    );
+  }
+  checkPrivateKey(c, at, on, problems);
+  for (const field of ["password", "privateKeyPassword"] as const) {
+    const v = c[field];
+    if (known(v) && (typeof v !== "string" || v === "")) {
+      problems.push(`${at}.${field} (<secret>${on}): must be a non-empty string`);
     }
   }
-  if (h.cacheHost !== undefined && !(typeof h.cacheHost === "string" && isValidHost(h.cacheHost))) {
+  if (known(c.agentSocketPath)) {
+    checkAbsolutePath(c.agentSocketPath, `${at}.agentSocketPath`, on, problems);
+  }
+  if (known(c.hostKey)) checkHostKey(c.hostKey, `${at}.hostKey`, on, problems);
+  if (known(c.dialErrorLimit) && !(isInt(c.dialErrorLimit, 1, 1000) || c.dialErrorLimit === -1)) {
     problems.push(
-      `${path}.cacheHost (${show(h.cacheHost)}${on}): not a valid host name or IP address; ${HOST_HINT}`,
+      `${at}.dialErrorLimit (${show(c.dialErrorLimit)}${on}): must be an integer from 1 to 1000, or -1 for no limit, e.g. 10`,
     );
+  }
+  if (known(c.perDialTimeout) && !isInt(c.perDialTimeout, 0, 3600)) {
+    problems.push(
+      `${at}.perDialTimeout (${show(c.perDialTimeout)}${on}): must be a number of seconds from 0 (no limit) to 3600, e.g. 15`,
+    );
+  }
+  if (known(c.proxy)) {
+    if (isProxy) {
+      problems.push(`${at}.proxy${on}: a jump host cannot have a proxy of its own; give one hop`);
+    } else {
+      checkConnection(c.proxy, `${at}.proxy`, problems, true);
+    }
+  }
+}
+
+function checkPrivateKey(c: PlainConnection, at: string, on: string, problems: string[]): void {
+  if (!known(c.privateKey)) return;
+  if (typeof c.privateKey !== "string" || !PRIVATE_KEY.test(c.privateKey.trim())) {
+    problems.push(
+      `${at}.privateKey (<secret>${on}): not an OpenSSH/PEM private key; expected a "-----BEGIN ... PRIVATE KEY-----" block (the key file's contents, not its path)`,
+    );
+    return;
+  }
+  if (c.privateKeyPassword === LATER) return;
+  // A well-formed block can still be unreadable (truncated, corrupted, wrong passphrase): ssh2
+  // would only fail when connecting, after other hosts were already changed. ssh2's own
+  // message is not shown: it can quote bytes of the key.
+  const passphrase = typeof c.privateKeyPassword === "string" ? c.privateKeyPassword : undefined;
+  const parsed = sshUtils.parseKey(c.privateKey, passphrase);
+  if (parsed instanceof Error) {
+    const hint = /encrypted|passphrase/i.test(parsed.message)
+      ? passphrase === undefined
+        ? "it is passphrase-protected: set privateKeyPassword (a Pulumi secret)"
+        : "privateKeyPassword does not decrypt it"
+      : "corrupted or truncated; give the key file's complete contents";
+    problems.push(`${at}.privateKey (<secret>${on}): cannot be read: ${hint}`);
+  }
+}
+
+function checkHostKey(hostKey: unknown, at: string, on: string, problems: string[]): void {
+  try {
+    if (typeof hostKey !== "string") throw new Error("must be a string");
+    parsePublicKeyLine(hostKey);
+    // the key blob itself must decode (a truncated line can still look like base64)
+    const parsed = sshUtils.parseKey(hostKey.trim().split(/\s+/).slice(0, 2).join(" "));
+    if (parsed instanceof Error) throw new Error(parsed.message.replace(/\.$/, ""));
+  } catch (e) {
+    problems.push(
+      `${at} (${show(hostKey)}${on}): not a valid SSH public host key: ${(e as Error).message}; copy a line of /etc/ssh/ssh_host_ed25519_key.pub`,
+    );
+  }
+}
+
+/**
+ * Checks a host (`HostArgs`): its connection (and proxy), `become`, `cacheHost` (staging) and
+ * `name` (production). `at` is the field path, e.g. `production[1]`.
+ */
+export function checkHost(
+  h: PlainHost,
+  at: string,
+  problems: string[],
+  role: "staging" | "production",
+): void {
+  if (!isObject(h)) {
+    problems.push(
+      `${at}: must be an object like { connection: { host: "prod1.example.com", privateKey } }`,
+    );
+    return;
+  }
+  if (h.connection === undefined) {
+    problems.push(
+      `${at}.connection: required; give how to reach the host, e.g. { host: "prod1.example.com", privateKey }`,
+    );
+    return;
+  }
+  if (known(h.connection)) checkConnection(h.connection, `${at}.connection`, problems, false);
+  const c = known(h.connection) && isObject(h.connection) ? h.connection : undefined;
+  const on = `, host ${c && c.host !== LATER ? show(c.host) : "<not known yet>"}`;
+  if (known(h.become)) checkEnum(h.become, `${at}.become`, BECOME_MODES, on, problems);
+  if (h.cacheHost !== undefined) {
+    if (role !== "staging") {
+      problems.push(
+        `${at}.cacheHost (${show(h.cacheHost)}${on}): only staging has a cacheHost; remove it`,
+      );
+    } else if (!(typeof h.cacheHost === "string" && isValidHost(h.cacheHost))) {
+      problems.push(
+        `${at}.cacheHost (${show(h.cacheHost)}${on}): not a valid host name or IP address; ${HOST_HINT}`,
+      );
+    }
   }
   if (
     h.name !== undefined &&
     (typeof h.name !== "string" || !/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/.test(h.name))
   ) {
     problems.push(
-      `${path}.name (${show(h.name)}${on}): must be 1-63 letters, digits, ".", "_" or "-", starting with a letter or digit, e.g. "web1"`,
+      `${at}.name (${show(h.name)}${on}): must be 1-63 letters, digits, ".", "_" or "-", starting with a letter or digit, e.g. "web1"`,
     );
   }
 }
@@ -274,7 +377,7 @@ function isInt(value: unknown, min: number, max: number): boolean {
 const MAX_GENERATION = 1_000_000;
 
 function checkSigningKey(
-  signingKey: PlainNixSshCacheArgs["signingKey"],
+  signingKey: PlainServerOptions["signingKey"],
   where: string,
   problems: string[],
 ): void {
@@ -316,7 +419,7 @@ function checkSigningKey(
 }
 
 function checkSubstituterOptions(
-  args: PlainNixSshCacheArgs,
+  args: PlainServerOptions,
   where: string,
   problems: string[],
 ): void {
@@ -341,25 +444,162 @@ function checkSubstituterOptions(
   }
 }
 
+/** Checks the fragment options every role has. */
+function checkRoleOptions(args: PlainRoleOptions, where: string, problems: string[]): void {
+  checkAbsolutePath(args?.fragmentPath, "fragmentPath", where, problems);
+  checkAbsolutePath(args?.localFragmentsDir, "localFragmentsDir", where, problems, false);
+  checkEnum(args?.rebuild, "rebuild", REBUILD_MODES, where, problems);
+  checkEnum(args?.fragments, "fragments", FRAGMENTS_MODES, where, problems);
+  checkBoolean(args?.addImport, "addImport", where, problems);
+}
+
+function checkBoolean(value: unknown, field: string, where: string, problems: string[]): void {
+  if (value !== undefined && typeof value !== "boolean") {
+    problems.push(`${field} (${show(value)}${where}): must be true or false`);
+  }
+}
+
+function checkAuthorizedKeys(
+  keys: Now<Now<string>[]> | Record<string, Now<string>> | undefined,
+  field: "authorizedKeys" | "clients",
+  where: string,
+  problems: string[],
+): void {
+  if (!known(keys)) return;
+  if (field === "authorizedKeys" ? !Array.isArray(keys) : !isObject(keys)) {
+    problems.push(
+      field === "authorizedKeys"
+        ? `authorizedKeys (${show(keys)}${where}): must be a list of SSH public key lines`
+        : `clients (${show(keys)}${where}): must be an object of SSH public key lines by host name, e.g. { web: "ssh-ed25519 AAAA..." }`,
+    );
+    return;
+  }
+  if (field === "clients") {
+    for (const n of Object.keys(keys)) {
+      if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/.test(n)) {
+        problems.push(
+          `clients.${n} (${show(n)}${where}): a client name must be 1-63 letters, digits, ".", "_" or "-", starting with a letter or digit, e.g. "web1"`,
+        );
+      }
+    }
+  }
+  const entries = Array.isArray(keys)
+    ? keys.map((k, i): [string, unknown] => [`[${i}]`, k])
+    : Object.entries(keys).map(([n, k]): [string, unknown] => [`.${n}`, k]);
+  for (const [at, k] of entries) {
+    if (k === LATER) continue;
+    try {
+      if (typeof k !== "string") throw new Error("must be a string");
+      parsePublicKeyLine(k);
+    } catch (e) {
+      problems.push(
+        `${field}${at} (${show(k)}${where}): not a valid SSH public key: ${(e as Error).message}; give a line like "ssh-ed25519 AAAA... root@prod1"`,
+      );
+    }
+  }
+}
+
+/** Checks staging's options (`CacheServer`'s, and `NixSshCache`'s of staging). */
+function checkServerOptions(args: PlainServerOptions, where: string, problems: string[]): void {
+  if (
+    known(args?.keyName) &&
+    (typeof args.keyName !== "string" || args.keyName === "" || /[:\s]/.test(args.keyName))
+  ) {
+    problems.push(
+      `keyName (${show(args.keyName)}${where}): must be non-empty without ":" or whitespace, e.g. "stage.example.com-1"`,
+    );
+  }
+  checkAbsolutePath(args?.keyDirectory, "keyDirectory", where, problems);
+  checkRoleOptions(args, where, problems);
+  checkEnum(args?.protocol, "protocol", PROTOCOLS, where, problems);
+  checkBoolean(args?.write, "write", where, problems);
+  checkSigningKey(args?.signingKey, where, problems);
+  checkSubstituterOptions(args, where, problems);
+  checkAuthorizedKeys(args?.authorizedKeys, "authorizedKeys", where, problems);
+  checkAuthorizedKeys(args?.clients, "clients", where, problems);
+}
+
+/** `, staging host "…"` for messages about options, when the host is known. */
+function hostSuffix(h: PlainHost | undefined, role: string): string {
+  const c =
+    h && isObject(h) && known(h.connection) && isObject(h.connection) ? h.connection : undefined;
+  return c && c.host !== undefined ? `, ${role} host ${show(c.host)}` : "";
+}
+
+/** Canonical identity of a host for duplicate detection, when its address is known. */
+function identityOf(h: PlainHost): string | undefined {
+  const c = isObject(h) && known(h.connection) && isObject(h.connection) ? h.connection : undefined;
+  if (!c || typeof c.host !== "string" || c.port === LATER) return undefined;
+  return hostIdentity(c.host, typeof c.port === "number" ? c.port : undefined);
+}
+
+function checkProductionList(
+  args: PlainNixSshCacheArgs,
+  stagingAt: string,
+  problems: string[],
+): void {
+  if (!Array.isArray(args?.production) || args.production.length === 0) {
+    problems.push(
+      `production (${show(args?.production)}${stagingAt}): needs at least one production host, e.g. [{ connection: { host: "prod1.example.com", privateKey } }]`,
+    );
+    return;
+  }
+  const seen = new Map<string, number>();
+  const names = new Map<string, number>();
+  const stagingId = args.staging ? identityOf(args.staging) : undefined;
+  args.production.forEach((p, i) => {
+    const at = `production[${i}]`;
+    checkHost(p, at, problems, "production");
+    const id = identityOf(p);
+    if (id === undefined) return;
+    const host = show((p.connection as PlainConnection).host);
+    const first = seen.get(id);
+    if (first !== undefined) {
+      problems.push(
+        `${at}.connection.host (${host}): duplicates production[${first}] (same host and port); list each production host once`,
+      );
+    } else {
+      seen.set(id, i);
+    }
+    if (id === stagingId) {
+      problems.push(
+        `${at}.connection.host (${host}): is also the staging host; a host cannot substitute from itself, remove it from production`,
+      );
+    }
+    if (typeof p.name === "string") {
+      const firstName = names.get(p.name);
+      if (firstName !== undefined) {
+        problems.push(
+          `${at}.name (${show(p.name)}, host ${host}): duplicates production[${firstName}].name; resource names must be unique`,
+        );
+      } else {
+        names.set(p.name, i);
+      }
+    }
+  });
+}
+
 /**
  * Validates resolved NixSshCache arguments. Collects every problem and throws one
  * {@link NixSshCacheInputError} listing them, one line each, of the form
  * `<field path> (<value>, host "<host>"): <what is wrong>; <what to do>`. Secret values
- * (`privateKey`, `password`) are never echoed.
+ * (`privateKey`, `password`, `privateKeyPassword`) are never echoed. Values that are
+ * {@link LATER} are skipped (checked again once known).
  *
- * Checks host names (RFC 1123, IPv4, IPv6), ports, user names, `become`, credentials (a private
- * key block or a password), host keys, `keyName`, absolute paths, the `protocol`, `rebuild` and
- * `fragments` enums, `clientIdentity`, `signingKey` generations, the substituter options
- * (`compress`, `maxConnections` — at most 1 — and `priority`), extra
- * `authorizedKeys`, a non-empty production list, duplicate production hosts and names, and
- * staging listed as production.
+ * Checks each host's connection (host names: RFC 1123, IPv4, IPv6; ports; user names;
+ * credentials: a private key block that ssh2 can read, with its passphrase when encrypted, a
+ * password or an ssh-agent; host keys; dial limits; the jump host), `become`, `cacheHost`,
+ * `name`; `keyName`, absolute paths, the `protocol`, `rebuild` and `fragments` enums,
+ * `clientIdentity`, `signingKey` generations, the substituter options (`compress`,
+ * `maxConnections` — at most 1 — and `priority`), extra `authorizedKeys`, a non-empty
+ * production list, duplicate production hosts and names, and staging listed as production.
  *
  * @throws NixSshCacheInputError when any input is invalid
  * @example
  * ```ts
  * validateArgs({
- *   staging: { host: "stage.example.com", privateKey },
- *   production: [{ host: "prod1.example.com", privateKey }],
+ *   staging: { connection: { host: "stage.example.com", privateKey } },
+ *   production: [{ connection: { host: "prod1.example.com", privateKey } }],
  * });
  * ```
  */
@@ -368,93 +608,78 @@ export function validateArgs(args: PlainNixSshCacheArgs): void {
   const staging = args?.staging;
   if (staging === undefined || staging === null) {
     problems.push(
-      'staging: required; give the staging host, e.g. { host: "stage.example.com", privateKey }',
+      'staging: required; give the staging host, e.g. { connection: { host: "stage.example.com", privateKey } }',
     );
   } else {
-    checkHost(staging, "staging", problems);
+    checkHost(staging, "staging", problems, "staging");
   }
-  const stagingAt =
-    staging && typeof staging === "object" ? `, staging host ${show(staging.host)}` : "";
-
-  if (!Array.isArray(args?.production) || args.production.length === 0) {
-    problems.push(
-      `production (${show(args?.production)}${stagingAt}): needs at least one production host, e.g. [{ host: "prod1.example.com", privateKey }]`,
-    );
-  } else {
-    const seen = new Map<string, number>();
-    const names = new Map<string, number>();
-    const stagingId =
-      staging && typeof staging === "object" && typeof staging.host === "string"
-        ? hostIdentity(staging.host, staging.port)
-        : undefined;
-    args.production.forEach((p, i) => {
-      const path = `production[${i}]`;
-      checkHost(p, path, problems);
-      if (!p || typeof p !== "object" || typeof p.host !== "string") return;
-      const id = hostIdentity(p.host, p.port);
-      const first = seen.get(id);
-      if (first !== undefined) {
-        problems.push(
-          `${path}.host (${show(p.host)}): duplicates production[${first}] (same host and port); list each production host once`,
-        );
-      } else {
-        seen.set(id, i);
-      }
-      if (id === stagingId) {
-        problems.push(
-          `${path}.host (${show(p.host)}): is also the staging host; a host cannot substitute from itself, remove it from production`,
-        );
-      }
-      if (typeof p.name === "string") {
-        const firstName = names.get(p.name);
-        if (firstName !== undefined) {
-          problems.push(
-            `${path}.name (${show(p.name)}, host ${show(p.host)}): duplicates production[${firstName}].name; resource names must be unique`,
-          );
-        } else {
-          names.set(p.name, i);
-        }
-      }
-    });
-  }
-
-  if (
-    args?.keyName !== undefined &&
-    (typeof args.keyName !== "string" || args.keyName === "" || /[:\s]/.test(args.keyName))
-  ) {
-    problems.push(
-      `keyName (${show(args.keyName)}${stagingAt}): must be non-empty without ":" or whitespace, e.g. "stage.example.com-1"`,
-    );
-  }
-  checkAbsolutePath(args?.keyDirectory, "keyDirectory", stagingAt, problems);
-  checkAbsolutePath(args?.fragmentPath, "fragmentPath", stagingAt, problems);
-  checkAbsolutePath(args?.localFragmentsDir, "localFragmentsDir", stagingAt, problems, false);
-  checkEnum(args?.protocol, "protocol", ["ssh", "ssh-ng"], stagingAt, problems);
-  checkEnum(args?.rebuild, "rebuild", ["switch", "boot", "none"], stagingAt, problems);
-  checkEnum(args?.fragments, "fragments", ["remote", "local", "none"], stagingAt, problems);
-  if (args?.write !== undefined && typeof args.write !== "boolean") {
-    problems.push(`write (${show(args.write)}${stagingAt}): must be true or false`);
-  }
-  checkEnum(args?.clientIdentity, "clientIdentity", ["root", "dedicated"], stagingAt, problems);
-  checkSigningKey(args?.signingKey, stagingAt, problems);
-  checkSubstituterOptions(args, stagingAt, problems);
-  if (args?.authorizedKeys !== undefined) {
-    if (!Array.isArray(args.authorizedKeys)) {
-      problems.push(
-        `authorizedKeys (${show(args.authorizedKeys)}${stagingAt}): must be a list of SSH public key lines`,
-      );
-    } else {
-      args.authorizedKeys.forEach((k, i) => {
-        try {
-          if (typeof k !== "string") throw new Error("must be a string");
-          parsePublicKeyLine(k);
-        } catch (e) {
-          problems.push(
-            `authorizedKeys[${i}] (${show(k)}${stagingAt}): not a valid SSH public key: ${(e as Error).message}; give a line like "ssh-ed25519 AAAA... root@prod1"`,
-          );
-        }
-      });
-    }
-  }
+  const stagingAt = hostSuffix(staging, "staging");
+  checkProductionList(args, stagingAt, problems);
+  checkServerOptions(args, stagingAt, problems);
+  checkEnum(args?.clientIdentity, "clientIdentity", CLIENT_IDENTITY_MODES, stagingAt, problems);
   if (problems.length > 0) throw new NixSshCacheInputError(problems);
+}
+
+/** `CacheServer`'s arguments, resolved to plain values. */
+export interface PlainCacheServerArgs extends PlainServerOptions {
+  /** The staging host. */
+  host: PlainHost;
+}
+
+/** Validates `CacheServer`'s arguments (see {@link validateArgs} for the form of the problems). */
+export function validateServerArgs(args: PlainCacheServerArgs): void {
+  const problems: string[] = [];
+  checkHost(args?.host, "host", problems, "staging");
+  checkServerOptions(args, hostSuffix(args?.host, "staging"), problems);
+  if (problems.length > 0) throw new NixSshCacheInputError(problems);
+}
+
+/** `CacheClient`'s arguments, resolved to plain values. */
+export interface PlainCacheClientArgs extends PlainRoleOptions {
+  /** The production host. */
+  host: PlainHost;
+  /** `"root"` or `"dedicated"`. */
+  clientIdentity?: string;
+  /** Verify by substituting the canary. */
+  verify?: boolean;
+}
+
+/** Validates `CacheClient`'s arguments (see {@link validateArgs}). */
+export function validateClientArgs(args: PlainCacheClientArgs): void {
+  const problems: string[] = [];
+  checkHost(args?.host, "host", problems, "production");
+  const where = hostSuffix(args?.host, "production");
+  checkRoleOptions(args, where, problems);
+  checkEnum(args?.clientIdentity, "clientIdentity", CLIENT_IDENTITY_MODES, where, problems);
+  checkBoolean(args?.verify, "verify", where, problems);
+  if (problems.length > 0) throw new NixSshCacheInputError(problems);
+}
+
+/** Validates one host on its own, e.g. `ClientIdentity`'s (see {@link validateArgs}). */
+export function validateHost(host: PlainHost, role: "staging" | "production"): void {
+  const problems: string[] = [];
+  checkHost(host, "host", problems, role);
+  if (problems.length > 0) throw new NixSshCacheInputError(problems);
+}
+
+/**
+ * The value of `input` as far as it is known now: Outputs and Promises (at any depth of plain
+ * objects and arrays) become {@link LATER}. The first validation pass runs on this view.
+ */
+export function knownNow(input: unknown): unknown {
+  if (input === null || input === undefined) return input;
+  if (typeof input !== "object") return input;
+  if (isPending(input)) return LATER;
+  if (Array.isArray(input)) return input.map(knownNow);
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(input)) out[k] = knownNow(v);
+  return out;
+}
+
+/** Whether a value is a Pulumi Output or a Promise (not known synchronously). */
+function isPending(value: object): boolean {
+  return (
+    typeof (value as { then?: unknown }).then === "function" ||
+    (value as { __pulumiOutput?: unknown }).__pulumiOutput === true
+  );
 }

@@ -2,7 +2,8 @@
 # verify.sh (production): prove that this host substitutes a path signed on staging, through
 # the configured SSH substituter.
 # Inputs: CANARY_PATH (/nix/store/...), SUBSTITUTER (e.g. ssh://nix-ssh@stage.test), STAGING (name
-#   for messages), VERIFY_TIMEOUT (seconds, default 120).
+#   for messages), VERIFY_TIMEOUT (seconds, default 120), RELIES_ON (unused here: a digest of the
+#   configuration the verification relies on, so that a change of it runs the step again).
 # Output: {"verified":true,"path":"...","substituter":"<configured URL>","signatures":[...],
 #          "alreadyPresent":bool}
 

@@ -33,6 +33,14 @@ export interface StagingModuleArgs {
    * @defaultValue `"ssh"`
    */
   protocol?: Protocol;
+  /**
+   * A file of further authorised keys of the serve user, read by sshd at login (a `Match User
+   * nix-ssh` block in `services.openssh.extraConfig`): keys added there need no rebuild, so the
+   * module does not wait for every production host's key.
+   * @defaultValue none (only `clientKeys`)
+   * @example `"/etc/ssh/nix-ssh-cache/authorized_keys"`
+   */
+  authorizedKeysFile?: string;
 }
 
 /** Arguments of {@link renderProductionModule}. */
@@ -101,7 +109,21 @@ export function renderStagingModule(args: StagingModuleArgs): string {
     `  nix.sshServe.write = ${args.write ? "true" : "false"};\n` +
     `  nix.sshServe.protocol = ${nixString(args.protocol ?? "ssh")};\n` +
     `  nix.settings.secret-key-files = [ ${[args.secretKeyFile, ...(args.previousSecretKeyFiles ?? [])].map(nixString).join(" ")} ];\n` +
+    keysFileConfig(args.authorizedKeysFile) +
     "}\n"
+  );
+}
+
+/** The sshd `Match` block naming the serve user's keys file (see `authorizedKeysFile`). */
+function keysFileConfig(file: string | undefined): string {
+  if (file === undefined) return "";
+  assertToken(file, "authorizedKeysFile");
+  return (
+    "  # Each production host's key is authorised on its own in this file (nix-ssh-cache).\n" +
+    "  services.openssh.extraConfig = ''\n" +
+    "    Match User nix-ssh\n" +
+    `      AuthorizedKeysFile ${file}\n` +
+    "  '';\n"
   );
 }
 

@@ -5,7 +5,8 @@
 import * as assert from "node:assert/strict";
 import { randomBytes } from "crypto";
 import { Connection } from "../../components/ssh";
-import { TestHost } from "../hosts/harness";
+import { TestHost, TestHosts } from "../hosts/harness";
+import { PulumiStack } from "./pulumi";
 
 /** `nix` with the nix-command feature (Nix 2.8). */
 export const NIX = "nix --extra-experimental-features nix-command";
@@ -80,4 +81,29 @@ export function changedSteps(previewJson: string): PreviewStep[] {
 /** The resource name (last URN segment) of a step. */
 export function resourceName(urn: string): string {
   return urn.slice(urn.lastIndexOf("::") + 2);
+}
+
+/** The example stack in `projectDir` on staging + 2 production hosts: up, then ssh-ng. */
+export async function previewAfterProtocolChange(
+  hosts: TestHosts,
+  projectDir: string,
+): Promise<{ stack: PulumiStack; preview: string }> {
+  const stage = hosts.byName("stage");
+  const prods = [hosts.byName("prod1"), hosts.byName("prod2")];
+  const stack = new PulumiStack(projectDir, "e2e");
+  await stack.init();
+  await stack.setConfigObjects(
+    {
+      staging: { host: stage.address, cacheHost: stage.fqdn, hostKey: stage.hostKey },
+      production: prods.map((p) => ({ host: p.address, hostKey: p.hostKey, name: p.name })),
+    },
+    "nix-ssh-cache",
+  );
+  await stack.setConfig("sshKey", stage.privateKey, { secret: true });
+  const up = await stack.up();
+  assert.equal(up.code, 0, up.output);
+  await stack.setConfig("protocol", "ssh-ng");
+  const preview = await stack.preview(["--diff"]);
+  assert.equal(preview.code, 0, preview.output);
+  return { stack, preview: preview.stdout };
 }

@@ -31,9 +31,9 @@ const skip = e2eSkipReason() ?? pulumiSkipReason();
 const OUTSIDE_SDK_VERSION = "3.269.0";
 
 // ===== The outside project's program (index.ts) =================================================
-// Written against the component's API as it is in this branch (hosts are flat connection fields:
-// `{ host, port, user, privateKey, hostKey, ... }`). When the host model changes, adapt the two
-// lines marked "NixSshCache hosts" below; nothing else in this test depends on the API.
+// Hosts are given in the component's host model, `{ connection, cacheHost?, name? }`, with the
+// project's own connection objects (the two lines marked "NixSshCache hosts" below); nothing else
+// in this test depends on the API.
 const PROGRAM = `import * as fs from "fs";
 import * as pulumi from "@pulumi/pulumi";
 import { NixSshCache } from "nix-ssh-cache";
@@ -69,8 +69,8 @@ class Platform extends pulumi.ComponentResource {
     this.cache = new NixSshCache(
       \`\${name}-cache\`,
       {
-        staging: { ...connectionOf(stagingServer), cacheHost: "stage.test" }, // NixSshCache hosts
-        production: productionServers.map((s) => ({ ...connectionOf(s), name: s.name })), // NixSshCache hosts
+        staging: { connection: connectionOf(stagingServer), cacheHost: "stage.test" }, // NixSshCache hosts
+        production: productionServers.map((s) => ({ connection: connectionOf(s), name: s.name })), // NixSshCache hosts
       },
       { parent: this },
     );

@@ -18,10 +18,14 @@ const URL = "ssh-ng://nix-ssh@stage.test?compress=true&priority=30";
 const PROGRAM = `const pulumi = require("@pulumi/pulumi");
 const { NixSshCache } = require(${COMPONENTS});
 const cfg = new pulumi.Config();
-const withKey = (h) => ({ ...h, privateKey: cfg.requireSecret("sshKey") });
+const hostModel = ({ name, cacheHost, ...connection }) => ({
+  connection: { ...connection, privateKey: cfg.requireSecret("sshKey") },
+  name,
+  cacheHost,
+});
 const cache = new NixSshCache("cache", {
-  staging: withKey(cfg.requireObject("staging")),
-  production: cfg.requireObject("production").map(withKey),
+  staging: hostModel(cfg.requireObject("staging")),
+  production: cfg.requireObject("production").map(hostModel),
   protocol: "ssh-ng",
   priority: 30,
   compress: true,

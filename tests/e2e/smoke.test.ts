@@ -40,9 +40,7 @@ const marker = new HostStep("marker", {
   env: { MARKER: ${JSON.stringify(MARKER)}, CONTENT: "written by pulumi" },
   readable: true,
   removable: true,
-  removeEnv: {},
   driftKeys: ["exists"],
-  triggers: [],
   timeoutSeconds: 60,
 });
 exports.result = marker.result;

@@ -28,7 +28,10 @@ module.exports = async () => {
     if (key.value) authorizedKeys.push(key.value);
   }
   const server = new CacheServer("cache", {
-    host: { ...cfg.requireObject("staging"), privateKey: cfg.requireSecret("sshKey") },
+    host: {
+      connection: { ...cfg.requireObject("staging"), privateKey: cfg.requireSecret("sshKey") },
+      cacheHost: cfg.get("cacheHost"),
+    },
     authorizedKeys,
   });
   return { cache: server.coordinates };
@@ -40,7 +43,9 @@ const PRODUCTION_PROGRAM = `const pulumi = require("@pulumi/pulumi");
 const { CacheClient, ClientIdentity } = require(${COMPONENTS});
 const cfg = new pulumi.Config();
 module.exports = async () => {
-  const host = { ...cfg.requireObject("host"), privateKey: cfg.requireSecret("sshKey") };
+  const host = {
+    connection: { ...cfg.requireObject("host"), privateKey: cfg.requireSecret("sshKey") },
+  };
   const identity = new ClientIdentity("web-identity", { host });
   const staging = new pulumi.StackReference(cfg.require("stagingStack"));
   const cache = await staging.getOutputDetails("cache");
@@ -77,7 +82,8 @@ describe(
       // On a local (file) backend, stacks are named organization/<project>/<stack>.
       await staging.setConfigObjects(
         {
-          staging: { host: stage.address, cacheHost: stage.fqdn, hostKey: stage.hostKey },
+          staging: { host: stage.address, hostKey: stage.hostKey },
+          cacheHost: stage.fqdn,
           productionStacks: ["organization/cache-web/prod"],
         },
         "cache-staging",

@@ -6,6 +6,7 @@
 import { before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import * as pulumi from "@pulumi/pulumi";
+import { decodeSpec } from "../../components/hostStep";
 import { ED25519_KEY, FAKE_PRIVATE_KEY, HOST_KEY } from "./fixtures";
 
 import { createHash } from "node:crypto";
@@ -34,7 +35,7 @@ const registered: pulumi.ResourceTransformationArgs[] = [];
 
 /** Fake results of the host scripts, by step label. */
 function stepResult(inputs: Record<string, unknown>): Record<string, unknown> {
-  const step = String(inputs.step);
+  const step = decodeSpec(String(inputs.spec)).step;
   const env = (inputs.env ?? {}) as Record<string, string>;
   if (step === "probe") return { os: "linux", hostKey: HOST_KEY, daemonRunning: true };
   if (step.startsWith("signing key")) return { publicKey: CACHE_KEY(env.KEY_NAME) };
@@ -95,10 +96,13 @@ function envOf(name: string): Record<string, string> {
 
 function fileContent(name: string): string {
   const env = envOf(name);
-  return Buffer.from(env.FILE_CONTENT_B64, "base64").toString("utf8");
+  return env.FILE_CONTENT;
 }
 
-const host = (h: string, name: string) => ({ host: h, name, privateKey: FAKE_PRIVATE_KEY });
+const host = (h: string, name: string) => ({
+  connection: { host: h, privateKey: FAKE_PRIVATE_KEY },
+  name,
+});
 
 describe('NixSshCache with clientIdentity: "dedicated" (mocks)', () => {
   let cache: import("../../components").NixSshCache;
@@ -108,7 +112,7 @@ describe('NixSshCache with clientIdentity: "dedicated" (mocks)', () => {
     cache = new NixSshCache(
       "cache",
       {
-        staging: { host: "stage.test", privateKey: FAKE_PRIVATE_KEY },
+        staging: { connection: { host: "stage.test", privateKey: FAKE_PRIVATE_KEY } },
         production: [host("prod1.test", "prod1"), host("prod2.test", "prod2")],
         clientIdentity: "dedicated",
         authorizedKeys: [ED25519_KEY],
@@ -129,44 +133,60 @@ describe('NixSshCache with clientIdentity: "dedicated" (mocks)', () => {
   it("makes one ED25519 tls.PrivateKey per production host, and no root-key steps", () => {
     const keys = seen.filter((s) => s.type === "tls:index/privateKey:PrivateKey");
     assert.deepEqual(keys.map((k) => k.name).sort(), [
-      "cache-prod1-client-key",
-      "cache-prod2-client-key",
+      "cache-prod1-identity-key",
+      "cache-prod2-identity-key",
     ]);
     for (const k of keys) assert.equal(k.inputs.algorithm, "ED25519");
     assert.ok(!seen.some((s) => s.name.endsWith("-root-key")), "root keys must not be read");
   });
 
-  it("staging authorises the tls public keys (plus authorizedKeys), before any host is reached", async () => {
-    const authorized = fileContent("cache-staging-authorized-keys");
-    for (const n of ["cache-prod1-client-key", "cache-prod2-client-key"]) {
-      assert.ok(authorized.includes(TLS_PUBLIC(n).trim()), `${n} is not authorised`);
+  it("staging authorises each tls public key on its own (plus authorizedKeys), before any host is reached", async () => {
+    for (const n of ["prod1", "prod2"]) {
+      const env = envOf(`cache-staging-authorize-${n}`);
+      assert.equal(env.KEYS_FILE, "/etc/ssh/nix-ssh-cache/authorized_keys");
+      assert.equal(env.KEYS_ENTRY, `client-${n}`);
+      assert.equal(env.KEYS, `restrict ${TLS_PUBLIC(`cache-${n}-identity-key`).trim()}\n`);
     }
-    assert.ok(authorized.includes(ED25519_KEY.split(" ")[1]), "authorizedKeys entry missing");
-    assert.equal(authorized.trim().split("\n").length, 3);
+    const extra = envOf("cache-staging-authorized-keys");
+    assert.equal(extra.KEYS_ENTRY, "keys");
+    assert.ok(extra.KEYS.includes(ED25519_KEY.split(" ")[1]), "authorizedKeys entry missing");
+    assert.equal(extra.KEYS.trim().split("\n").length, 1);
     assert.deepEqual(
       [...(await promiseOf(cache.productionRootKeys))].sort(),
       [
-        TLS_PUBLIC("cache-prod1-client-key").trim(),
-        TLS_PUBLIC("cache-prod2-client-key").trim(),
+        TLS_PUBLIC("cache-prod1-identity-key").trim(),
+        TLS_PUBLIC("cache-prod2-identity-key").trim(),
       ].sort(),
     );
   });
 
+  it("the staging module names the keys file and waits for no production key", async () => {
+    const module = await promiseOf(cache.stagingModule);
+    assert.match(module, /nix\.sshServe\.keys = \[ *\];/);
+    assert.match(
+      module,
+      /Match User nix-ssh\n\s+AuthorizedKeysFile \/etc\/ssh\/nix-ssh-cache\/authorized_keys\n/,
+    );
+  });
+
   it("installs the private key root-only at /etc/nix/nix-ssh-cache/id_ed25519", () => {
-    const env = envOf("cache-prod1-client-key-file");
+    const env = envOf("cache-prod1-identity-key-file");
     assert.equal(env.FILE_PATH, "/etc/nix/nix-ssh-cache/id_ed25519");
     assert.equal(env.FILE_MODE, "0600");
-    assert.equal(env.FILE_OWNER, "root:root");
-    assert.equal(fileContent("cache-prod1-client-key-file"), TLS_PRIVATE("cache-prod1-client-key"));
+    assert.equal(env.FILE_OWNER, undefined, "root:root is file.sh's default");
+    assert.equal(
+      fileContent("cache-prod1-identity-key-file"),
+      TLS_PRIVATE("cache-prod1-identity-key"),
+    );
   });
 
   it("keeps the private key secret: the key file's env is a secret input and a secret output", async () => {
-    const raw = seen.find((s) => s.name === "cache-prod1-client-key-file")!.inputs.env;
+    const raw = seen.find((s) => s.name === "cache-prod1-identity-key-file")!.inputs.env;
     assert.ok(
       raw && typeof raw === "object" && SECRET_SIG in raw,
       "env must reach the engine as a secret",
     );
-    const keyFile = registered.find((r) => r.name === "cache-prod1-client-key-file");
+    const keyFile = registered.find((r) => r.name === "cache-prod1-identity-key-file");
     assert.ok(keyFile, "key file step not registered");
     assert.ok(
       (keyFile.opts as pulumi.CustomResourceOptions).additionalSecretOutputs?.includes("env"),
@@ -176,16 +196,16 @@ describe('NixSshCache with clientIdentity: "dedicated" (mocks)', () => {
   });
 
   it("the private key reaches no other resource", () => {
-    const secret = "secret-of-cache-prod1-client-key";
+    const secret = "secret-of-cache-prod1-identity-key";
     const leaks = seen
       .filter(
-        (s) => s.name !== "cache-prod1-client-key-file" && s.name !== "cache-prod1-client-key",
+        (s) => s.name !== "cache-prod1-identity-key-file" && s.name !== "cache-prod1-identity-key",
       )
       .filter(
         (s) =>
           JSON.stringify(s.inputs).includes(secret) ||
           JSON.stringify(s.inputs).includes(
-            Buffer.from(TLS_PRIVATE("cache-prod1-client-key")).toString("base64"),
+            Buffer.from(TLS_PRIVATE("cache-prod1-identity-key")).toString("base64"),
           ),
       );
     assert.deepEqual(
@@ -212,7 +232,7 @@ describe("CacheServer signing key generations (mocks)", () => {
   before(async () => {
     const { CacheServer } = await import("../../components");
     server = new CacheServer("gen", {
-      host: { host: "stage.test", privateKey: FAKE_PRIVATE_KEY },
+      host: { connection: { host: "stage.test", privateKey: FAKE_PRIVATE_KEY } },
       authorizedKeys: [ED25519_KEY],
       signingKey: { generation: 2, previousGenerations: [0] },
     });
@@ -258,11 +278,11 @@ describe("CacheServer signExistingPaths (mocks)", () => {
   before(async () => {
     const { CacheServer } = await import("../../components");
     server = new CacheServer("first", {
-      host: { host: "stage.test", privateKey: FAKE_PRIVATE_KEY },
+      host: { connection: { host: "stage.test", privateKey: FAKE_PRIVATE_KEY } },
       authorizedKeys: [ED25519_KEY],
     });
     new CacheServer("nosign", {
-      host: { host: "stage2.test", privateKey: FAKE_PRIVATE_KEY },
+      host: { connection: { host: "stage2.test", privateKey: FAKE_PRIVATE_KEY } },
       authorizedKeys: [ED25519_KEY],
       signExistingPaths: false,
     });
@@ -272,7 +292,7 @@ describe("CacheServer signExistingPaths (mocks)", () => {
   it("by default signs the store once with the first key", () => {
     const sign = seen.find((s) => s.name === "first-sign-store")!;
     assert.ok(sign, "first-sign-store step");
-    assert.equal(sign.inputs.step, "sign the paths already in the store");
+    assert.equal(decodeSpec(String(sign.inputs.spec)).step, "sign the paths already in the store");
     assert.deepEqual(sign.inputs.env, {
       KEY_FILE: "/etc/shipnix/binary/cache-priv-key.pem",
       PUBLIC_KEY: CACHE_KEY("stage.test"),

@@ -122,23 +122,33 @@ describe("credentials are checked before dialing", () => {
         /ship@127\.0\.0\.1:1: cannot connect: privateKey is encrypted; set privateKeyPassword/,
       );
       const args: PlainNixSshCacheArgs = {
-        staging: { host: "stage.test", privateKey: key },
-        production: [{ host: "prod1.test", privateKey: key, privateKeyPassword: "not-it-8472" }],
+        staging: { connection: { host: "stage.test", privateKey: key } },
+        production: [
+          {
+            connection: {
+              host: "prod1.test",
+              privateKey: key,
+              privateKeyPassword: "not-it-8472",
+            },
+          },
+        ],
       };
       assert.throws(
         () => validateArgs(args),
         (e: Error) =>
-          /staging\.privateKey \(<secret>, host "stage\.test"\): is encrypted; set privateKeyPassword/.test(
+          /staging\.connection\.privateKey \(<secret>, host "stage\.test"\): cannot be read: it is passphrase-protected: set privateKeyPassword/.test(
             e.message,
           ) &&
-          /production\[0\]\.privateKeyPassword \(<secret>, host "prod1\.test"\): does not decrypt privateKey/.test(
+          /production\[0\]\.connection\.privateKey \(<secret>, host "prod1\.test"\): cannot be read: privateKeyPassword does not decrypt it/.test(
             e.message,
           ) &&
           !e.message.includes("not-it-8472"),
       );
       validateArgs({
-        staging: { host: "stage.test", privateKey: key, privateKeyPassword: "pass phrase" },
-        production: [{ host: "prod1.test", agentSocketPath: "/run/agent.sock" }],
+        staging: {
+          connection: { host: "stage.test", privateKey: key, privateKeyPassword: "pass phrase" },
+        },
+        production: [{ connection: { host: "prod1.test", agentSocketPath: "/run/agent.sock" } }],
       });
     },
   );

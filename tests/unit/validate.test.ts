@@ -2,14 +2,66 @@ import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import {
   NixSshCacheInputError,
+  type PlainHost,
   type PlainNixSshCacheArgs,
   isValidHost,
   validateArgs,
 } from "../../components/validate";
 import { ED25519_KEY, FAKE_PRIVATE_KEY, HOST_KEY, RSA_PEM_PRIVATE_KEY } from "./fixtures";
 
+/** A host as the cases write it: the connection's fields flat (see {@link toModel}). */
+interface FlatHost {
+  host: string;
+  port?: number;
+  user?: string;
+  privateKey?: string;
+  password?: string;
+  hostKey?: string;
+  become?: string;
+  cacheHost?: string;
+  name?: string;
+}
+
+/** The arguments as the cases write them. */
+type FlatArgs = Omit<PlainNixSshCacheArgs, "staging" | "production"> & {
+  staging: FlatHost;
+  production: FlatHost[];
+};
+
+/** The host model: `{ connection: { host, port, … }, become, cacheHost, name }`. */
+function hostModel(h: FlatHost): PlainHost {
+  if (h === null || typeof h !== "object") return h;
+  const { become, cacheHost, name, ...connection } = h;
+  const out: PlainHost = { connection };
+  if (become !== undefined) out.become = become;
+  if (cacheHost !== undefined) out.cacheHost = cacheHost;
+  if (name !== undefined) out.name = name;
+  return out;
+}
+
+function toModel(a: FlatArgs): PlainNixSshCacheArgs {
+  return {
+    ...a,
+    staging: a.staging && hostModel(a.staging),
+    production: Array.isArray(a.production) ? a.production.map(hostModel) : a.production,
+  };
+}
+
+/** The field path in the host model of a path the cases write flat. */
+function modelPath(path: string): string {
+  return path
+    .replace(
+      /^(staging|production\[\d+\])\.(host|port|user|privateKey|password|hostKey)\b/,
+      "$1.connection.$2",
+    )
+    .replace(/^(staging|production\[\d+\])$/, "$1.connection");
+}
+
+// Credentials from an ssh-agent in the environment would satisfy "no credentials".
+delete process.env.SSH_AUTH_SOCK;
+
 /** A complete, valid set of arguments; each case breaks one thing. */
-function good(): PlainNixSshCacheArgs {
+function good(): FlatArgs {
   return {
     staging: { host: "stage.test", privateKey: FAKE_PRIVATE_KEY, hostKey: HOST_KEY },
     production: [
@@ -34,9 +86,9 @@ function good(): PlainNixSshCacheArgs {
 }
 
 /** Returns the problems validateArgs reports (fails when it does not throw the typed error). */
-function problemsOf(args: PlainNixSshCacheArgs): readonly string[] {
+function problemsOf(args: FlatArgs): readonly string[] {
   try {
-    validateArgs(args);
+    validateArgs(toModel(args));
   } catch (e) {
     assert.ok(e instanceof NixSshCacheInputError, `unexpected error type: ${e}`);
     assert.equal(e.name, "NixSshCacheInputError");
@@ -45,7 +97,7 @@ function problemsOf(args: PlainNixSshCacheArgs): readonly string[] {
   assert.fail("validateArgs accepted invalid input");
 }
 
-type Case = [title: string, mutate: (a: PlainNixSshCacheArgs) => void, path: string, host: string];
+type Case = [title: string, mutate: (a: FlatArgs) => void, path: string, host: string];
 
 const ED25519_BLOB = ED25519_KEY.split(" ")[1];
 
@@ -283,7 +335,8 @@ describe("validateArgs: bad inputs", () => {
   after(() => {
     if (agent !== undefined) process.env.SSH_AUTH_SOCK = agent;
   });
-  for (const [title, mutate, path, host] of BAD) {
+  for (const [title, mutate, flatPath, host] of BAD) {
+    const path = modelPath(flatPath);
     it(`${title}: names ${path} and the host`, () => {
       const args = good();
       mutate(args);
@@ -308,7 +361,7 @@ describe("validateArgs: bad inputs", () => {
     args.production[1].host = "bad host!";
     assert.match(
       problemsOf(args)[0],
-      /^production\[1\]\.host \("bad host!"\): not a valid host name or IP address; use a DNS name like "prod1\.example\.com"/,
+      /^production\[1\]\.connection\.host \("bad host!"\): not a valid host name or IP address; use a DNS name like "prod1\.example\.com"/,
     );
   });
 
@@ -320,7 +373,7 @@ describe("validateArgs: bad inputs", () => {
     args.keyName = "a:b";
     let error: unknown;
     try {
-      validateArgs(args);
+      validateArgs(toModel(args));
     } catch (e) {
       error = e;
     }
@@ -344,14 +397,14 @@ describe("validateArgs: bad inputs", () => {
   });
 
   it("reports a missing staging object and a missing production list", () => {
-    const problems = problemsOf({} as PlainNixSshCacheArgs);
+    const problems = problemsOf({} as FlatArgs);
     assert.ok(problems.some((p) => p.startsWith("staging:")));
     assert.ok(problems.some((p) => p.startsWith("production (")));
   });
 });
 
 describe("validateArgs: good inputs", () => {
-  const GOOD: [string, (a: PlainNixSshCacheArgs) => void][] = [
+  const GOOD: [string, (a: FlatArgs) => void][] = [
     ["the full example", () => {}],
     [
       "minimal args",
@@ -411,7 +464,7 @@ describe("validateArgs: good inputs", () => {
     it(`accepts ${title}`, () => {
       const args = good();
       mutate(args);
-      assert.doesNotThrow(() => validateArgs(args));
+      assert.doesNotThrow(() => validateArgs(toModel(args)));
     });
   }
 });

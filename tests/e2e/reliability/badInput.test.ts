@@ -56,37 +56,37 @@ const CASES: BadCase[] = [
   {
     name: 'staging.host = "bad host!"',
     mutate: (c) => (c.staging.host = "bad host!"),
-    field: "staging.host",
+    field: "staging.connection.host",
     host: () => '"bad host!"',
   },
   {
     name: 'production[0].host = "256.1.1.1"',
     mutate: (c) => (c.production[0].host = "256.1.1.1"),
-    field: "production[0].host",
+    field: "production[0].connection.host",
     host: () => '"256.1.1.1"',
   },
   {
     name: 'production[1].host = "-prod.test" (label starts with -)',
     mutate: (c) => (c.production[1].host = "-prod.test"),
-    field: "production[1].host",
+    field: "production[1].connection.host",
     host: () => '"-prod.test"',
   },
   {
     name: "staging.port = 0",
     mutate: (c) => (c.staging.port = 0),
-    field: "staging.port",
+    field: "staging.connection.port",
     host: stagingHost,
   },
   {
     name: "production[0].port = 70000",
     mutate: (c) => (c.production[0].port = 70000),
-    field: "production[0].port",
+    field: "production[0].connection.port",
     host: prodHost(0),
   },
   {
     name: "production[1].port = 22.5",
     mutate: (c) => (c.production[1].port = 22.5),
-    field: "production[1].port",
+    field: "production[1].connection.port",
     host: prodHost(1),
   },
   {
@@ -140,32 +140,32 @@ const CASES: BadCase[] = [
   {
     name: "production lists prod1 twice (other name)",
     mutate: (c) => c.production.push({ ...c.production[0], name: "again" }),
-    field: "production[2].host",
+    field: "production[2].connection.host",
     host: prodHost(0),
   },
   {
     name: "staging listed as production",
     mutate: (c, h) => c.production.push({ host: h.stage.address, name: "stage-too" }),
-    field: "production[2].host",
+    field: "production[2].connection.host",
     host: stagingHost,
   },
   {
     name: "staging.hostKey malformed (not base64)",
     mutate: (c) => (c.staging.hostKey = "ssh-ed25519 not*base64!"),
-    field: "staging.hostKey",
+    field: "staging.connection.hostKey",
     host: stagingHost,
   },
   {
     name: "production[0].hostKey truncated",
     mutate: (c) => (c.production[0].hostKey = String(c.production[0].hostKey).slice(0, 40)),
-    field: "production[0].hostKey",
+    field: "production[0].connection.hostKey",
     host: prodHost(0),
   },
   {
     name: "production[1].hostKey unknown key type",
     mutate: (c) =>
       (c.production[1].hostKey = String(c.production[1].hostKey).replace("ssh-ed25519", "ssh-foo")),
-    field: "production[1].hostKey",
+    field: "production[1].connection.hostKey",
     host: prodHost(1),
   },
   {
@@ -195,21 +195,21 @@ const CASES: BadCase[] = [
   {
     name: 'production[0].user = "Bad User"',
     mutate: (c) => (c.production[0].user = "Bad User"),
-    field: "production[0].user",
+    field: "production[0].connection.user",
     host: prodHost(0),
   },
   {
     name: "sshKey = garbage text (not a key)",
     mutate: () => undefined,
     sshKey: "this is not a private key\n",
-    field: "staging.privateKey",
+    field: "staging.connection.privateKey",
     host: stagingHost,
   },
   {
     name: "sshKey = key block with garbage inside (unreadable)",
     mutate: () => undefined,
     sshKey: GARBAGE_KEY_BODY,
-    field: "production[1].privateKey",
+    field: "production[1].connection.privateKey",
     host: prodHost(1),
   },
 ];

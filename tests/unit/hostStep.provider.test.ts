@@ -1,0 +1,96 @@
+/**
+ * The HostStep provider's decisions without a host: what a diff counts as work, what `update`
+ * does when only the transport changed, and the one-line step spec.
+ */
+import { describe, it } from "node:test";
+import assert from "node:assert/strict";
+import {
+  decodeSpec,
+  encodeSpec,
+  HostStepOutputs,
+  hostStepProvider,
+  StepSpec,
+} from "../../components/hostStep";
+import { Connection } from "../../components/ssh";
+
+const SPEC: StepSpec = {
+  name: "cache-staging-sshd-config",
+  step: "sshd drop-in /etc/ssh/sshd_config.d/nix-ssh-cache.conf",
+  script: "1024ff0d643a39ad",
+  readable: true,
+  removable: true,
+  removeEnv: { REMOVE_KEY: "0" },
+  driftKeys: ["exists", "sha256"],
+  timeoutSeconds: 120,
+};
+
+/** A closed port on loopback: any attempt to run something fails at once. */
+const CLOSED: Connection = { host: "127.0.0.1", port: 1, user: "root", become: "none" };
+
+function state(over: Partial<HostStepOutputs> = {}): HostStepOutputs {
+  return {
+    connection: { ...CLOSED, password: "old" },
+    spec: encodeSpec(SPEC),
+    script: "echo '{}'",
+    env: { FILE_PATH: "/etc/x" },
+    result: { exists: true, sha256: "abc" },
+    drifted: false,
+    ...over,
+  };
+}
+
+describe("HostStep spec line", () => {
+  it("round-trips, on one line", () => {
+    const line = encodeSpec(SPEC);
+    assert.doesNotMatch(line, /\n/);
+    assert.deepEqual(decodeSpec(line), SPEC);
+    const bare = { ...SPEC, removeEnv: {}, driftKeys: [], readable: false, removable: false };
+    assert.deepEqual(decodeSpec(encodeSpec(bare)), bare);
+  });
+});
+
+describe("HostStep provider: transport changes", () => {
+  const diff = hostStepProvider.diff!.bind(hostStepProvider);
+  const update = hostStepProvider.update!.bind(hostStepProvider);
+
+  it("a new key or a new timeout is a change, not a replacement", async () => {
+    const olds = state();
+    const key = await diff("id", olds, { ...olds, connection: { ...CLOSED, password: "new" } });
+    assert.equal(key.changes, true);
+    assert.deepEqual(key.replaces, []);
+    const timeout = encodeSpec({ ...SPEC, timeoutSeconds: 600 });
+    assert.equal((await diff("id", olds, { ...olds, spec: timeout })).changes, true);
+    assert.equal((await diff("id", olds, { ...olds })).changes, false);
+  });
+
+  it("another host or port replaces the step", async () => {
+    const olds = state();
+    const moved = await diff("id", olds, { ...olds, connection: { ...CLOSED, port: 2 } });
+    assert.deepEqual(moved.replaces, ["connection"]);
+  });
+
+  it("a label or timeout change is stored without running anything", async () => {
+    const olds = state();
+    const spec = encodeSpec({ ...SPEC, step: "renamed", timeoutSeconds: 5 });
+    const { outs } = await update("id", olds, { ...olds, spec });
+    assert.equal(outs.spec, spec);
+    assert.deepEqual(outs.result, olds.result);
+  });
+
+  it("a new connection is proven with one login before it is stored", async () => {
+    const olds = state();
+    const news = { ...olds, connection: { ...CLOSED, password: "new" } };
+    // The closed port makes the proof fail: the update must not store an unproven connection.
+    await assert.rejects(update("id", olds, news), /cannot connect/);
+  });
+
+  it("a change of the script or its inputs runs the step", async () => {
+    const olds = state();
+    await assert.rejects(
+      update("id", olds, { ...olds, env: { FILE_PATH: "/etc/y" } }),
+      /cannot connect/,
+    );
+    const script = encodeSpec({ ...SPEC, script: "ffffffffffffffff" });
+    await assert.rejects(update("id", olds, { ...olds, spec: script }), /cannot connect/);
+  });
+});
