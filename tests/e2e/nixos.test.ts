@@ -150,7 +150,7 @@ describe("NixOS: staging and prod1 NixOS-flavoured, prod2 plain Linux", { skip }
     t.diagnostic(reported(up.output));
     assert.match(
       up.output,
-      /after nixos-rebuild switch: the signing key \/etc\/shipnix\/binary\/cache-priv-key\.pem is not in force/,
+      /after nixos-rebuild switch: \/etc\/nix\/nix\.conf:\d+ \('secret-key-files = \/etc\/nix\/tutorial-key\.pem'\) already sets secret-key-files/,
     );
     assert.match(
       up.output,

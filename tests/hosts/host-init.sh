@@ -14,7 +14,8 @@
 #   NSC_LOGIN_SHELL  optional: sh|bash|zsh|fish, the login user's shell (default bash)
 #   NSC_SUDO_POLICY  optional: nopasswd|requiretty|use_pty (default nopasswd)
 #   NSC_SECURE_PATH  optional: sudo's secure_path (default: Debian's)
-#   NSC_HOST_DIR     absolute path of tests/hosts (flavours/, host-services.sh)
+#   NSC_HOST_DIR     absolute path of tests/hosts (flavours/, host-services.sh; copied into the
+#                    host's /run/nsc before the mounts, as a checkout under /tmp is hidden then)
 #   NSC_FLAVOURS     space-separated flavours: tests/hosts/flavours/<name>.sh, sourced inside the
 #                    host after users and Nix dirs are set up, before services start
 # Inside the host (no systemd), by default ("today's" flavour):
@@ -60,8 +61,11 @@ install -d -m 0755 "$S/nix" "$S/var-lib" "$S/var-log" "$S/run" "$S/home"
 install -d -m 0700 "$S/root" "$S/root/.ssh"
 install -d -m 1777 "$S/tmp"
 install -m 0600 "$NSC_RUNNER_PUB" "$S/root/.ssh/authorized_keys"
+# The harness's own files go into the host's /run/nsc: the checkout may live under /tmp (a CI
+# clone), which the host's own /tmp hides once mounted.
 install -d -m 0755 "$S/run/nsc"
 install -m 0755 "$NSC_HOST_DIR/host-services.sh" "$S/run/nsc/host-services.sh"
+cp -a "$NSC_HOST_DIR/flavours" "$S/run/nsc/flavours"
 runner_pub=$(cat "$NSC_RUNNER_PUB")
 
 # --- Phase 2: bind the host's own dirs over the machine's (/tmp last: the sources live there) ---
@@ -75,6 +79,7 @@ mount --bind "$S/home" /home
 mount --bind "$S/tmp" /tmp
 cd /
 hostname "$NSC_FQDN"
+NSC_HOST_DIR=/run/nsc # host-services.sh and flavours/, copied above
 log "mounted"
 
 # --- Phase 3: users, keys, nix, services (inside the host's view) ---
