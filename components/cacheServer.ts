@@ -247,10 +247,7 @@ export class CacheServer extends pulumi.ComponentResource {
       CHECK_SIGNING_KEYS: s.keyFiles.join(" "),
     });
     const signStore = signStoreSteps(s, at([linux.nixConf, ...nixos]), this.cachePublicKey);
-    this.signedPaths =
-      signStore.length > 0
-        ? signStore[0].result.apply((r) => Number(r.signed ?? r.paths ?? 0))
-        : pulumi.output(0);
+    this.signedPaths = signedCount(signStore);
     const canary = canaryStep(
       `${name}-canary`,
       at([linux.serveUser, linux.sshd, linux.nixConf, ...nixos, ...signStore, ...extraKeys]),
@@ -482,6 +479,12 @@ function signStoreSteps(
           label: "sign the paths already in the store",
         }),
   ];
+}
+
+/** How many paths the sign-store step (if any) newly signed; `0` without one. */
+function signedCount(steps: HostStep<SignStoreResult>[]): pulumi.Output<number> {
+  if (steps.length === 0) return pulumi.output(0);
+  return steps[0].result.apply((r) => Number(r.signed ?? r.paths ?? 0));
 }
 
 /**
