@@ -13,7 +13,6 @@ nsc_require_env ACTION KEYS_FILE KEYS_ENTRY
 case "$KEYS_FILE" in /*) ;; *) nsc_die "internal error: KEYS_FILE must be absolute, got '${KEYS_FILE}'" ;; esac
 case "$KEYS_ENTRY" in *[!A-Za-z0-9._-]*) nsc_die "internal error: invalid KEYS_ENTRY '${KEYS_ENTRY}'" ;; esac
 tag="nix-ssh-cache-entry=${KEYS_ENTRY}"
-dirs_record=$NSC_STATE_DIR/created-dirs
 
 # entry_lines: this entry's lines in the file, as written.
 entry_lines() {
@@ -35,19 +34,6 @@ emit() {
     "$(printf '%s' "$lines" | grep -c . || true)" "$(nsc_json_string "$sum")"
 }
 
-# make_parent DIR: create DIR (0755) and missing parents, recording each for remove.
-make_parent() {
-  local d=$1
-  local -a missing=()
-  while [ ! -d "$d" ]; do
-    missing+=("$d")
-    d=$(dirname -- "$d")
-  done
-  [ "${#missing[@]}" -gt 0 ] || return 0
-  mkdir -p -- "$1"
-  for d in "${missing[@]}"; do nsc_ensure_line "$dirs_record" "$d" || true; done
-}
-
 nsc_lock "authorized-keys"
 
 case "$ACTION" in
@@ -58,7 +44,7 @@ apply)
   current=""
   [ -f "$KEYS_FILE" ] && current=$(awk 'NF' "$KEYS_FILE")
   if [ ! -f "$KEYS_FILE" ] || [ "$wanted" != "$current" ]; then
-    make_parent "$(dirname -- "$KEYS_FILE")"
+    nsc_make_parent "$(dirname -- "$KEYS_FILE")"
     printf '%s\n' "$wanted" | awk 'NF' | nsc_rewrite_keep_attrs "$KEYS_FILE"
     nsc_log "authorised the keys of ${KEYS_ENTRY} in ${KEYS_FILE}"
   fi
@@ -72,11 +58,7 @@ remove)
   fi
   if [ -f "$KEYS_FILE" ] && [ -z "$(awk 'NF' "$KEYS_FILE")" ]; then
     rm -f -- "$KEYS_FILE"
-    d=$(dirname -- "$KEYS_FILE")
-    while [ -f "$dirs_record" ] && grep -qxF -- "$d" "$dirs_record" && rmdir -- "$d" 2>/dev/null; do
-      nsc_remove_line "$dirs_record" "$d" || true
-      d=$(dirname -- "$d")
-    done
+    nsc_remove_created_parents "$(dirname -- "$KEYS_FILE")"
   fi
   printf '{"entry":%s,"lines":0,"removed":%s}\n' "$(nsc_json_string "$KEYS_ENTRY")" "$removed"
   ;;

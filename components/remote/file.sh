@@ -49,37 +49,6 @@ include_present() {
 
 sha_of() { sha256sum -- "$1" | awk '{print $1}'; }
 
-# Directories apply created (e.g. /etc/ssh/nix-ssh-cache), one a line: remove deletes them again
-# once empty, so a destroyed host keeps no trace of them.
-dirs_record=$NSC_STATE_DIR/created-dirs
-
-# make_parent DIR: create DIR and its missing parents, recording each one created.
-make_parent() {
-  local d=$1
-  local -a missing=()
-  while [ ! -d "$d" ]; do
-    missing+=("$d")
-    d=$(dirname -- "$d")
-  done
-  [ "${#missing[@]}" -gt 0 ] || return 0
-  mkdir -p -- "$1"
-  for d in "${missing[@]}"; do nsc_ensure_line "$dirs_record" "$d" || true; done
-}
-
-# remove_created_parents: delete FILE_PATH's parent directories that apply created, when empty.
-remove_created_parents() {
-  local d
-  d=$(dirname -- "$FILE_PATH")
-  while [ -f "$dirs_record" ] && grep -qxF -- "$d" "$dirs_record"; do
-    rmdir -- "$d" 2>/dev/null || break # not empty: another file still lives there
-    nsc_remove_line "$dirs_record" "$d" || true
-    nsc_log "deleted directory ${d} (created by nix-ssh-cache)"
-    d=$(dirname -- "$d")
-  done
-  if [ -f "$dirs_record" ] && [ ! -s "$dirs_record" ]; then rm -f -- "$dirs_record"; fi
-  rmdir -- "$NSC_STATE_DIR" 2>/dev/null || true
-}
-
 # sshd_block_problem CONFIG: why the Match User block of FILE_PATH would not apply (nothing when it
 # does): `sshd -T -C user=<its user>` must show its ForceCommand.
 sshd_block_problem() {
@@ -158,7 +127,7 @@ apply)
     unset NSC_CONF_PENDING_PATH NSC_CONF_PENDING_SRC NSC_CONF_PENDING_APPEND
   fi
   if [ "$content_changed" = true ]; then
-    make_parent "$(dirname -- "$FILE_PATH")"
+    nsc_make_parent "$(dirname -- "$FILE_PATH")"
     tdir=$(dirname -- "$target")
     new=$(mktemp -- "$tdir/.$(basename -- "$target").new.XXXXXX")
     cat -- "$staged" >"$new"
@@ -228,7 +197,7 @@ remove)
     changed=true
     nsc_log "deleted ${FILE_PATH}"
   fi
-  remove_created_parents
+  nsc_remove_created_parents "$(dirname -- "$FILE_PATH")"
   case "$after" in
   sshd)
     if [ "$changed" = true ]; then nsc_reload_sshd; fi

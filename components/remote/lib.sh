@@ -17,6 +17,9 @@ umask 022
 NSC_NIX_DAEMON_SOCKET=/nix/var/nix/daemon-socket/socket
 # shellcheck disable=SC2034 # used by the step scripts
 NSC_STATE_DIR=/var/lib/nix-ssh-cache
+# Directories steps created (e.g. /etc/ssh/nix-ssh-cache), one a line: remove deletes them again
+# once empty, so a destroyed host keeps no trace of them.
+NSC_CREATED_DIRS=$NSC_STATE_DIR/created-dirs
 
 # nsc_die MSG: one-line error on stderr, exit 1.
 nsc_die() {
@@ -805,4 +808,31 @@ nsc_signatures() {
   shift
   nix --extra-experimental-features nix-command path-info "$@" --sigs "$path" 2>/dev/null |
     awk '{for (i = 2; i <= NF; i++) if ($i !~ /^ca:/ && $i ~ /^[^:]+:[A-Za-z0-9+\/]+=*$/) print $i}'
+}
+
+# nsc_make_parent DIR: create DIR (0755) and its missing parents, recording each one created.
+nsc_make_parent() {
+  local d=$1
+  local -a missing=()
+  while [ ! -d "$d" ]; do
+    missing+=("$d")
+    d=$(dirname -- "$d")
+  done
+  [ "${#missing[@]}" -gt 0 ] || return 0
+  mkdir -p -- "$1"
+  for d in "${missing[@]}"; do nsc_ensure_line "$NSC_CREATED_DIRS" "$d" || true; done
+}
+
+# nsc_remove_created_parents DIR: delete DIR and its parents that a step created, while empty;
+# then the record and the state directory once empty.
+nsc_remove_created_parents() {
+  local d=$1
+  while [ -f "$NSC_CREATED_DIRS" ] && grep -qxF -- "$d" "$NSC_CREATED_DIRS"; do
+    rmdir -- "$d" 2>/dev/null || break # not empty: another file still lives there
+    nsc_remove_line "$NSC_CREATED_DIRS" "$d" || true
+    nsc_log "deleted directory ${d} (created by nix-ssh-cache)"
+    d=$(dirname -- "$d")
+  done
+  if [ -f "$NSC_CREATED_DIRS" ] && [ ! -s "$NSC_CREATED_DIRS" ]; then rm -f -- "$NSC_CREATED_DIRS"; fi
+  rmdir -- "$NSC_STATE_DIR" 2>/dev/null || true
 }
