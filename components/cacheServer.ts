@@ -242,7 +242,7 @@ export class CacheServer extends pulumi.ComponentResource {
     this.authorizations = authorizeClients(s, at(keys), args.clients ?? {});
     const extraKeys = authorizeKeys(s, at(keys), args.authorizedKeys);
     this.module = stagingModule(s);
-    const linux = linuxSteps(s, at(keys), keys, facts);
+    const linux = linuxSteps(s, at(keys), facts);
     const nixos = nixosModuleSteps(name, at([...keys, probe]), this.module, s.fragments, {
       CHECK_SIGNING_KEYS: s.keyFiles.join(" "),
     });
@@ -421,17 +421,20 @@ function stagingModule(s: ServerSettings): pulumi.Output<string> {
  * Plain Linux: the equivalent of the NixOS module, applied file by file. The ForceCommand names
  * Nix by its absolute path when the probe found Nix outside sshd's session PATH.
  */
-function linuxSteps(
-  s: ServerSettings,
-  at: StepContext,
-  keys: pulumi.Resource[],
-  facts: pulumi.Output<HostFacts>,
-) {
-  const serveUser = serveUserStep(`${s.name}-serve-user`, at);
+function linuxSteps(s: ServerSettings, at: StepContext, facts: pulumi.Output<HostFacts>) {
   const after = (dependsOn: pulumi.Resource[]): StepContext => ({
     ...at,
     opts: { parent: at.opts.parent, dependsOn },
   });
+  const nixConf = fileStep(`${s.name}-nix-conf`, at, {
+    path: STAGING_FILES.nixConf,
+    content: renderNixConf({ secretKeyFiles: s.keyFiles }),
+    after: "nix",
+    label: "nix.conf include",
+    onlyOn: "linux",
+  });
+  // After nix.conf: its step restarts nix-daemon, which the serve user's step checks is running.
+  const serveUser = serveUserStep(`${s.name}-serve-user`, after([nixConf]));
   const sshdAt = after([serveUser]);
   sshdAt.opts.aliases = [{ name: `${s.name}-sshd` }];
   const sshd = fileStep(`${s.name}-sshd-config`, sshdAt, {
@@ -445,13 +448,6 @@ function linuxSteps(
     ),
     after: "sshd",
     label: "sshd drop-in",
-    onlyOn: "linux",
-  });
-  const nixConf = fileStep(`${s.name}-nix-conf`, after(keys), {
-    path: STAGING_FILES.nixConf,
-    content: renderNixConf({ secretKeyFiles: s.keyFiles }),
-    after: "nix",
-    label: "nix.conf include",
     onlyOn: "linux",
   });
   return { serveUser, sshd, nixConf };
