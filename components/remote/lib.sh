@@ -8,8 +8,9 @@
 # Nix where installers put it (NixOS, the multi-user installer, root's single-user profile, the
 # distribution's package), before the usual system directories: a non-interactive SSH session and
 # sudo's secure_path read no /etc/profile.d.
-NSC_ROOT_HOME=$(getent passwd root 2>/dev/null | cut -d: -f6) || NSC_ROOT_HOME=""
-NSC_ROOT_HOME=${NSC_ROOT_HOME:-/root}
+# (root's home by bash's own tilde expansion: PATH is not set yet, so no external command here)
+NSC_ROOT_HOME=~root
+[[ $NSC_ROOT_HOME == /* ]] || NSC_ROOT_HOME=/root
 PATH="/run/wrappers/bin:/run/current-system/sw/bin:/nix/var/nix/profiles/default/bin:${NSC_ROOT_HOME}/.nix-profile/bin:/nix/var/nix/profiles/per-user/root/profile/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin${PATH:+:$PATH}"
 export PATH
 umask 022
