@@ -83,6 +83,31 @@ export function resourceName(urn: string): string {
   return urn.slice(urn.lastIndexOf("::") + 2);
 }
 
+/**
+ * A new stack of the project in `projectDir` (default: the example project's config shape) for
+ * these test hosts: staging with its host key pinned and `cacheHost` its FQDN, each production
+ * host by address with its host key and name, and the runner's key as `sshKey`.
+ */
+export async function exampleStack(
+  projectDir: string,
+  stackName: string,
+  stage: TestHost,
+  prods: TestHost[],
+  project = "nix-ssh-cache",
+): Promise<PulumiStack> {
+  const stack = new PulumiStack(projectDir, stackName);
+  await stack.init();
+  await stack.setConfigObjects(
+    {
+      staging: { host: stage.address, cacheHost: stage.fqdn, hostKey: stage.hostKey },
+      production: prods.map((p) => ({ host: p.address, hostKey: p.hostKey, name: p.name })),
+    },
+    project,
+  );
+  await stack.setConfig("sshKey", stage.privateKey, { secret: true });
+  return stack;
+}
+
 /** The example stack in `projectDir` on staging + 2 production hosts: up, then ssh-ng. */
 export async function previewAfterProtocolChange(
   hosts: TestHosts,
@@ -90,16 +115,7 @@ export async function previewAfterProtocolChange(
 ): Promise<{ stack: PulumiStack; preview: string }> {
   const stage = hosts.byName("stage");
   const prods = [hosts.byName("prod1"), hosts.byName("prod2")];
-  const stack = new PulumiStack(projectDir, "e2e");
-  await stack.init();
-  await stack.setConfigObjects(
-    {
-      staging: { host: stage.address, cacheHost: stage.fqdn, hostKey: stage.hostKey },
-      production: prods.map((p) => ({ host: p.address, hostKey: p.hostKey, name: p.name })),
-    },
-    "nix-ssh-cache",
-  );
-  await stack.setConfig("sshKey", stage.privateKey, { secret: true });
+  const stack = await exampleStack(projectDir, "e2e", stage, prods);
   const up = await stack.up();
   assert.equal(up.code, 0, up.output);
   await stack.setConfig("protocol", "ssh-ng");

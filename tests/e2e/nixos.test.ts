@@ -16,7 +16,7 @@ import * as assert from "node:assert/strict";
 import * as fs from "fs";
 import * as path from "path";
 import { e2eSkipReason, startHosts, TestHost, TestHosts } from "../hosts/harness";
-import { BuiltPath, buildOnStaging, signaturesOf, substitute } from "./helpers";
+import { BuiltPath, buildOnStaging, exampleStack, signaturesOf, substitute } from "./helpers";
 import { pulumiSkipReason, PulumiStack, repoRoot } from "./pulumi";
 
 const skip = e2eSkipReason() ?? pulumiSkipReason();
@@ -81,20 +81,7 @@ describe("NixOS: staging and prod1 NixOS-flavoured, prod2 plain Linux", { skip }
     // The app staging built before the cache existed: unsigned.
     beforeUp = await buildOnStaging(stage, "before-up");
     assert.deepEqual(await signaturesOf(stage, beforeUp.out), []);
-    stack = new PulumiStack(repoRoot, "nixos");
-    await stack.init();
-    await stack.setConfigObjects(
-      {
-        staging: { host: stage.address, cacheHost: stage.fqdn, hostKey: stage.hostKey },
-        production: [prod1, prod2].map((p) => ({
-          host: p.address,
-          hostKey: p.hostKey,
-          name: p.name,
-        })),
-      },
-      PROJECT,
-    );
-    await stack.setConfig("sshKey", stage.privateKey, { secret: true });
+    stack = await exampleStack(repoRoot, "nixos", stage, [prod1, prod2]);
   });
 
   after(async () => {

@@ -7,11 +7,10 @@
 import { after, before, describe, it } from "node:test";
 import * as assert from "node:assert/strict";
 import { e2eSkipReason, startHosts, TestHost, TestHosts } from "../hosts/harness";
-import { buildOnStaging, changedSteps, resourceName, substitute } from "./helpers";
+import { buildOnStaging, changedSteps, exampleStack, resourceName, substitute } from "./helpers";
 import { pulumiSkipReason, PulumiStack, repoRoot } from "./pulumi";
 
 const skip = e2eSkipReason() ?? pulumiSkipReason();
-const PROJECT = "nix-ssh-cache";
 const KEYS_FILE = "/etc/ssh/nix-ssh-cache/authorized_keys";
 
 /** Modification times of a host's files (missing ones listed as such). */
@@ -32,20 +31,7 @@ describe("one production host down on the first up", { skip }, () => {
     stage = hosts.byName("stage");
     prod1 = hosts.byName("prod1");
     prod2 = hosts.byName("prod2");
-    stack = new PulumiStack(repoRoot, "e2e");
-    await stack.init();
-    await stack.setConfigObjects(
-      {
-        staging: { host: stage.address, cacheHost: stage.fqdn, hostKey: stage.hostKey },
-        production: [prod1, prod2].map((p) => ({
-          host: p.address,
-          hostKey: p.hostKey,
-          name: p.name,
-        })),
-      },
-      PROJECT,
-    );
-    await stack.setConfig("sshKey", stage.privateKey, { secret: true });
+    stack = await exampleStack(repoRoot, "e2e", stage, [prod1, prod2]);
     await prod2.stopSshd();
   });
 

@@ -11,10 +11,10 @@ import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
 import { e2eSkipReason, startHosts, TestHost, TestHosts } from "../hosts/harness";
+import { exampleStack } from "./helpers";
 import { pulumiSkipReason, PulumiStack, repoRoot } from "./pulumi";
 
 const skip = e2eSkipReason() ?? pulumiSkipReason();
-const PROJECT = "nix-ssh-cache";
 
 /** Files the example stack manages on plain Linux, by host role. */
 const MANAGED = {
@@ -51,20 +51,10 @@ describe("no re-runs when only the connection changed (operator key rotation)", 
     hosts = await startHosts([{ name: "stage" }, { name: "prod1" }, { name: "prod2" }]);
     all = hosts.hosts;
     const stage = hosts.byName("stage");
-    stack = new PulumiStack(repoRoot, "e2e");
-    await stack.init();
-    await stack.setConfigObjects(
-      {
-        staging: { host: stage.address, cacheHost: stage.fqdn, hostKey: stage.hostKey },
-        production: ["prod1", "prod2"].map((n) => ({
-          host: hosts.byName(n).address,
-          hostKey: hosts.byName(n).hostKey,
-          name: n,
-        })),
-      },
-      PROJECT,
-    );
-    await stack.setConfig("sshKey", stage.privateKey, { secret: true });
+    stack = await exampleStack(repoRoot, "e2e", stage, [
+      hosts.byName("prod1"),
+      hosts.byName("prod2"),
+    ]);
     keyDir = fs.mkdtempSync(path.join(os.tmpdir(), "nsc-operator-key-"));
     execFileSync("ssh-keygen", [
       "-q",
