@@ -5,7 +5,7 @@
 import * as pulumi from "@pulumi/pulumi";
 import * as tls from "@pulumi/tls";
 import { CacheCoordinateInputs, CacheCoordinates } from "./cacheServer";
-import { digest, isResolved, resolveHost, validateNow } from "./host";
+import { digest, isResolved, remoteScriptText, resolveHost, validateNow } from "./host";
 import { HostStep } from "./hostStep";
 import {
   knownHostsName,
@@ -38,6 +38,8 @@ export const CLIENT_FILES = {
   nixConf: "/etc/nix/nix-ssh-cache.conf",
   /** The dedicated client key (`clientIdentity: "dedicated"`), root-only. */
   identity: "/etc/nix/nix-ssh-cache/id_ed25519",
+  /** The one-session closure fetcher (`fetcher`), on NixOS too. */
+  fetcher: "/usr/local/sbin/nix-ssh-cache-fetch",
 } as const;
 
 /** A client key pair, e.g. a `tls.PrivateKey` with `algorithm: "ED25519"`. */
@@ -175,6 +177,18 @@ export interface CacheClientArgs extends FragmentOptions {
   clientKey?: ClientKeyPair;
   /** Prove the cache works by realising staging's canary path. @defaultValue `true` */
   verify?: boolean;
+  /**
+   * Install `nix-ssh-cache-fetch` on the host (`/usr/local/sbin`, root-only use): it substitutes
+   * the whole missing closure of store paths from staging in one SSH session (Nix's `ssh://`
+   * substituter pays about two round trips per path, one after another along a dependency
+   * chain), and Nix checks every path's hash and signature as for any substituter. Run it before
+   * a deploy, e.g. `nix-ssh-cache-fetch $(nix-instantiate '<nixpkgs/nixos>' -A system)` before
+   * `nixos-rebuild switch`; it falls back to Nix's own substitution when it cannot take the fast
+   * path. Needs Perl's core modules on the host (Debian's `perl-base`, NixOS's default packages).
+   * Works with `protocol: "ssh"` (`nix-store --serve`), the default.
+   * @defaultValue `true`
+   */
+  fetcher?: boolean;
 }
 
 /**
@@ -202,6 +216,11 @@ export class CacheClient extends pulumi.ComponentResource {
   public readonly verified: pulumi.Output<boolean>;
   /** What the verification reported (path, substituter, signatures). */
   public readonly verification: pulumi.Output<VerifyResult>;
+  /**
+   * The command that fetches a closure from the cache in one SSH session (`fetcher`), e.g.
+   * `/usr/local/sbin/nix-ssh-cache-fetch`; empty without the fetcher.
+   */
+  public readonly fetchCommand: pulumi.Output<string>;
 
   constructor(name: string, args: CacheClientArgs, opts?: pulumi.ComponentResourceOptions) {
     super("nix-ssh-cache:index:CacheClient", name, {}, opts);
@@ -239,6 +258,9 @@ export class CacheClient extends pulumi.ComponentResource {
       );
     const files = clientFiles(cache);
     const linux = clientLinuxSteps(name, at([identity]), files);
+    this.fetchCommand = pulumi.output(
+      (args.fetcher ?? true) ? this.fetcher(name, at([identity]), cache) : "",
+    );
     const nixos = nixosModuleSteps(
       name,
       at([identity]),
@@ -273,7 +295,25 @@ export class CacheClient extends pulumi.ComponentResource {
       module: this.module,
       verified: this.verified,
       verification: this.verification,
+      fetchCommand: this.fetchCommand,
     });
+  }
+
+  /**
+   * Phase: the one-session closure fetcher (`nix-ssh-cache-fetch`), installed executable. It
+   * reads the substituter from Nix's configuration. The daemon protocol (`ssh-ng://`) has no
+   * closure query: with it the command is empty (the installed fetcher finds no `ssh://`
+   * substituter and falls back to Nix's own substitution).
+   */
+  private fetcher(name: string, at: StepContext, cache: ClientCache): pulumi.Output<string> {
+    const serve = cache.substituterUrl.apply((url) => url.startsWith("ssh://"));
+    fileStep(`${name}-fetcher`, at, {
+      path: CLIENT_FILES.fetcher,
+      content: remoteScriptText("nix-ssh-cache-fetch.pl"),
+      mode: "0755",
+      label: "closure fetcher",
+    });
+    return serve.apply((ok) => (ok ? CLIENT_FILES.fetcher : ""));
   }
 }
 

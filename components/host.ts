@@ -150,11 +150,12 @@ const remoteDir = path.join(__dirname, "remote");
 
 const cache = new Map<string, string>();
 
-/** The text of `remote/<name>.sh`. */
+/** The text of `remote/<name>.sh` (or of `remote/<file>` for a file name with its extension). */
 export function remoteScriptText(name: string): string {
   let text = cache.get(name);
   if (text === undefined) {
-    text = fs.readFileSync(path.join(remoteDir, `${name}.sh`), "utf8");
+    const file = path.extname(name) === "" ? `${name}.sh` : name;
+    text = fs.readFileSync(path.join(remoteDir, file), "utf8");
     cache.set(name, text);
   }
   return text;

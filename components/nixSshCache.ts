@@ -76,6 +76,12 @@ export interface NixSshCacheArgs extends SubstituterOptions, FragmentOptions {
    * @defaultValue `true`
    */
   signExistingPaths?: boolean;
+  /**
+   * Install `nix-ssh-cache-fetch` on every production host: the whole missing closure of store
+   * paths from staging in one SSH session (see `CacheClientArgs.fetcher`).
+   * @defaultValue `true`
+   */
+  fetcher?: boolean;
 }
 
 /** What the component reports per production host. */
@@ -163,6 +169,7 @@ export class NixSshCache extends pulumi.ComponentResource {
             // staging configured and this host's key authorised: no other host's key awaited
             cache: this.server.coordinatesFor(names[i]),
             identity: identities[i],
+            fetcher: args.fetcher,
             ...fragments(args),
           },
           { parent: this },

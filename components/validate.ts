@@ -107,6 +107,8 @@ export interface PlainNixSshCacheArgs extends PlainServerOptions {
   production: PlainHost[];
   /** `"root"` or `"dedicated"`. */
   clientIdentity?: string;
+  /** Install the one-session closure fetcher on production. */
+  fetcher?: boolean;
 }
 
 /**
@@ -617,6 +619,7 @@ export function validateArgs(args: PlainNixSshCacheArgs): void {
   checkProductionList(args, stagingAt, problems);
   checkServerOptions(args, stagingAt, problems);
   checkEnum(args?.clientIdentity, "clientIdentity", CLIENT_IDENTITY_MODES, stagingAt, problems);
+  checkBoolean(args?.fetcher, "fetcher", stagingAt, problems);
   if (problems.length > 0) throw new NixSshCacheInputError(problems);
 }
 
@@ -642,6 +645,8 @@ export interface PlainCacheClientArgs extends PlainRoleOptions {
   clientIdentity?: string;
   /** Verify by substituting the canary. */
   verify?: boolean;
+  /** Install the one-session closure fetcher. */
+  fetcher?: boolean;
 }
 
 /** Validates `CacheClient`'s arguments (see {@link validateArgs}). */
@@ -652,6 +657,7 @@ export function validateClientArgs(args: PlainCacheClientArgs): void {
   checkRoleOptions(args, where, problems);
   checkEnum(args?.clientIdentity, "clientIdentity", CLIENT_IDENTITY_MODES, where, problems);
   checkBoolean(args?.verify, "verify", where, problems);
+  checkBoolean(args?.fetcher, "fetcher", where, problems);
   if (problems.length > 0) throw new NixSshCacheInputError(problems);
 }
 
