@@ -9,9 +9,10 @@
  *     cache that `nix copy --to file://` fills), reached by production through one SSH local
  *     forward restricted to that port (`permitopen`), so Nix's HTTP substituter queries and
  *     downloads in parallel (`http-connections`, default 25)
- *   - `bundle`: one SSH command streams the closure's `.narinfo` and `.nar` files from the same
- *     `file://` cache; production substitutes from the unpacked directory (`file://`), Nix
- *     checking staging's signatures as for any substituter: one round trip for the closure
+ *   - `fetch`: the component's `nix-ssh-cache-fetch` (installed on production by `up`): one SSH
+ *     session to the same serve user (`nix-store --serve`: the closure, then the missing paths'
+ *     infos and NARs pipelined), then Nix adds them from a temporary `file://` cache, checking
+ *     staging's signatures as for any substituter
  *   - `max-connections=8` on `ssh://`: only on Nix versions where it works (>= 2.32)
  *
  * Building locally is independent of the network: its figures come from the loopback section.
@@ -32,6 +33,8 @@ const HTTP_USER = "nix-http";
 const HTTP_DROP_IN = "/etc/ssh/sshd_config.d/nix-ssh-cache-bench-http.conf";
 const HTTP_KEYS = "/etc/ssh/nix-ssh-cache-bench-http.keys";
 const TOXIPROXY_API_PORT = 8474;
+/** The component's closure fetcher on production (`CacheClient`'s `fetcher`). */
+const FETCHER = "/usr/local/sbin/nix-ssh-cache-fetch";
 
 /** Everything the network section measured. */
 export interface NetworkResults {
@@ -114,13 +117,12 @@ export function networkModes(
       command: (c) => `bash ${STATE_DIR}/fetch-http.sh ${c.out}`,
     },
     {
-      id: "bundle",
-      label: "closure bundle over one SSH command, then file://",
+      id: "fetch",
+      label: "nix-ssh-cache-fetch (one SSH session)",
       kind: "cache",
       aes: false,
       timeoutSeconds: t,
-      command: (c) => `bash ${STATE_DIR}/fetch-bundle.sh ${c.out}`,
-      countLogins: ["root"],
+      command: (c) => `${FETCHER} --quiet --no-fallback ${c.out}`,
     },
   ];
   if (withMaxConnections) {
@@ -165,7 +167,7 @@ http {
 
 /**
  * Staging side: fills the file:// cache, starts nginx, creates the tunnel-only user (its key may
- * only forward to nginx's port), writes the bundle command. Production side: the fetch script.
+ * only forward to nginx's port). Production side: the HTTP fetch script.
  */
 async function prepare(
   stage: TestHost,
@@ -208,36 +210,12 @@ async function prepare(
   GatewayPorts no
 `,
   );
-  // The bundle: the closure's narinfos and the NARs they name, one tar stream.
-  await sh(
-    stage,
-    `cat > ${STATE_DIR}/bundle.sh`,
-    `set -euo pipefail
-cd ${CACHE_DIR}
-list=$(mktemp)
-for p in $(nix-store -qR "$1"); do b=\${p#/nix/store/}; echo "\${b%%-*}.narinfo"; done > "$list"
-awk '/^URL: /{print $2}' $(cat "$list") >> "$list"
-echo nix-cache-info >> "$list"
-tar -cf - -T "$list"
-rm -f "$list"
-`,
-  );
-  await sh(
-    prod,
-    `install -d -m 700 ${STATE_DIR}; cat > ${STATE_DIR}/fetch-bundle.sh`,
-    `set -euo pipefail
-d=$(mktemp -d ${STATE_DIR}/bundle.XXXXXX)
-trap 'rm -rf "$d"' EXIT
-ssh -o BatchMode=yes root@${stage.fqdn} "bash ${STATE_DIR}/bundle.sh $1" | tar -xf - -C "$d"
-nix-store --realise "$1" --option substituters "file://$d"
-`,
-  );
   // Nix's narinfo disk cache would remember the previous run's lookups: start without it.
   // (Setting narinfo-cache-positive-ttl to 0 instead also expires the in-memory path-info cache,
   // so every path's narinfo would be fetched again: measured, 2.5x slower on the chain.)
   await sh(
     prod,
-    `cat > ${STATE_DIR}/fetch-http.sh`,
+    `install -d -m 700 ${STATE_DIR}; cat > ${STATE_DIR}/fetch-http.sh`,
     `set -euo pipefail
 rm -f /root/.cache/nix/binary-cache-v6.sqlite /root/.cache/nix/binary-cache-v6.sqlite-*
 nix-store --realise "$1" --option substituters http://${prod.address}:${HTTP_PORT}

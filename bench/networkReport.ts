@@ -142,12 +142,12 @@ export function networkSection(n: NetworkResults, s: SubstitutionResults): strin
       " opened before the runs (like a service would keep it); opening it took " +
       n.profiles.map((p) => `${fmtSeconds(n.tunnelSeconds[p.id])} (${p.id})`).join(", ") +
       ".",
-    "- **closure bundle**: one SSH command to staging streams the closure's `.narinfo` and" +
-      " `.nar` files from that `file://` cache (`nix-store -qR`, `tar`); production unpacks them" +
-      " and substitutes from the directory (`file://`), Nix checking staging's signatures as" +
-      " for any substituter. The closure is known up front, so the whole transfer costs one" +
-      " round trip plus the bytes (in the bench the command runs as root; as a product it would" +
-      " be a forced command of a serve-only user).",
+    "- **nix-ssh-cache-fetch** (the component's closure fetcher, installed on production by" +
+      " `up`): one SSH session as the same confined serve user (`nix-store --serve`, the" +
+      " ForceCommand `ssh://` uses): the closure of the path in one round trip, then the infos" +
+      " and NARs of the paths production lacks, pipelined (one round trip plus the bytes); Nix" +
+      " adds them from a temporary `file://` cache, checking staging's signatures as for any" +
+      " substituter (`--no-fallback` in the bench, so a failure shows instead of `ssh://`).",
     `- **max-connections**: ${n.maxConnections.reason}.`,
     "",
     '"RTTs per path" = time / paths / RTT: how many round trips each path costs. Speed-up over' +
@@ -202,37 +202,30 @@ export function networkProposals(n: NetworkResults, s: SubstitutionResults): str
       " queries and downloads pay off on wide closures and large NARs (mixed:" +
       ` ${r("mixed", "http")} against ${r("mixed", "ssh")} for \`ssh://\`; large: ${r("large", "http")}` +
       ` against ${r("large", "ssh")}), not on deep ones.`,
-    `- The closure bundle, which knows the closure up front, moves it in one round trip plus the` +
-      ` bytes: chain ${r("chain", "bundle")}, large ${r("large", "bundle")}, mixed` +
-      ` ${r("mixed", "bundle")} of raw. It is the only mode here that reaches the goal on the` +
-      " chain (>= 0.5 of raw); signatures are still checked by Nix (production substitutes from" +
-      " the unpacked `file://` cache with its usual `trusted-public-keys`).",
+    `- \`nix-ssh-cache-fetch\` asks staging for the closure, so the whole transfer costs two` +
+      ` round trips plus the bytes: chain ${r("chain", "fetch")}, large ${r("large", "fetch")},` +
+      ` mixed ${r("mixed", "fetch")} of raw. It needs nothing new on staging (the serve user's` +
+      " forced `nix-store --serve`), and signatures are still checked by Nix (production adds the" +
+      " paths from a `file://` cache with its usual `trusted-public-keys`). What it does not" +
+      " remove is Nix's own per-path cost of adding paths to the store, which is most of what" +
+      " separates it from the raw stream on the chain.",
     `- \`max-connections\`: ${n.maxConnections.reason}.`,
     "",
-    "Proposals (not built in the component yet). The default stays `ssh://`: it needs nothing on" +
-      " staging beyond sshd and Nix and no long-lived tunnel to supervise, and on the chain, where" +
-      ` the round trips dominate, the HTTP cache reached ${r("chain", "http")} of raw against` +
-      ` ${r("chain", "ssh")} for \`ssh://\`:`,
+    "The component's choice: the substituter stays `ssh://` (every Nix operation falls back to" +
+      " it; it needs nothing on staging beyond sshd and Nix, and no long-lived tunnel to" +
+      ` supervise; on the chain the HTTP cache reached ${r("chain", "http")} of raw against` +
+      ` ${r("chain", "ssh")} for \`ssh://\`), and \`nix-ssh-cache-fetch\` is installed on every` +
+      " production host by default (`fetcher: true`): deploys call it with the system closure" +
+      " before switching, and it falls back to `ssh://` when its one session fails. Not built:",
     "",
-    "1. **`prefetch`: a closure bundle before the switch.** A second serve-only account on" +
-      " staging whose forced command streams the `.narinfo`/`.nar` files of the closure of the one" +
-      " store path it is given (validated: a store path that is valid on staging) from a" +
-      " `file://` cache that Nix fills on staging (`nix copy --to file://…?compression=none`" +
-      " after builds, or a `post-build-hook`); on production a script (`nix-ssh-cache-fetch" +
-      " <path>`) unpacks it into a temporary directory and runs `nix-store --realise <path>" +
-      " --option substituters file://<dir>` (signatures checked against" +
-      " `trusted-public-keys`). Deploy tools call it with the system closure before switching;" +
-      " without it, substitution falls back to `ssh://` as today. Costs: a second copy of the" +
-      " served paths on staging's disk.",
-    '2. **`protocol: "http-tunnel"`** for wide closures: nginx (or any static server) on' +
-      " staging's loopback over the same `file://` cache, a tunnel-only account" +
+    '1. **`protocol: "http-tunnel"`** for wide closures: nginx (or any static server) on' +
+      " staging's loopback over a `file://` cache that Nix fills, a tunnel-only account" +
       ' (`restrict,port-forwarding,permitopen="127.0.0.1:PORT",command="/bin/false"`, sshd' +
       " `PermitOpen`), a supervised `ssh -N -L` on production, and `http://127.0.0.1:PORT` as the" +
-      " substituter listed before `ssh://` (with the HTTP port closed, Nix 2.8 fell through to" +
-      " `ssh://` and substituted a 40-path chain completely, in 5.7 s against about 1–2 s: one" +
-      " try by hand, not a bench figure; an e2e test must pin this before it becomes an option). Worth it where closures are wide; on this bench's chain it does not beat" +
-      " `ssh://`.",
-    "3. **`max-connections`** on `ssh://` once production runs Nix >= 2.32 (detect with" +
+      " substituter listed before `ssh://`. It beats `ssh://` on wide closures and large NARs," +
+      " but not the fetcher on chains, and it costs a second copy of the served paths, a server" +
+      " and a tunnel to supervise.",
+    "2. **`max-connections`** on `ssh://` once production runs Nix >= 2.32 (detect with" +
       " `nix-store --version`, keep 1 below): parallel queries on one substituter, same" +
       " chain-depth limit as HTTP.",
     "",

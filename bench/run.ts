@@ -7,8 +7,8 @@
  *      empty-stack floor, SSH logins per host per operation; the operations that reach hosts
  *      with and without connection reuse (before / after)
  *   1b. the same over emulated networks (Toxiproxy: loopback, LAN, same region, cross-region)
- *      with every mode: raw stream, ssh://, ssh-ng://, an HTTP cache through an SSH forward, a
- *      closure bundle (bench/network.ts); NSC_BENCH_NETWORK=0 skips it, NSC_BENCH_PROFILES=a,b
+ *      with every mode: raw stream, ssh://, ssh-ng://, an HTTP cache through an SSH forward, the
+ *      component's nix-ssh-cache-fetch (bench/network.ts); NSC_BENCH_NETWORK=0 skips it, NSC_BENCH_PROFILES=a,b
  *      picks profiles
  *   3. connection reuse in isolation (the component's runScript, pooled and per script)
  *

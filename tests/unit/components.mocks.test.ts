@@ -310,3 +310,59 @@ describe("CacheServer signExistingPaths (mocks)", () => {
     );
   });
 });
+
+describe("CacheClient fetcher (mocks)", () => {
+  let client: import("../../components").CacheClient;
+  let ngClient: import("../../components").CacheClient;
+
+  before(async () => {
+    const { CacheClient } = await import("../../components");
+    const cache = (url: string) => ({
+      substituterUrl: url,
+      publicKeys: [CACHE_KEY("stage.test")],
+      hostName: "stage.test",
+      port: 22,
+      hostKey: HOST_KEY,
+      canaryPath: "/nix/store/abc-nix-ssh-cache-canary-1",
+    });
+    client = new CacheClient("fetching", {
+      host: host("fetch1.test", "fetch1"),
+      cache: cache("ssh://nix-ssh@stage.test"),
+    });
+    ngClient = new CacheClient("fetching-ng", {
+      host: host("fetch2.test", "fetch2"),
+      cache: cache("ssh-ng://nix-ssh@stage.test"),
+    });
+    new CacheClient("nofetch", {
+      host: host("fetch3.test", "fetch3"),
+      cache: cache("ssh://nix-ssh@stage.test"),
+      fetcher: false,
+    });
+    // every step of the three hosts registered (verify comes last)
+    await Promise.all([client, ngClient].map((c) => promiseOf(c.verification)));
+  });
+
+  it("installs nix-ssh-cache-fetch executable at /usr/local/sbin, on NixOS too", () => {
+    const env = envOf("fetching-fetcher");
+    assert.equal(env.FILE_PATH, "/usr/local/sbin/nix-ssh-cache-fetch");
+    assert.equal(env.FILE_MODE, "0755");
+    assert.match(env.FILE_CONTENT, /^#!\/usr\/bin\/env perl\n/);
+    const step = seen.find((s) => s.name === "fetching-fetcher")!;
+    assert.equal(
+      decodeSpec(String(step.inputs.spec)).step,
+      "closure fetcher /usr/local/sbin/nix-ssh-cache-fetch",
+    );
+  });
+
+  it("fetchCommand is its path with ssh://, empty with ssh-ng:// (no closure query there)", async () => {
+    assert.equal(await promiseOf(client.fetchCommand), "/usr/local/sbin/nix-ssh-cache-fetch");
+    assert.equal(await promiseOf(ngClient.fetchCommand), "");
+  });
+
+  it("fetcher: false installs nothing", () => {
+    assert.equal(
+      seen.some((s) => s.name === "nofetch-fetcher"),
+      false,
+    );
+  });
+});
