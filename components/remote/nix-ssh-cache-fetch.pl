@@ -16,10 +16,11 @@
 # confined to it by sshd's ForceCommand, nothing changes there) it asks for the closure of PATH
 # (one round trip), then asks for the path infos of the paths this host lacks and their NARs in
 # one pipelined batch (one round trip plus the bytes). The NARs and infos (with staging's
-# signatures) become a temporary file:// binary cache, from which `nix-store --realise` adds
-# them: Nix checks every NAR hash and signature against this host's trusted-public-keys, as for
-# any substituter. Needs root (a trusted Nix user: it names its own substituter) and Perl's core
-# modules (Debian's perl-base; NixOS's default packages).
+# signatures) become a temporary file:// binary cache, from which `nix copy` adds them: Nix
+# checks every NAR hash and signature against this host's trusted-public-keys, as for any
+# substituter. Runs as root, like the deploy it prepares (root's ssh configuration holds the
+# pinned host key and the key staging authorised), with Perl's core modules (Debian's perl-base;
+# NixOS's default packages).
 # Exit status: 0 when every PATH is valid on this host afterwards.
 use strict;
 use warnings;
@@ -70,7 +71,7 @@ for my $p (@args) {
 
 my ($ok, $why) = (0, '');
 if ($> != 0) {
-    $why = 'not root: only a trusted Nix user may name its own substituter';
+    $why = "not root: run it as root (root's ssh configuration and key reach the cache)";
 } else {
     $ok = eval { fast(); 1 };
     $why = $@ unless $ok;
@@ -179,9 +180,12 @@ sub fast {
         waitpid($pid, 0);
         say_(sprintf('received %d paths, %.1f MiB in %d s; adding them (Nix checks their signatures)',
             scalar @missing, $bytes / 1048576, time - $started));
-        system('nix-store', '--realise', @roots, '--option', 'substituters', "file://$cache",
-            '--option', 'fallback', 'false') == 0
-            or die "nix-store --realise from the fetched paths failed (status " . ($? >> 8) . ")\n";
+        # `nix copy` checks signatures (no --no-check-sigs): the store refuses a path without a
+        # signature by a key in trusted-public-keys. Faster than `nix-store --realise` from the
+        # same file:// cache (no substitution goals): 395 against 546 ms for 300 paths.
+        system('nix', '--extra-experimental-features', 'nix-command', 'copy',
+            '--from', "file://$cache", @roots) == 0
+            or die "nix copy from the fetched paths failed (status " . ($? >> 8) . ")\n";
     } else {
         close $to_staging;
         waitpid($pid, 0);
