@@ -68,6 +68,8 @@ const cache = new NixSshCache("cache", {
   protocol: cfg.get("protocol") as Protocol | undefined,
   signingKey: cfg.getObject<SigningKeyArgs>("signingKey"),
   signExistingPaths: cfg.getBoolean("signExistingPaths"),
+  fetcher: cfg.getBoolean("fetcher"),
+  fetch: cfg.getObject<string[]>("fetch"),
 });
 
 export const cachePublicKey = cache.cachePublicKey;
@@ -81,3 +83,7 @@ export const hosts = cache.hosts;
 export const coordinates = cache.coordinates;
 /** Paths already on staging that the signing key newly signed (`signExistingPaths`). */
 export const signedPaths = cache.server.signedPaths;
+/** Per production host, what fetching `fetch` reported (paths in the closure, fetched, bytes). */
+export const fetched = pulumi
+  .all([cache.hosts, pulumi.all(cache.fetches.map((f) => f.result))])
+  .apply(([hs, results]) => results.map((r, i) => ({ host: hs[i].name, ...r })));

@@ -22,6 +22,7 @@ export {
   ClientKeyPair,
   CLIENT_FILES,
 } from "./cacheClient";
+export { ClosureFetch, ClosureFetchArgs } from "./closureFetch";
 export { HostStep, HostStepArgs } from "./hostStep";
 export {
   HostFacts,
@@ -30,6 +31,7 @@ export {
   ClientKeyResult,
   CanaryResult,
   VerifyResult,
+  FetchResult,
 } from "./steps";
 export { LocalFile, LocalFileArgs } from "./trackedFile";
 export * from "./types";
@@ -41,5 +43,7 @@ export {
   PlainNixSshCacheArgs,
   PlainCacheServerArgs,
   PlainCacheClientArgs,
+  validateFetchArgs,
+  PlainClosureFetchArgs,
 } from "./validate";
 export * as render from "./render";

@@ -5,6 +5,7 @@
 import * as pulumi from "@pulumi/pulumi";
 import { CacheClient, ClientIdentity } from "./cacheClient";
 import { CacheCoordinates, CacheServer } from "./cacheServer";
+import { ClosureFetch } from "./closureFetch";
 import { resolveHost, validateNow } from "./host";
 import {
   ClientIdentityMode,
@@ -82,6 +83,14 @@ export interface NixSshCacheArgs extends SubstituterOptions, FragmentOptions {
    * @defaultValue `true`
    */
   fetcher?: boolean;
+  /**
+   * Store paths every production host fetches from the cache on `up`, the whole missing closure
+   * in one SSH session (a {@link ClosureFetch} per host, after its cache client): e.g. the
+   * release's system closure built on staging, so the deploy that follows finds it in place.
+   * Needs `fetcher` (the default).
+   * @example `[release.systemPath]`
+   */
+  fetch?: pulumi.Input<pulumi.Input<string>[]>;
 }
 
 /** What the component reports per production host. */
@@ -146,6 +155,8 @@ export class NixSshCache extends pulumi.ComponentResource {
   public readonly server: CacheServer;
   /** The production roles, in the order given. */
   public readonly clients: CacheClient[];
+  /** With `fetch`: one closure fetch per production host, in the order given; else empty. */
+  public readonly fetches: ClosureFetch[];
 
   constructor(name: string, args: NixSshCacheArgs, opts?: pulumi.ComponentResourceOptions) {
     super("nix-ssh-cache:index:NixSshCache", name, {}, opts);
@@ -176,6 +187,8 @@ export class NixSshCache extends pulumi.ComponentResource {
         ),
     );
 
+    this.fetches = this.releaseFetches(name, args, names);
+
     this.cachePublicKey = this.server.cachePublicKey;
     this.stagingHostKey = this.server.hostKey;
     this.substituterUrl = this.server.substituterUrl;
@@ -204,6 +217,20 @@ export class NixSshCache extends pulumi.ComponentResource {
       hosts: this.hosts,
       coordinates: this.coordinates,
     });
+  }
+
+  /** Phase: with `fetch`, each production host fetches those paths once its client is set up. */
+  private releaseFetches(name: string, args: NixSshCacheArgs, names: string[]): ClosureFetch[] {
+    const paths = args.fetch;
+    if (paths === undefined) return [];
+    return args.production.map(
+      (p, i) =>
+        new ClosureFetch(
+          `${name}-${names[i]}-release`,
+          { host: p, paths },
+          { parent: this, dependsOn: [this.clients[i]] },
+        ),
+    );
   }
 
   /**

@@ -354,6 +354,62 @@ export function verifyStep(
   );
 }
 
+/** What `fetch-closure.sh` reports (`nix-ssh-cache-fetch --json`). */
+export interface FetchResult {
+  /** True once every path is valid on the host (a refresh that sees one gone sets it false). */
+  valid: boolean;
+  /** Paths in the closure of the given paths. */
+  closure?: number;
+  /** Paths the host lacked and fetched in the one session. */
+  fetched?: number;
+  /** NAR bytes fetched. */
+  bytes?: number;
+  /** Whole seconds the fetch took. */
+  seconds?: number;
+  /** True when the one-session fetch failed and Nix's own substitution made the paths valid. */
+  fallback?: boolean;
+  /** Why the one-session fetch failed, when it did. */
+  reason?: string;
+}
+
+/** Arguments of {@link fetchStep}. */
+export interface FetchStepArgs {
+  /** Store paths (a `.drv` stands for its outputs). */
+  paths: string[];
+  /** Absolute path of `nix-ssh-cache-fetch` on the host. */
+  fetcher: string;
+  /** Fall back to Nix's own substitution. */
+  fallback: boolean;
+}
+
+/**
+ * Makes store paths valid on a production host from the cache in one SSH session; again when the
+ * paths change, or after a refresh saw one of them gone.
+ */
+export function fetchStep(
+  name: string,
+  at: StepContext,
+  a: pulumi.Input<FetchStepArgs>,
+): HostStep<FetchResult> {
+  return new HostStep<FetchResult>(
+    name,
+    {
+      connection: at.connection,
+      step: "fetch closure from staging",
+      script: hostScript("fetch-closure"),
+      env: pulumi.output(a).apply((f) => {
+        const e: Record<string, string> = { FETCH_PATHS: f.paths.join(" "), FETCHER: f.fetcher };
+        if (!f.fallback) e.FALLBACK = "0";
+        return e;
+      }),
+      readable: true,
+      driftKeys: ["valid"],
+      timeoutSeconds: 3600,
+    },
+    at.opts,
+  );
+}
+
 /** The default path of the generated NixOS module on a host. */
 export const DEFAULT_FRAGMENT_PATH = "/etc/nixos/nix-ssh-cache.nix";
 

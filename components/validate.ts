@@ -661,6 +661,44 @@ export function validateClientArgs(args: PlainCacheClientArgs): void {
   if (problems.length > 0) throw new NixSshCacheInputError(problems);
 }
 
+/** `ClosureFetch`'s arguments, resolved to plain values. */
+export interface PlainClosureFetchArgs {
+  /** The production host. */
+  host: PlainHost;
+  /** Store paths (or `.drv`) to fetch. */
+  paths: Now<Now<string>[]>;
+  /** Fall back to Nix's own substitution. */
+  fallback?: boolean;
+}
+
+/** Validates `ClosureFetch`'s arguments (see {@link validateArgs}). */
+export function validateFetchArgs(args: PlainClosureFetchArgs): void {
+  const problems: string[] = [];
+  checkHost(args?.host, "host", problems, "production");
+  const where = hostSuffix(args?.host, "production");
+  const paths = args?.paths;
+  if (known(paths)) {
+    if (!Array.isArray(paths) || paths.length === 0) {
+      problems.push(
+        `paths (${Array.isArray(paths) ? "[]" : show(paths)}${where}): needs at least one store path, e.g. ["/nix/store/…-nixos-system-web"]`,
+      );
+    } else {
+      paths.forEach((p, i) => {
+        if (
+          known(p) &&
+          (typeof p !== "string" || !/^\/nix\/store\/[0-9a-z]{32}-[^/\s]+$/.test(p))
+        ) {
+          problems.push(
+            `paths[${i}] (${show(p)}${where}): must be a /nix/store path (a .drv stands for its outputs)`,
+          );
+        }
+      });
+    }
+  }
+  checkBoolean(args?.fallback, "fallback", where, problems);
+  if (problems.length > 0) throw new NixSshCacheInputError(problems);
+}
+
 /** Validates one host on its own, e.g. `ClientIdentity`'s (see {@link validateArgs}). */
 export function validateHost(host: PlainHost, role: "staging" | "production"): void {
   const problems: string[] = [];

@@ -11,6 +11,9 @@
 #     closure); default: $NIX_SSH_CACHE_FETCH_DIR, else /var/tmp. Removed afterwards.
 #   --no-fallback: fail when the one-session path fails, instead of running
 #     `nix-store --realise` through the configured substituters.
+#   --json: print one JSON object on stdout at the end: {"closure":N,"fetched":M,"bytes":B,
+#     "seconds":S,"fallback":false|true,"reason":"why the fast path failed"} (messages stay on
+#     stderr).
 #
 # How: over `nix-store --serve` (the protocol of ssh:// substituters; staging's serve user is
 # confined to it by sshd's ForceCommand, nothing changes there) it asks for the closure of PATH
@@ -34,7 +37,9 @@ my $SERVE_MAGIC_2 = 0x5452eecb;
 my $CLIENT_VERSION = 0x206;    # 2.6: path infos carry NarHash, CA and signatures (from 2.4)
 my ($CMD_QUERY_PATH_INFOS, $CMD_DUMP_STORE_PATH, $CMD_QUERY_CLOSURE) = (2, 3, 7);
 
-my ($from, $fallback, $quiet) = (undef, 1, 0);
+my ($from, $fallback, $quiet, $json) = (undef, 1, 0, 0);
+my %report = (closure => 0, fetched => 0, bytes => 0, fallback => 0, reason => '');
+my $t0 = time;
 my $work = $ENV{NIX_SSH_CACHE_FETCH_DIR} // '/var/tmp';
 my @args;
 while (@ARGV) {
@@ -45,6 +50,7 @@ while (@ARGV) {
     elsif ($a =~ /^--work-dir=(.*)$/) { $work = $1 }
     elsif ($a eq '--no-fallback') { $fallback = 0 }
     elsif ($a eq '--quiet') { $quiet = 1 }
+    elsif ($a eq '--json') { $json = 1 }
     elsif ($a eq '--help' || $a eq '-h') { print usage_text(); exit 0 }
     elsif ($a eq '--') { push @args, @ARGV; last }
     elsif ($a =~ /^-/) { usage("unknown option $a") }
@@ -55,7 +61,8 @@ usage("no store path given") unless @args;
 $SIG{INT} = $SIG{TERM} = $SIG{HUP} = sub { exit 130 };
 
 sub usage_text {
-    "usage: $ME [--from ssh://USER\@HOST] [--work-dir DIR] [--no-fallback] [--quiet] PATH...\n";
+    "usage: $ME [--from ssh://USER\@HOST] [--work-dir DIR] [--no-fallback] [--quiet] [--json]"
+        . " PATH...\n";
 }
 sub usage { print STDERR "$ME: $_[0]\n", usage_text(); exit 2 }
 sub say_ { print STDERR "$ME: @_\n" unless $quiet }
@@ -77,11 +84,39 @@ if ($> != 0) {
     $why = $@ unless $ok;
     chomp $why;
 }
-exit 0 if $ok;
+finish(0) if $ok;
 die "$ME: the one-session fetch failed: $why\n" unless $fallback;
 say_("the one-session fetch failed: $why; falling back to nix-store --realise through the configured substituters");
-system('nix-store', '--realise', @roots) == 0 or exit(($? >> 8) || 1);
-exit 0;
+@report{qw(fallback reason)} = (1, $why);
+# nix-store prints the realised paths on stdout: keep stdout for the --json report.
+open(my $stdout, '>&', \*STDOUT) or die "$ME: dup stdout: $!\n";
+open(STDOUT, '>&', \*STDERR) or die "$ME: dup stderr: $!\n";
+my $status = system('nix-store', '--realise', @roots);
+open(STDOUT, '>&', $stdout) or die "$ME: restore stdout: $!\n";
+finish($status == 0 ? 0 : (($status >> 8) || 1));
+
+# Prints the --json report and exits with STATUS.
+sub finish {
+    my ($status) = @_;
+    if ($json) {
+        $report{seconds} = time - $t0;
+        my @fields = map {
+            my $v = $report{$_};
+            $_ eq 'fallback' ? "\"$_\":" . ($v ? 'true' : 'false')
+                : $_ eq 'reason' ? "\"$_\":" . json_string($v)
+                : "\"$_\":" . ($v + 0)
+        } qw(closure fetched bytes seconds fallback reason);
+        print '{', join(',', @fields), "}\n";
+    }
+    exit $status;
+}
+
+sub json_string {
+    my $s = shift;
+    $s =~ s/(["\\])/\\$1/g;
+    $s =~ s/([\x00-\x1f])/sprintf('\\u%04x', ord $1)/ge;
+    return "\"$s\"";
+}
 
 # Runs a command, dies unless it succeeds, returns its output lines.
 sub lines {
@@ -171,11 +206,13 @@ sub fast {
         $version >> 8, $version & 0xff) if ($version >> 8) != 2 || ($version & 0xff) < 4;
     my @closure = read_strs($from_staging);
     my @missing = invalid_here(@closure);
+    @report{qw(closure fetched)} = (scalar @closure, scalar @missing);
     say_(sprintf('%d paths in the closure, %d to fetch from %s', scalar @closure, scalar @missing, $url));
     if (@missing) {
         -d $work or die "work directory $work does not exist (--work-dir)\n";
         my $cache = tempdir("$ME.XXXXXX", DIR => $work, CLEANUP => 1);
         my $bytes = transfer($from_staging, $to_staging, $cache, @missing);
+        $report{bytes} = $bytes;
         close $to_staging;
         waitpid($pid, 0);
         say_(sprintf('received %d paths, %.1f MiB in %d s; adding them (Nix checks their signatures)',

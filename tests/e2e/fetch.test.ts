@@ -3,7 +3,8 @@
  * `up`, substitutes a dependency chain from staging in one SSH login (Nix's `ssh://` substituter
  * pays about two round trips per path), with every signature checked by Nix; it refuses an
  * unsigned path, falls back to Nix's own substitution when its fast path fails, and `up --refresh`
- * puts it back when it is removed.
+ * puts it back when it is removed. With `fetch` in the config, `up` itself fetches a release's
+ * closure on production (a `ClosureFetch`), and fetches it again after a refresh found it gone.
  */
 import { after, before, describe, it } from "node:test";
 import * as assert from "node:assert/strict";
@@ -139,5 +140,36 @@ describe("nix-ssh-cache-fetch: a closure in one SSH session", { skip }, () => {
       chain[0],
       "still valid",
     );
+  });
+
+  it("fetch in the config: up fetches the release's closure on production, and again once it is gone", async () => {
+    const release = await buildChain(stage, 12);
+    await stack.setConfigObjects({ fetch: [release[0]] }, "nix-ssh-cache");
+    const before = acceptedLogins(stage);
+    const up = await stack.up();
+    assert.equal(up.code, 0, up.output);
+    assert.equal(loginsSince(before, acceptedLogins(stage), "nix-ssh"), 1, "one SSH session");
+    const fetched = (await stack.outputs()).fetched as Record<string, unknown>[];
+    assert.equal(fetched.length, 1);
+    assert.equal(fetched[0].host, "prod1");
+    assert.equal(fetched[0].valid, true);
+    assert.equal(fetched[0].closure, 12);
+    assert.equal(fetched[0].fetched, 12);
+    assert.equal(fetched[0].fallback, false);
+    assert.ok((fetched[0].bytes as number) > 0);
+    assert.equal(await validCount(prod1, release), 12);
+
+    // Unchanged: the next up does not fetch again.
+    const again = await stack.preview(["--expect-no-changes"]);
+    assert.equal(again.code, 0, again.output);
+
+    // Garbage-collected on production: a refresh sees it, and up fetches it again.
+    await prod1.exec(`nix-store --delete ${release[0]}`);
+    const repair = await stack.up(["--refresh"]);
+    assert.equal(repair.code, 0, repair.output);
+    assert.match(repair.output, /release/);
+    assert.equal(await validCount(prod1, release), 12);
+    const refetched = (await stack.outputs()).fetched as Record<string, unknown>[];
+    assert.equal(refetched[0].fetched, 1, "only the missing path");
   });
 });

@@ -6,6 +6,7 @@ import {
   type PlainNixSshCacheArgs,
   isValidHost,
   validateArgs,
+  validateFetchArgs,
 } from "../../components/validate";
 import { ED25519_KEY, FAKE_PRIVATE_KEY, HOST_KEY, RSA_PEM_PRIVATE_KEY } from "./fixtures";
 
@@ -485,5 +486,42 @@ describe("isValidHost", () => {
     for (const h of ["", "a b", "a_b.test", "1.2.3.4.5", "[stage.test]", "a.-b", "host:22", "."]) {
       assert.equal(isValidHost(h), false, h);
     }
+  });
+});
+
+describe("validateFetchArgs (ClosureFetch)", () => {
+  const host = { connection: { host: "web.example.com", privateKey: FAKE_PRIVATE_KEY } };
+  const PATH = "/nix/store/0c9ww7s3yrqgi2pd9rwqj0k0lg26x1n1-nixos-system-web";
+
+  it("accepts store paths and derivations", () => {
+    validateFetchArgs({ host, paths: [PATH, `${PATH}.drv`], fallback: false });
+  });
+
+  it("names the host and field of every bad path", () => {
+    assert.throws(
+      () =>
+        validateFetchArgs({
+          host,
+          paths: [PATH, "/tmp/x", "nixos-system"],
+          fallback: "yes" as never,
+        }),
+      (e: Error) => {
+        assert.match(
+          e.message,
+          /paths\[1\] \("\/tmp\/x", production host "web\.example\.com"\): must be a \/nix\/store path/,
+        );
+        assert.match(e.message, /paths\[2\] \("nixos-system"/);
+        assert.match(e.message, /fallback \("yes"/);
+        assert.doesNotMatch(e.message, /paths\[0\]/);
+        return true;
+      },
+    );
+  });
+
+  it("needs at least one path", () => {
+    assert.throws(
+      () => validateFetchArgs({ host, paths: [] }),
+      /paths \(\[\], production host "web\.example\.com"\): needs at least one store path/,
+    );
   });
 });
