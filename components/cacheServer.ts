@@ -250,7 +250,7 @@ export class CacheServer extends pulumi.ComponentResource {
     this.signedPaths = signedCount(signStore);
     const canary = canaryStep(
       `${name}-canary`,
-      at([linux.serveUser, linux.sshd, linux.nixConf, ...nixos, ...signStore, ...extraKeys]),
+      at([linux.serveUser, linux.sshd, linux.nixConf, ...nixos, ...signStore, extraKeys]),
       canaryNonce(s, this.publicKeys),
     );
 
@@ -336,17 +336,15 @@ function authorizeKeys(
   s: ServerSettings,
   at: StepContext,
   keys: CacheServerArgs["authorizedKeys"],
-): HostStep<AuthorizedKeysResult>[] {
+): HostStep<AuthorizedKeysResult> {
   // Always there, even without extra keys: a stack from before per-host entries has its
   // whole-file step under this name, and updating it (dropping the untagged lines) keeps the
   // file, where deleting it would delete the file with every host's entry.
-  return [
-    authorizedKeysStep(`${s.name}-authorized-keys`, at, {
-      file: STAGING_FILES.authorizedKeys,
-      entry: "keys",
-      lines: pulumi.output(keys ?? []).apply((list) => renderAuthorizedKeys(list)),
-    }),
-  ];
+  return authorizedKeysStep(`${s.name}-authorized-keys`, at, {
+    file: STAGING_FILES.authorizedKeys,
+    entry: "keys",
+    lines: pulumi.output(keys ?? []).apply((list) => renderAuthorizedKeys(list)),
+  });
 }
 
 /** CacheServer's arguments with the defaults applied. */
