@@ -276,7 +276,7 @@ describe("installed package: a separate TypeScript project composes NixSshCache"
     const unexpected = pack.files.filter(
       (f) =>
         !/^build\/components\/.+\.(js|d\.ts)$/.test(f) &&
-        !/^build\/components\/remote\/[^/]+\.sh$/.test(f) &&
+        !/^build\/components\/remote\/[^/]+\.(sh|pl)$/.test(f) &&
         !["package.json", "README.md", "LICENSE"].includes(f),
     );
     assert.deepEqual(unexpected, []);
@@ -284,6 +284,7 @@ describe("installed package: a separate TypeScript project composes NixSshCache"
       "build/components/index.js",
       "build/components/index.d.ts",
       "build/components/remote/lib.sh",
+      "build/components/remote/nix-ssh-cache-fetch.pl",
       "README.md",
       "LICENSE",
     ]) {
