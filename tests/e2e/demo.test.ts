@@ -39,11 +39,16 @@ describe("npm run demo (the README's main command)", { skip }, () => {
     assert.match(output, /\[setup\] ready in /, tail);
     assert.match(output, /verified {11}= true/, tail);
 
-    // Both production hosts copied the app's whole closure, and only from staging's cache.
+    // Both production hosts copied the app's whole closure, and only from staging's cache: prod1
+    // through Nix's ssh:// substituter, prod2 with nix-ssh-cache-fetch in one SSH session.
     const parts = Number(process.env.NSC_DEMO_PARTS || 20);
-    for (const prod of ["prod1", "prod2"]) {
+    const ways = [
+      ["prod1", "nix-store --realise", "paths from"],
+      ["prod2", "nix-ssh-cache-fetch", "paths in one SSH session from"],
+    ];
+    for (const [prod, how, what] of ways) {
       const fetched = new RegExp(
-        `${prod} fetches it \\(nix-store --realise\\) \\.+ +[\\d.]+ s \\((\\d+) paths from (.+)\\)`,
+        `${prod} fetches it \\(${how}\\) \\.+ +[\\d.]+ s \\((\\d+) ${what} (.+)\\)`,
       ).exec(output);
       assert.ok(fetched, `no fetch line for ${prod}:\n${tail}`);
       assert.equal(Number(fetched[1]), parts, `${prod} copied the whole closure`);
