@@ -145,7 +145,8 @@ sub ssh_command {
     my %param = map { my ($k, $v) = split /=/, $_, 2; ($k => unescape($v // '')) } split /&/, $query;
     die "the URL's base64-ssh-public-host-key is not supported: pin the host key in ssh_config\n"
         if exists $param{'base64-ssh-public-host-key'};
-    my @cmd = ('ssh', '-x', '-a', '-T', '-o', 'BatchMode=yes');
+    # Like Nix's own ssh store (-x -a), never a password prompt, and a bound on an unreachable host.
+    my @cmd = ('ssh', '-x', '-a', '-T', '-o', 'BatchMode=yes', '-o', 'ConnectTimeout=20');
     push @cmd, '-i', $param{'ssh-key'} if ($param{'ssh-key'} // '') ne '';
     push @cmd, '-C' if ($param{compress} // '') eq 'true';
     return (@cmd, $authority, $param{'remote-program'} // 'nix-store', '--serve');
@@ -254,6 +255,10 @@ sub transfer {
         $i{narHash} = read_str($in);
         $i{ca} = read_str($in);
         $i{sigs} = [read_strs($in)];
+        # Every field goes into a narinfo line: no line breaks (Nix checks the rest).
+        for my $field ($path, $i{deriver}, @{ $i{references} }, $i{narHash}, $i{ca}, @{ $i{sigs} }) {
+            die "protocol error: a line break in the info of $path\n" if $field =~ /[\r\n]/;
+        }
         $info{$path} = \%i;
     }
     mkdir "$cache/nar" or die "mkdir $cache/nar: $!\n";
