@@ -123,6 +123,24 @@ describe("nix-ssh-cache-fetch: a closure in one SSH session", { skip }, () => {
     );
   });
 
+  it("staging's sshd down: a clear failure, nothing left behind; back up, the same command works", async () => {
+    const built = await buildOnStaging(stage, "sshd-down");
+    await stage.stopSshd();
+    try {
+      const r = await prod1.exec(`${FETCH} ${built.out}`, { check: false });
+      assert.notEqual(r.code, 0, "nothing can fetch the path while staging is unreachable");
+      assert.match(r.stderr, /one-session fetch failed: .*; falling back/);
+      assert.match(r.stderr, /Connection refused/);
+    } finally {
+      await stage.startSshd();
+    }
+    const left = await prod1.exec("ls -d /var/tmp/nix-ssh-cache-fetch.* 2>/dev/null | wc -l");
+    assert.equal(left.stdout.trim(), "0", "no work directory left behind");
+    const again = await prod1.exec(`${FETCH} ${built.out}`, { check: false });
+    assert.equal(again.code, 0, again.stderr);
+    assert.equal(await validCount(prod1, [built.out]), 1);
+  });
+
   it("removed or edited out of band, `up --refresh` puts the fetcher back", async () => {
     const original = (await prod1.exec(`sha256sum ${FETCH}`)).stdout.split(" ")[0];
     await prod1.exec(`rm ${FETCH}`);

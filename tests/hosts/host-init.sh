@@ -59,7 +59,7 @@ printf '\n# test host: no network, no substituters\nsubstituters =\n' >>"$S/etc/
 
 install -d -m 0755 "$S/nix" "$S/var-lib" "$S/var-log" "$S/run" "$S/home"
 install -d -m 0700 "$S/root" "$S/root/.ssh"
-install -d -m 1777 "$S/tmp"
+install -d -m 1777 "$S/tmp" "$S/var-tmp"
 install -m 0600 "$NSC_RUNNER_PUB" "$S/root/.ssh/authorized_keys"
 # The harness's own files go into the host's /run/nsc: the checkout may live under /tmp (a CI
 # clone), which the host's own /tmp hides once mounted.
@@ -74,6 +74,7 @@ mount --bind "$S/nix" /nix
 mount --bind "$S/root" /root
 mount --bind "$S/var-lib" /var/lib
 mount --bind "$S/var-log" /var/log
+mount --bind "$S/var-tmp" /var/tmp
 mount --bind "$S/run" /run
 mount --bind "$S/home" /home
 mount --bind "$S/tmp" /tmp
