@@ -16,7 +16,7 @@
 import * as crypto from "crypto";
 import * as path from "path";
 import * as pulumi from "@pulumi/pulumi";
-import { encodeSpec, hostStepProvider } from "./hostStepProvider";
+import { encodeSpec, hostStepProvider, packScript } from "./hostStepProvider";
 import { Connection } from "./ssh";
 
 export {
@@ -124,9 +124,9 @@ const providerOfState: pulumi.dynamic.ResourceProvider = __filename.endsWith(".j
 
 /**
  * One idempotent, re-observable step on a host, typed by what its script reports (`R`). The
- * connection (with its private key) and the script body are secret in the state; a diff shows
- * `scriptDigest` instead of the body. `result` is what the host reported and never holds private
- * material.
+ * connection (with its private key) and the script body (compressed, see `packScript`) are
+ * secret in the state; a diff shows the script's digest (in `spec`) instead of the body. `result`
+ * is what the host reported and never holds private material.
  */
 export class HostStep<R = Record<string, unknown>> extends pulumi.dynamic.Resource {
   /** The JSON object the step's script printed last. */
@@ -153,7 +153,7 @@ export class HostStep<R = Record<string, unknown>> extends pulumi.dynamic.Resour
     const props: pulumi.Inputs = {
       connection: args.connection,
       spec,
-      script: pulumi.secret(script),
+      script: pulumi.secret(script.apply(packScript)),
       env: args.env ?? {},
       triggers: args.triggers,
       result: undefined,

@@ -5,6 +5,7 @@
  * This module is loaded by `require` in the dynamic provider process (see `providerOfState` in
  * hostStep.ts), so it is ordinary compiled code: it does not import `@pulumi/pulumi` at runtime.
  */
+import * as zlib from "zlib";
 import type * as pulumi from "@pulumi/pulumi";
 import { Connection, runJsonScript } from "./ssh";
 
@@ -40,7 +41,10 @@ export interface HostStepProps {
    * script 1024ff0d643a39ad | read yes | remove yes | drift exists,sha256 | timeout 120s`.
    */
   spec: string;
-  /** The full script body (lib.sh + step script); secret, so previews show its digest only. */
+  /**
+   * The full script body (lib.sh + step script) as {@link packScript} stores it; secret, so
+   * previews show its digest only.
+   */
   script: string;
   /** Inputs of the script. */
   env: Record<string, string>;
@@ -119,6 +123,28 @@ export function decodeSpec(line: string): StepSpec {
   };
 }
 
+/** Prefix of a script body stored compressed by {@link packScript}. */
+const PACKED_SCRIPT = "gzip-base64:";
+
+/**
+ * A script body as it goes into the state: gzip-compressed and base64-encoded, after the prefix
+ * `gzip-base64:`. Every step's state holds its script twice (inputs and outputs), and Pulumi
+ * rewrites the whole state after each step of an `up` or `destroy`: the scripts (lib.sh alone
+ * is 36 KB) were most of it, and writing it most of the engine's CPU with 8 hosts.
+ */
+export function packScript(body: string): string {
+  return PACKED_SCRIPT + zlib.gzipSync(body, { level: 9 }).toString("base64");
+}
+
+/**
+ * The script body of a step's inputs or state: unpacked (see {@link packScript}), or as it is
+ * (states written before scripts were packed, scripts given to the provider directly).
+ */
+export function scriptBody(stored: string): string {
+  if (!stored.startsWith(PACKED_SCRIPT)) return stored;
+  return zlib.gunzipSync(Buffer.from(stored.slice(PACKED_SCRIPT.length), "base64")).toString();
+}
+
 function sameJson(a: unknown, b: unknown): boolean {
   return JSON.stringify(a ?? null) === JSON.stringify(b ?? null);
 }
@@ -174,7 +200,7 @@ function run(props: HostStepProps, action: "apply" | "read" | "remove") {
   refuseInvalid(props);
   const spec = specOf(props);
   const extra = action === "remove" ? spec.removeEnv : {};
-  return runJsonScript(props.connection, props.script, {
+  return runJsonScript(props.connection, scriptBody(props.script), {
     env: { ...props.env, ...extra, ACTION: action },
     step: action === "apply" ? spec.step : `${spec.step} (${action})`,
     timeoutMs: spec.timeoutSeconds * 1000,

@@ -11,6 +11,7 @@ import {
   hostStepProvider,
   StepSpec,
 } from "../../components/hostStep";
+import { packScript, scriptBody } from "../../components/hostStepProvider";
 import { Connection } from "../../components/ssh";
 
 const SPEC: StepSpec = {
@@ -92,5 +93,16 @@ describe("HostStep provider: transport changes", () => {
     );
     const script = encodeSpec({ ...SPEC, script: "ffffffffffffffff" });
     await assert.rejects(update("id", olds, { ...olds, spec: script }), /cannot connect/);
+  });
+});
+
+describe("HostStep script in the state", () => {
+  it("is stored compressed and read back as it was; a script stored as text is read as it is", () => {
+    const body = `#!/bin/bash\n${"nsc_log() { printf '%s\\n' \"$*\" >&2; }\n".repeat(200)}echo '{}'\n`;
+    const packed = packScript(body);
+    assert.match(packed, /^gzip-base64:[A-Za-z0-9+/=]+$/);
+    assert.ok(packed.length < body.length / 4, `${packed.length} of ${body.length}`);
+    assert.equal(scriptBody(packed), body);
+    assert.equal(scriptBody("echo '{}'"), "echo '{}'");
   });
 });
