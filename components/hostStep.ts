@@ -79,18 +79,17 @@ export interface HostStepArgs {
  * @param moduleFromCwd - the compiled provider module, relative to the program's directory
  */
 export function providerLoader(moduleFromCwd: string): pulumi.dynamic.ResourceProvider {
+  // The serialized text holds these functions' source, comments included: comments go here.
+  // `require` inside, not imports: the text runs in the provider process, where the loader
+  // resolves both candidates from the program's directory; the error names what it tried.
+  /* eslint-disable @typescript-eslint/no-require-imports */
   const load = (): pulumi.dynamic.ResourceProvider => {
-    // Required here, not imported: this code is serialized into the dynamic provider.
-    /* eslint-disable @typescript-eslint/no-require-imports */
     const p = require("path") as typeof import("path");
-    const m = require("module") as typeof import("module");
-    /* eslint-enable @typescript-eslint/no-require-imports */
-    const from = m.createRequire(p.join(process.cwd(), "index.js"));
-    const candidates = [
-      p.resolve(moduleFromCwd),
-      "nix-ssh-cache/build/components/hostStepProvider.js",
-    ];
-    for (const candidate of candidates) {
+    const from = (require("module") as typeof import("module")).createRequire(
+      p.join(process.cwd(), "index.js"),
+    );
+    const tried = [p.resolve(moduleFromCwd), "nix-ssh-cache/build/components/hostStepProvider.js"];
+    for (const candidate of tried) {
       let file: string;
       try {
         file = from.resolve(candidate);
@@ -100,10 +99,10 @@ export function providerLoader(moduleFromCwd: string): pulumi.dynamic.ResourcePr
       return (from(file) as { hostStepProvider: pulumi.dynamic.ResourceProvider }).hostStepProvider;
     }
     throw new Error(
-      `nix-ssh-cache: cannot load the HostStep provider from ${process.cwd()}: tried ${candidates.join(", ")}; run Pulumi in the project that uses nix-ssh-cache, with its node_modules installed`,
+      `nix-ssh-cache: cannot load the HostStep provider from ${process.cwd()}: tried ${tried.join(", ")}; run Pulumi in the project that uses nix-ssh-cache, with its node_modules installed`,
     );
   };
-  // The methods of hostStepProvider, each calling the loaded one.
+  /* eslint-enable @typescript-eslint/no-require-imports */
   return {
     create: async (inputs) => load().create(inputs),
     diff: async (id, olds, news) => load().diff!(id, olds, news),
@@ -113,12 +112,15 @@ export function providerLoader(moduleFromCwd: string): pulumi.dynamic.ResourcePr
   };
 }
 
+/** Whether this module is compiled JavaScript (as installed, or built by `npm run build`). */
+const compiled = __filename.endsWith(".js");
+
 /**
- * The provider given to Pulumi: the loader when this module is compiled JavaScript (as
- * installed, or built by `npm run build`); the provider itself, serialized whole, when it runs
- * from TypeScript sources (ts-node), whose `.ts` files the provider process could not load.
+ * The provider given to Pulumi: the loader when this module is compiled; the provider itself,
+ * serialized whole, when it runs from TypeScript sources (ts-node), whose `.ts` files the
+ * provider process could not load.
  */
-const providerOfState: pulumi.dynamic.ResourceProvider = __filename.endsWith(".js")
+const providerOfState: pulumi.dynamic.ResourceProvider = compiled
   ? providerLoader(path.relative(process.cwd(), path.join(__dirname, "hostStepProvider.js")))
   : hostStepProvider;
 
@@ -153,7 +155,8 @@ export class HostStep<R = Record<string, unknown>> extends pulumi.dynamic.Resour
     const props: pulumi.Inputs = {
       connection: args.connection,
       spec,
-      script: pulumi.secret(script.apply(packScript)),
+      // Without the package's lib.sh when the provider process loads it from the package.
+      script: pulumi.secret(script.apply((body) => packScript(body, compiled))),
       env: args.env ?? {},
       triggers: args.triggers,
       result: undefined,

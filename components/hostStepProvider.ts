@@ -5,6 +5,9 @@
  * This module is loaded by `require` in the dynamic provider process (see `providerOfState` in
  * hostStep.ts), so it is ordinary compiled code: it does not import `@pulumi/pulumi` at runtime.
  */
+import * as crypto from "crypto";
+import * as fs from "fs";
+import * as path from "path";
 import * as zlib from "zlib";
 import type * as pulumi from "@pulumi/pulumi";
 import { Connection, runJsonScript } from "./ssh";
@@ -125,24 +128,57 @@ export function decodeSpec(line: string): StepSpec {
 
 /** Prefix of a script body stored compressed by {@link packScript}. */
 const PACKED_SCRIPT = "gzip-base64:";
+/** Prefix of one stored without the package's lib.sh: `gzip-base64+lib <lib digest>:`. */
+const PACKED_AFTER_LIB = /^gzip-base64\+lib ([0-9a-f]{16}):/;
+
+/** The package's lib.sh (`remote/lib.sh` beside this module), read once per process. */
+function packageLib(): { text: string; digest: string } {
+  const registry = globalThis as { [k: symbol]: { text: string; digest: string } | undefined };
+  const slot = Symbol.for("nix-ssh-cache/package-lib");
+  if (!registry[slot]) {
+    const text = fs.readFileSync(path.join(__dirname, "remote", "lib.sh"), "utf8");
+    const digest = crypto.createHash("sha256").update(text).digest("hex").slice(0, 16);
+    registry[slot] = { text, digest };
+  }
+  return registry[slot];
+}
 
 /**
  * A script body as it goes into the state: gzip-compressed and base64-encoded, after the prefix
  * `gzip-base64:`. Every step's state holds its script twice (inputs and outputs), and Pulumi
- * rewrites the whole state after each step of an `up` or `destroy`: the scripts (lib.sh alone
- * is 36 KB) were most of it, and writing it most of the engine's CPU with 8 hosts.
+ * rewrites the whole state after each step of an `up` or `destroy`: the scripts were most of it,
+ * and writing it most of the engine's CPU with 8 hosts.
+ *
+ * With `withoutLib`, a body that begins with the package's lib.sh (36 KB, the same in every
+ * step; see `hostScript` in host.ts) is stored without it, as `gzip-base64+lib <digest>:` and the
+ * rest: the provider, loaded from the same package, puts lib.sh back ({@link scriptBody}).
  */
-export function packScript(body: string): string {
+export function packScript(body: string, withoutLib = false): string {
+  const lib = withoutLib ? packageLib() : undefined;
+  if (lib && body.startsWith(lib.text)) {
+    const rest = body.slice(lib.text.length);
+    return `gzip-base64+lib ${lib.digest}:${zlib.gzipSync(rest, { level: 9 }).toString("base64")}`;
+  }
   return PACKED_SCRIPT + zlib.gzipSync(body, { level: 9 }).toString("base64");
 }
 
 /**
  * The script body of a step's inputs or state: unpacked (see {@link packScript}), or as it is
- * (states written before scripts were packed, scripts given to the provider directly).
+ * (states written before scripts were packed, scripts given to the provider directly). A body
+ * stored without lib.sh gets the package's lib.sh back: for an `up`, the one the program sent
+ * (the same package); for a refresh or delete of a step an earlier version of the package wrote
+ * (another lib digest), the installed one, as the installed provider runs it too.
  */
 export function scriptBody(stored: string): string {
-  if (!stored.startsWith(PACKED_SCRIPT)) return stored;
-  return zlib.gunzipSync(Buffer.from(stored.slice(PACKED_SCRIPT.length), "base64")).toString();
+  const afterLib = PACKED_AFTER_LIB.exec(stored);
+  const packed = afterLib
+    ? stored.slice(afterLib[0].length)
+    : stored.startsWith(PACKED_SCRIPT)
+      ? stored.slice(PACKED_SCRIPT.length)
+      : undefined;
+  if (packed === undefined) return stored;
+  const text = zlib.gunzipSync(Buffer.from(packed, "base64")).toString();
+  return afterLib ? packageLib().text + text : text;
 }
 
 function sameJson(a: unknown, b: unknown): boolean {
