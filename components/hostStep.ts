@@ -60,13 +60,19 @@ export interface HostStepArgs {
 }
 
 /**
- * The HostStep provider as it goes into the state: a loader that `require`s the compiled
- * provider module (hostStepProvider.js) in the dynamic provider process, instead of the provider
- * itself. Pulumi serializes a dynamic provider's code into every resource's inputs (`__provider`)
- * and walks, by value, every function and module it reaches from a local file: for the provider
- * itself that was the whole SSH client (ssh.ts) and the part of `ssh2` it reaches: about 35 KB in
- * every step's state, and most of a second of the program's CPU on every run. The loader
- * serializes to under 3 KB.
+ * The text Pulumi stores as HostStep's dynamic provider (`__provider`, in every step's inputs
+ * and outputs) and the dynamic provider process loads: a loader that `require`s the compiled
+ * provider module (hostStepProvider.js) there and hands Pulumi its `hostStepProvider`.
+ *
+ * `pulumi.dynamic.Resource` would instead run Pulumi's closure serializer on the provider, which
+ * walks, by value, every function and module it reaches from a local file: the whole SSH client
+ * (ssh.ts) and the part of `ssh2` it reaches, about 35 KB in every step's state, and a large
+ * part of the program's CPU on every run (the serializer inspects the functions through the V8
+ * inspector and parses them with TypeScript). The loader is a few hundred bytes of plain
+ * JavaScript and needs no serializer: {@link HostStep} passes it as `__provider` under the type
+ * token `dynamic.Resource` uses, `pulumi-nodejs:dynamic/nix-ssh-cache:HostStep`, which the
+ * provider process loads as it loads a serialized provider (`require` of the text, then its
+ * `handler()`, once per process).
  *
  * The provider process runs in the program's directory (its `cwd`), as the program does: the
  * module is found at its path relative to that directory (`moduleFromCwd`, e.g.
@@ -78,51 +84,43 @@ export interface HostStepArgs {
  *
  * @param moduleFromCwd - the compiled provider module, relative to the program's directory
  */
-export function providerLoader(moduleFromCwd: string): pulumi.dynamic.ResourceProvider {
-  // The serialized text holds these functions' source, comments included: comments go here.
-  // `require` inside, not imports: the text runs in the provider process, where the loader
-  // resolves both candidates from the program's directory; the error names what it tried.
-  /* eslint-disable @typescript-eslint/no-require-imports */
-  const load = (): pulumi.dynamic.ResourceProvider => {
-    const p = require("path") as typeof import("path");
-    const from = (require("module") as typeof import("module")).createRequire(
-      p.join(process.cwd(), "index.js"),
-    );
-    const tried = [p.resolve(moduleFromCwd), "nix-ssh-cache/build/components/hostStepProvider.js"];
-    for (const candidate of tried) {
-      let file: string;
-      try {
-        file = from.resolve(candidate);
-      } catch {
-        continue;
-      }
-      return (from(file) as { hostStepProvider: pulumi.dynamic.ResourceProvider }).hostStepProvider;
-    }
-    throw new Error(
-      `nix-ssh-cache: cannot load the HostStep provider from ${process.cwd()}: tried ${tried.join(", ")}; run Pulumi in the project that uses nix-ssh-cache, with its node_modules installed`,
-    );
-  };
-  /* eslint-enable @typescript-eslint/no-require-imports */
-  return {
-    create: async (inputs) => load().create(inputs),
-    diff: async (id, olds, news) => load().diff!(id, olds, news),
-    update: async (id, olds, news) => load().update!(id, olds, news),
-    read: async (id, props) => load().read!(id, props),
-    delete: async (id, props) => load().delete!(id, props),
-  };
+export function providerText(moduleFromCwd: string): string {
+  return [
+    "exports.handler = () => {",
+    '  const path = require("path");',
+    '  const from = require("module").createRequire(path.join(process.cwd(), "index.js"));',
+    `  const tried = [path.resolve(${JSON.stringify(moduleFromCwd)}), "nix-ssh-cache/build/components/hostStepProvider.js"];`,
+    "  for (const candidate of tried) {",
+    "    let file;",
+    "    try { file = from.resolve(candidate); } catch { continue; }",
+    "    return from(file).hostStepProvider;",
+    "  }",
+    '  throw new Error(`nix-ssh-cache: cannot load the HostStep provider from ${process.cwd()}: tried ${tried.join(", ")}; run Pulumi in the project that uses nix-ssh-cache, with its node_modules installed`);',
+    "};",
+    "",
+  ].join("\n");
 }
 
 /** Whether this module is compiled JavaScript (as installed, or built by `npm run build`). */
 const compiled = __filename.endsWith(".js");
 
+let providerOfState: pulumi.Output<string> | string | undefined;
+
 /**
- * The provider given to Pulumi: the loader when this module is compiled; the provider itself,
- * serialized whole, when it runs from TypeScript sources (ts-node), whose `.ts` files the
- * provider process could not load.
+ * The provider text of every step: the loader when this module is compiled; the provider itself,
+ * serialized whole by Pulumi's closure serializer (once per program), when it runs from
+ * TypeScript sources (ts-node), whose `.ts` files the provider process could not load.
  */
-const providerOfState: pulumi.dynamic.ResourceProvider = compiled
-  ? providerLoader(path.relative(process.cwd(), path.join(__dirname, "hostStepProvider.js")))
-  : hostStepProvider;
+function providerOfSteps(): pulumi.Output<string> | string {
+  providerOfState ??= compiled
+    ? providerText(path.relative(process.cwd(), path.join(__dirname, "hostStepProvider.js")))
+    : pulumi.output(
+        pulumi.runtime
+          .serializeFunction(() => hostStepProvider, { allowSecrets: true })
+          .then((s) => s.text),
+      );
+  return providerOfState;
+}
 
 /**
  * One idempotent, re-observable step on a host, typed by what its script reports (`R`). The
@@ -130,7 +128,7 @@ const providerOfState: pulumi.dynamic.ResourceProvider = compiled
  * secret in the state; a diff shows the script's digest (in `spec`) instead of the body. `result`
  * is what the host reported and never holds private material.
  */
-export class HostStep<R = Record<string, unknown>> extends pulumi.dynamic.Resource {
+export class HostStep<R = Record<string, unknown>> extends pulumi.CustomResource {
   /** The JSON object the step's script printed last. */
   declare public readonly result: pulumi.Output<R>;
   /** True when a refresh saw the host differ from the last apply (the next `up` repairs it). */
@@ -153,6 +151,7 @@ export class HostStep<R = Record<string, unknown>> extends pulumi.dynamic.Resour
       ),
     );
     const props: pulumi.Inputs = {
+      __provider: providerOfSteps(),
       connection: args.connection,
       spec,
       // Without the package's lib.sh when the provider process loads it from the package.
@@ -162,16 +161,10 @@ export class HostStep<R = Record<string, unknown>> extends pulumi.dynamic.Resour
       result: undefined,
       drifted: undefined,
     };
-    super(
-      providerOfState,
-      name,
-      props,
-      {
-        ...opts,
-        additionalSecretOutputs: ["connection", "script", ...(opts?.additionalSecretOutputs ?? [])],
-      },
-      "nix-ssh-cache",
-      "HostStep",
-    );
+    // The type token and `__provider` of `pulumi.dynamic.Resource` (see providerText).
+    super("pulumi-nodejs:dynamic/nix-ssh-cache:HostStep", name, props, {
+      ...opts,
+      additionalSecretOutputs: ["connection", "script", ...(opts?.additionalSecretOutputs ?? [])],
+    });
   }
 }

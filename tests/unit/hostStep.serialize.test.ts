@@ -1,12 +1,12 @@
 /**
- * What of the HostStep provider goes through Pulumi's closure serializer on every run (the
- * dynamic provider process runs the serialized text, not this module): the loader
- * (`providerLoader`), which requires the compiled provider module in the provider process; and,
- * when the component runs from TypeScript sources, the provider itself. Checks here that the
- * serializer accepts both — it rejects, for example, a closure that uses a `const` declared
- * further down, or reads a method of an object it copied only in part — and that the serialized
- * text loads and runs (through the connection pool, to a closed port), from the program's
- * directory and from a project that has the package in its node_modules.
+ * The text the dynamic provider process loads as HostStep's provider: the loader
+ * (`providerText`), which requires the compiled provider module, loaded here as the provider
+ * process loads it (`require-from-string`, then `handler()`), from the program's directory and
+ * from a project that has the package in its node_modules; and, when the component runs from
+ * TypeScript sources, the provider itself through Pulumi's closure serializer, which must accept
+ * it (it rejects, for example, a closure that uses a `const` declared further down, or reads a
+ * method of an object it copied only in part). Both run (through the connection pool, to a
+ * closed port).
  */
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
@@ -14,22 +14,13 @@ import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
 import * as pulumi from "@pulumi/pulumi";
-import { hostStepProvider, providerLoader } from "../../components/hostStep";
+import { hostStepProvider, providerText } from "../../components/hostStep";
 
-/** Writes a serialized provider into a new directory under `parent` and loads it. */
-async function loadSerialized(
-  provider: pulumi.dynamic.ResourceProvider,
-  parent: string,
-): Promise<{ provider: pulumi.dynamic.ResourceProvider; text: string; dir: string }> {
-  const serialized = await pulumi.runtime.serializeFunction(() => provider, {
-    allowSecrets: true,
-  });
-  const dir = fs.mkdtempSync(path.join(parent, ".serialized-"));
-  const file = path.join(dir, "provider.js");
-  fs.writeFileSync(file, serialized.text);
+/** Loads a provider text as the dynamic provider process does, from the current directory. */
+function loadText(text: string): { handler: () => pulumi.dynamic.ResourceProvider } {
   // eslint-disable-next-line @typescript-eslint/no-require-imports
-  const loaded = require(file) as Record<string, () => pulumi.dynamic.ResourceProvider>;
-  return { provider: loaded[serialized.exportName](), text: serialized.text, dir };
+  const requireFromString = require("require-from-string") as (code: string) => unknown;
+  return requireFromString(text) as { handler: () => pulumi.dynamic.ResourceProvider };
 }
 
 /** The inputs of a step on a closed port of loopback: a run fails fast (no host needed). */
@@ -84,21 +75,15 @@ describe("HostStep provider serialization", () => {
     }
   });
 
-  it("serializes the loader small, and it runs the compiled provider from the program's directory", async () => {
-    const loader = providerLoader(path.relative(process.cwd(), PROVIDER_MODULE));
-    const { provider, text, dir } = await loadSerialized(loader, __dirname);
-    try {
-      // The loader, not the SSH client: no ssh2, no connection pool in the text.
-      assert.ok(text.length < 8000, `serialized loader is ${text.length} characters`);
-      assert.doesNotMatch(text, /ssh2|ssh-pool/);
-      const create = provider.create.bind(provider);
-      await assert.rejects(
-        create(CLOSED_PORT_STEP),
-        /^Error: root@127\.0\.0\.1:1: cannot connect: /,
-      );
-    } finally {
-      fs.rmSync(dir, { recursive: true, force: true });
-    }
+  it("loads the compiled provider from the program's directory, with a small text", async () => {
+    const text = providerText(path.relative(process.cwd(), PROVIDER_MODULE));
+    // The loader, not the SSH client: no ssh2, no connection pool in the text.
+    assert.ok(text.length < 1000, `the loader is ${text.length} characters`);
+    assert.doesNotMatch(text, /ssh2|ssh-pool/);
+    const provider = loadText(text).handler();
+    assert.equal(provider, hostStepProvider, "the provider of the compiled module itself");
+    const create = provider.create.bind(provider);
+    await assert.rejects(create(CLOSED_PORT_STEP), /^Error: root@127\.0\.0\.1:1: cannot connect: /);
   });
 
   it("loads the provider by package name when the path it recorded is not there", async () => {
@@ -110,18 +95,15 @@ describe("HostStep provider serialization", () => {
       const packageRoot = path.join(__dirname, "..", "..", "..");
       fs.mkdirSync(path.join(project, "node_modules"));
       fs.symlinkSync(packageRoot, path.join(project, "node_modules", "nix-ssh-cache"));
-      const loader = providerLoader("moved/build/components/hostStepProvider.js");
-      const { provider, dir } = await loadSerialized(loader, project);
       process.chdir(project);
-      const create = provider.create.bind(provider);
-      await assert.rejects(create(CLOSED_PORT_STEP), /cannot connect/);
+      const loader = loadText(providerText("moved/build/components/hostStepProvider.js"));
+      assert.equal(loader.handler(), hostStepProvider);
       // Without the package either, the error says where it looked.
       fs.rmSync(path.join(project, "node_modules"), { recursive: true });
-      await assert.rejects(
-        create(CLOSED_PORT_STEP),
-        /cannot load the HostStep provider from .*moved\/build\/components\/hostStepProvider\.js, nix-ssh-cache\/build\/components\/hostStepProvider\.js/,
+      assert.throws(
+        () => loader.handler(),
+        /cannot load the HostStep provider from .*: tried .*moved\/build\/components\/hostStepProvider\.js, nix-ssh-cache\/build\/components\/hostStepProvider\.js/,
       );
-      fs.rmSync(dir, { recursive: true, force: true });
     } finally {
       process.chdir(cwd);
       fs.rmSync(project, { recursive: true, force: true });
