@@ -126,33 +126,34 @@ function medianKind(samples: CpuByProcess[], kind: ProcessKind): number | undefi
 
 /** Where the operator CPU of `up` and the no-op `preview` goes, by process (bench/cpu.ts). */
 function cpuByProcessSection(o: OverheadResults, counts: number[]): string[] {
-  const kinds: ProcessKind[] = ["engine", "program", "provider", "languageHost", "other"];
-  const columns: { label: string; samples: CpuByProcess[] }[] = [];
+  const lines: { label: string; samples: CpuByProcess[] }[] = [];
   for (const op of ["up", "preview"] as OpName[]) {
     for (const n of counts) {
       const samples = runsOf(o, op, "reuse", n).flatMap((r) => r.cpuByProcess ?? []);
-      if (samples.length) columns.push({ label: `${OP_LABELS[op]}, ${n} host(s)`, samples });
+      if (samples.length) lines.push({ label: `${OP_LABELS[op]}, ${n} host(s)`, samples });
     }
   }
   if (o.emptyPreviewCpuByProcess.length) {
-    columns.push({
+    lines.push({
       label: "empty stack: no-op `pulumi preview`",
       samples: o.emptyPreviewCpuByProcess,
     });
   }
-  if (!columns.length) return [];
-  const rows = kinds
-    .filter((k) => columns.some((c) => medianKind(c.samples, k) !== undefined))
-    .map((k) => [
-      PROCESS_LABELS[k],
-      ...columns.map((c) => fmtSeconds(medianKind(c.samples, k) ?? 0, 2)),
-    ]);
+  // The kinds that used CPU somewhere.
+  const kinds = (
+    ["engine", "program", "provider", "languageHost", "other"] as ProcessKind[]
+  ).filter((k) => lines.some((l) => (medianKind(l.samples, k) ?? 0) >= 0.005));
+  if (!lines.length) return [];
+  const rows = lines.map((l) => [
+    l.label,
+    ...kinds.map((k) => fmtSeconds(medianKind(l.samples, k) ?? 0, 2)),
+  ]);
   return [
     "Where that CPU goes, by process (medians; sampled from `/proc` every 250 ms, so a process" +
       " loses what it did after its last sample; the engine's share of an `up` grows with the" +
       " state's size, which Pulumi writes whole after every step):",
     "",
-    table(["process", ...columns.map((c) => c.label)], rows),
+    table(["operation", ...kinds.map((k) => PROCESS_LABELS[k])], rows),
     "",
   ];
 }
