@@ -4,6 +4,7 @@
  */
 import { spawn } from "child_process";
 import { PulumiStack } from "../tests/e2e/pulumi";
+import { CpuByProcess, ProcessCpuSampler } from "./cpu";
 
 const benchStart = Date.now();
 
@@ -67,6 +68,8 @@ export interface TimedCli {
    * language host, the Node.js program, the provider plugins (bash's `times` for its children).
    */
   cpuSeconds?: number;
+  /** The same CPU by process kind (engine, program, provider, ...), sampled from /proc. */
+  cpuByProcess?: CpuByProcess;
 }
 
 /** Sums the children's line of bash's `times` ("0m1.250s 0m0.300s"). */
@@ -100,6 +103,7 @@ export function pulumiTimed(
       ["-c", 'pulumi "$@"; rc=$?; times >&3; exit $rc', "bash", ...full],
       { env: stack.env, stdio: ["pipe", "pipe", "pipe", "pipe"], detached: true },
     );
+    const sampler = child.pid ? new ProcessCpuSampler(child.pid) : undefined;
     let times = "";
     (child.stdio[3] as NodeJS.ReadableStream | null)?.on(
       "data",
@@ -119,12 +123,21 @@ export function pulumiTimed(
     }, timeoutSeconds * 1000);
     child.on("error", (e) => {
       clearTimeout(timer);
+      sampler?.stop();
       reject(e);
     });
     child.on("close", (code) => {
       clearTimeout(timer);
       const seconds = Number(process.hrtime.bigint() - start) / 1e9;
-      resolve({ code: code ?? 1, output, seconds, timedOut, cpuSeconds: parseTimes(times) });
+      const cpuByProcess = sampler?.stop();
+      resolve({
+        code: code ?? 1,
+        output,
+        seconds,
+        timedOut,
+        cpuSeconds: parseTimes(times),
+        cpuByProcess,
+      });
     });
     child.stdin?.end(opts.stdin ?? "");
   });

@@ -10,6 +10,7 @@ import * as os from "os";
 import * as path from "path";
 import { PulumiStack, repoRoot } from "../tests/e2e/pulumi";
 import { acceptedLogins, LoginCounts, loginsSince, TestHost } from "../tests/hosts/harness";
+import { CpuByProcess } from "./cpu";
 import { log, pulumiOk, TimedCli, withTimeout } from "./lib";
 
 const PROJECT = "nix-ssh-cache";
@@ -66,6 +67,8 @@ export interface OpRun {
   summary: string;
   /** Operator-side CPU seconds: the `pulumi` process and its children (Node.js program, providers). */
   cpuSeconds?: number;
+  /** The same by process kind (sampled; see bench/cpu.ts). */
+  cpuByProcess?: CpuByProcess;
 }
 
 /** Everything part 2 measured. */
@@ -75,6 +78,8 @@ export interface OverheadResults {
   emptyPreview: number[];
   /** Operator CPU seconds of each no-op preview of the empty stack. */
   emptyPreviewCpu: number[];
+  /** The same by process kind. */
+  emptyPreviewCpuByProcess: CpuByProcess[];
   /** Resources per stack size, after up. */
   resources: Record<number, number>;
 }
@@ -121,6 +126,7 @@ async function measured(
     serveLogins: loginsSince(before[0], after[0], "nix-ssh"),
     summary: summaryOf(r.output),
     cpuSeconds: r.cpuSeconds,
+    cpuByProcess: r.cpuByProcess,
   };
   log(
     `${prods.length} hosts, round ${round}: ${op} (${mode}) ${r.seconds.toFixed(1)} s, CPU ${r.cpuSeconds?.toFixed(1)} s; logins staging ${run.stagingLogins}, production ${run.productionLogins.join("/")}${run.summary ? `; ${run.summary}` : ""}`,
@@ -207,7 +213,13 @@ export function runsOf(
 
 /** An empty result, filled as the bench goes (a partial report still has what was measured). */
 export function emptyOverhead(): OverheadResults {
-  return { runs: [], emptyPreview: [], emptyPreviewCpu: [], resources: {} };
+  return {
+    runs: [],
+    emptyPreview: [],
+    emptyPreviewCpu: [],
+    emptyPreviewCpuByProcess: [],
+    resources: {},
+  };
 }
 
 /** Runs part 2: passes × host counts, each a fresh stack lifecycle; fills `results`. */
@@ -217,7 +229,7 @@ export async function overheadBench(
   o: OverheadOptions,
   results: OverheadResults,
 ): Promise<void> {
-  const { runs, emptyPreview, emptyPreviewCpu, resources } = results;
+  const { runs, emptyPreview, emptyPreviewCpu, emptyPreviewCpuByProcess, resources } = results;
   const emptyDir = emptyProject();
   const empty = new PulumiStack(emptyDir, "empty");
   // Smallest first (it carries the substitution and network sections), then largest to smallest,
@@ -241,6 +253,7 @@ export async function overheadBench(
         const r = await pulumiOk(empty, ["preview", "--expect-no-changes"], o.timeoutSeconds);
         emptyPreview.push(r.seconds);
         if (r.cpuSeconds !== undefined) emptyPreviewCpu.push(r.cpuSeconds);
+        if (r.cpuByProcess) emptyPreviewCpuByProcess.push(r.cpuByProcess);
         log(
           `empty stack, round ${round}: preview ${r.seconds.toFixed(1)} s, CPU ${r.cpuSeconds?.toFixed(1)} s`,
         );

@@ -2,6 +2,7 @@
  * Renders `bench/results.md` from the measurements.
  */
 import { ReuseResults, STRATEGIES } from "./connections";
+import { CpuByProcess, PROCESS_LABELS, ProcessKind } from "./cpu";
 import { fmt, fmtRatio, fmtSeconds, median, table } from "./lib";
 import { MachineInfo } from "./machine";
 import {
@@ -118,6 +119,45 @@ const OPS: OpName[] = ["up", "preview", "preview-checked", "up-noop", "preview-r
 const SSH_OPS: OpName[] = ["up", "preview-refresh", "destroy"];
 const MODES: ConnectionMode[] = ["reuse", "per-step"];
 
+/** Median CPU seconds of `kind` over the samples that have it. */
+function medianKind(samples: CpuByProcess[], kind: ProcessKind): number | undefined {
+  return median(samples.map((c) => c[kind]).filter((x): x is number => x !== undefined));
+}
+
+/** Where the operator CPU of `up` and the no-op `preview` goes, by process (bench/cpu.ts). */
+function cpuByProcessSection(o: OverheadResults, counts: number[]): string[] {
+  const lines: { label: string; samples: CpuByProcess[] }[] = [];
+  for (const op of ["up", "preview"] as OpName[]) {
+    for (const n of counts) {
+      const samples = runsOf(o, op, "reuse", n).flatMap((r) => r.cpuByProcess ?? []);
+      if (samples.length) lines.push({ label: `${OP_LABELS[op]}, ${n} host(s)`, samples });
+    }
+  }
+  if (o.emptyPreviewCpuByProcess.length) {
+    lines.push({
+      label: "empty stack: no-op `pulumi preview`",
+      samples: o.emptyPreviewCpuByProcess,
+    });
+  }
+  // The kinds that used CPU somewhere.
+  const kinds = (
+    ["engine", "program", "provider", "languageHost", "other"] as ProcessKind[]
+  ).filter((k) => lines.some((l) => (medianKind(l.samples, k) ?? 0) >= 0.005));
+  if (!lines.length) return [];
+  const rows = lines.map((l) => [
+    l.label,
+    ...kinds.map((k) => fmtSeconds(medianKind(l.samples, k) ?? 0, 2)),
+  ]);
+  return [
+    "Where that CPU goes, by process (medians; sampled from `/proc` every 250 ms, so a process" +
+      " loses what it did after its last sample; the engine's share of an `up` grows with the" +
+      " state's size, which Pulumi writes whole after every step):",
+    "",
+    table(["operation", ...kinds.map((k) => PROCESS_LABELS[k])], rows),
+    "",
+  ];
+}
+
 function overheadSection(o: OverheadResults): string {
   const counts = [...new Set(o.runs.map((r) => r.hosts))].sort((a, b) => a - b);
   const maxN = counts[counts.length - 1];
@@ -226,6 +266,7 @@ function overheadSection(o: OverheadResults): string {
       "",
     );
   }
+  out.push(...cpuByProcessSection(o, counts));
 
   // Before / after: the same operation, same stack, measured side by side.
   const loginsOf = (rs: typeof o.runs) => median(rs.flatMap((r) => r.productionLogins));

@@ -14,56 +14,19 @@
  * login and stores it, without running the step again.
  */
 import * as crypto from "crypto";
+import * as path from "path";
 import * as pulumi from "@pulumi/pulumi";
-import { Connection, runJsonScript } from "./ssh";
+import { encodeSpec, hostStepProvider, packScript } from "./hostStepProvider";
+import { Connection } from "./ssh";
 
-/**
- * What a step is, apart from its inputs: one line in the state (`HostStepProps.spec`, see
- * {@link encodeSpec}), so a preview shows it on one line.
- */
-export interface StepSpec {
-  /** The resource's name, also its id, e.g. `cache-staging-sshd-config`. */
-  name: string;
-  /** Label used in messages, e.g. `sshd drop-in /etc/ssh/sshd_config.d/nix-ssh-cache.conf`. */
-  step: string;
-  /** SHA-256 of the script body (16 hex digits): what a diff shows when the script changes. */
-  script: string;
-  /** Whether the script supports `ACTION=read` (refresh observes the host). */
-  readable: boolean;
-  /** Whether the script supports `ACTION=remove` (run on delete). */
-  removable: boolean;
-  /** Extra inputs for `ACTION=remove`, e.g. `{ REMOVE_KEY: "1" }`. */
-  removeEnv: Record<string, string>;
-  /** Keys of the result that `read` compares with the last applied result to detect drift. */
-  driftKeys: string[];
-  /** Timeout of one run, in seconds. */
-  timeoutSeconds: number;
-}
-
-/** Plain inputs of a host step, as the provider sees them. */
-export interface HostStepProps {
-  /** Where to run (secret: it holds the credentials). */
-  connection: Connection;
-  /**
-   * {@link StepSpec} as one line, e.g. `cache-staging-sshd-config | sshd drop-in /etc/… |
-   * script 1024ff0d643a39ad | read yes | remove yes | drift exists,sha256 | timeout 120s`.
-   */
-  spec: string;
-  /** The full script body (lib.sh + step script); secret, so previews show its digest only. */
-  script: string;
-  /** Inputs of the script. */
-  env: Record<string, string>;
-  /** Any change here re-runs the step (e.g. the digest of what it depends on). */
-  triggers?: string[];
-}
-
-/** Outputs: the inputs plus what the host reported. */
-export interface HostStepOutputs<R = Record<string, unknown>> extends HostStepProps {
-  /** The JSON object the script printed last. */
-  result: R;
-  /** True after a refresh observed a result different from the last applied one. */
-  drifted: boolean;
-}
+export {
+  decodeSpec,
+  encodeSpec,
+  HostStepOutputs,
+  HostStepProps,
+  hostStepProvider,
+  StepSpec,
+} from "./hostStepProvider";
 
 /**
  * Inputs of {@link HostStep}. Only `connection`, `step` and `script` are required.
@@ -96,197 +59,76 @@ export interface HostStepArgs {
   timeoutSeconds?: number;
 }
 
-/** A state's spec (states written before `spec` existed kept its fields at the top level). */
-function specOf(props: HostStepProps): StepSpec {
-  if (typeof props.spec === "string") return decodeSpec(props.spec);
-  const legacy = props as unknown as Omit<StepSpec, "script" | "name"> & { script: string };
-  // Required here, not imported: this code is serialized into the dynamic provider.
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
-  const c = require("crypto") as typeof import("crypto");
-  return {
-    name: "",
-    step: legacy.step,
-    script: c.createHash("sha256").update(legacy.script).digest("hex").slice(0, 16),
-    readable: legacy.readable,
-    removable: legacy.removable,
-    removeEnv: legacy.removeEnv ?? {},
-    driftKeys: legacy.driftKeys ?? [],
-    timeoutSeconds: legacy.timeoutSeconds,
-  };
-}
-
 /**
- * One line for a {@link StepSpec}: name, label, script digest, read, remove (with its extra
- * inputs), drift keys, timeout, separated by ` | `.
+ * The text Pulumi stores as HostStep's dynamic provider (`__provider`, in every step's inputs
+ * and outputs) and the dynamic provider process loads: a loader that `require`s the compiled
+ * provider module (hostStepProvider.js) there and hands Pulumi its `hostStepProvider`.
+ *
+ * `pulumi.dynamic.Resource` would instead run Pulumi's closure serializer on the provider, which
+ * walks, by value, every function and module it reaches from a local file: the whole SSH client
+ * (ssh.ts) and the part of `ssh2` it reaches, about 35 KB in every step's state, and a large
+ * part of the program's CPU on every run (the serializer inspects the functions through the V8
+ * inspector and parses them with TypeScript). The loader is a few hundred bytes of plain
+ * JavaScript and needs no serializer: {@link HostStep} passes it as `__provider` under the type
+ * token `dynamic.Resource` uses, `pulumi-nodejs:dynamic/nix-ssh-cache:HostStep`, which the
+ * provider process loads as it loads a serialized provider (`require` of the text, then its
+ * `handler()`, once per process).
+ *
+ * The provider process runs in the program's directory (its `cwd`), as the program does: the
+ * module is found at its path relative to that directory (`moduleFromCwd`, e.g.
+ * `node_modules/nix-ssh-cache/build/components/hostStepProvider.js`), else as
+ * `nix-ssh-cache/build/components/hostStepProvider.js` from there (a state written in another
+ * checkout or layout). Delete, read and refresh of an existing step thus run the installed
+ * version of the provider, as a provider plugin would (the provider reads the states of earlier
+ * versions, see `specOf`).
+ *
+ * @param moduleFromCwd - the compiled provider module, relative to the program's directory
  */
-export function encodeSpec(s: StepSpec): string {
-  const removeEnv = Object.entries(s.removeEnv).map(([k, v]) => `${k}=${v}`);
-  for (const word of [...removeEnv, ...s.driftKeys]) {
-    if (/[\s,|]/.test(word)) throw new Error(`invalid step spec word ${JSON.stringify(word)}`);
-  }
+export function providerText(moduleFromCwd: string): string {
   return [
-    s.name,
-    s.step,
-    `script ${s.script}`,
-    `read ${s.readable ? "yes" : "no"}`,
-    `remove ${s.removable ? "yes" : "no"}${removeEnv.length ? ` with ${removeEnv.join(",")}` : ""}`,
-    `drift ${s.driftKeys.join(",") || "none"}`,
-    `timeout ${s.timeoutSeconds}s`,
-  ].join(" | ");
+    "exports.handler = () => {",
+    '  const path = require("path");',
+    '  const from = require("module").createRequire(path.join(process.cwd(), "index.js"));',
+    `  const tried = [path.resolve(${JSON.stringify(moduleFromCwd)}), "nix-ssh-cache/build/components/hostStepProvider.js"];`,
+    "  for (const candidate of tried) {",
+    "    let file;",
+    "    try { file = from.resolve(candidate); } catch { continue; }",
+    "    return from(file).hostStepProvider;",
+    "  }",
+    '  throw new Error(`nix-ssh-cache: cannot load the HostStep provider from ${process.cwd()}: tried ${tried.join(", ")}; run Pulumi in the project that uses nix-ssh-cache, with its node_modules installed`);',
+    "};",
+    "",
+  ].join("\n");
 }
 
-/** The {@link StepSpec} of a line made by {@link encodeSpec}. */
-export function decodeSpec(line: string): StepSpec {
-  const parts = line.split(" | ");
-  if (parts.length < 7) throw new Error(`invalid step spec: ${line}`);
-  const [script, read, remove, drift, timeout] = parts.slice(-5);
-  const [removable, withEnv] = remove.replace(/^remove /, "").split(" with ");
-  const driftKeys = drift.replace(/^drift /, "");
-  return {
-    name: parts[0],
-    step: parts.slice(1, -5).join(" | "),
-    script: script.replace(/^script /, ""),
-    readable: read === "read yes",
-    removable: removable === "yes",
-    removeEnv: Object.fromEntries(
-      (withEnv ? withEnv.split(",") : []).map((kv) => [
-        kv.slice(0, kv.indexOf("=")),
-        kv.slice(kv.indexOf("=") + 1),
-      ]),
-    ),
-    driftKeys: driftKeys === "none" ? [] : driftKeys.split(","),
-    timeoutSeconds: Number(timeout.replace(/^timeout (\d+)s$/, "$1")),
-  };
-}
+/** Whether this module is compiled JavaScript (as installed, or built by `npm run build`). */
+const compiled = __filename.endsWith(".js");
 
-function sameJson(a: unknown, b: unknown): boolean {
-  return JSON.stringify(a ?? null) === JSON.stringify(b ?? null);
-}
+let providerOfState: pulumi.Output<string> | string | undefined;
 
 /**
- * What differs in a way that needs the step to run again: everything but the transport
- * (`connection`, `timeoutSeconds`) and the labels (`name`, `step`).
+ * The provider text of every step: the loader when this module is compiled; the provider itself,
+ * serialized whole by Pulumi's closure serializer (once per program), when it runs from
+ * TypeScript sources (ts-node), whose `.ts` files the provider process could not load.
  */
-function workChanges(olds: HostStepOutputs, news: HostStepProps): string[] {
-  const o = specOf(olds);
-  const n = specOf(news);
-  const changes: string[] = [];
-  for (const k of ["script", "readable", "removable", "removeEnv", "driftKeys"] as const) {
-    if (!sameJson(o[k], n[k])) changes.push(k === "script" ? "script" : "spec");
-  }
-  if (!sameJson(olds.env, news.env)) changes.push("env");
-  if (!sameJson(olds.triggers ?? [], news.triggers ?? [])) changes.push("triggers");
-  return [...new Set(changes)];
+function providerOfSteps(): pulumi.Output<string> | string {
+  providerOfState ??= compiled
+    ? providerText(path.relative(process.cwd(), path.join(__dirname, "hostStepProvider.js")))
+    : pulumi.output(
+        pulumi.runtime
+          .serializeFunction(() => hostStepProvider, { allowSecrets: true })
+          .then((s) => s.text),
+      );
+  return providerOfState;
 }
-
-/**
- * Runs a no-op script over `props.connection` once per provider process (the steps of one host
- * share the proof, as they share the pooled connection): one login per host proves new
- * credentials.
- */
-function proveConnection(props: HostStepProps): Promise<unknown> {
-  refuseInvalid(props);
-  const registry = globalThis as { [k: symbol]: Map<string, Promise<unknown>> | undefined };
-  const slot = Symbol.for("nix-ssh-cache/proven-connections");
-  const proven = (registry[slot] ??= new Map<string, Promise<unknown>>());
-  const key = JSON.stringify(props.connection);
-  let proof = proven.get(key);
-  if (!proof) {
-    proof = runJsonScript(props.connection, `printf '{}\\n'`, {
-      step: "login with the new connection settings",
-      timeoutMs: specOf(props).timeoutSeconds * 1000,
-    });
-    proven.set(key, proof);
-    proof.catch(() => proven.delete(key));
-  }
-  return proof;
-}
-
-/** Nothing runs over a connection built from invalid input (the problems were reported). */
-function refuseInvalid(props: HostStepProps): void {
-  const invalid = props.connection.invalidInput;
-  if (invalid)
-    throw new Error(`not run: invalid input (reported above): ${invalid.split("\n")[0]}`);
-}
-
-/** Runs the step's script with `ACTION` (and the remove inputs on remove). */
-function run(props: HostStepProps, action: "apply" | "read" | "remove") {
-  refuseInvalid(props);
-  const spec = specOf(props);
-  const extra = action === "remove" ? spec.removeEnv : {};
-  return runJsonScript(props.connection, props.script, {
-    env: { ...props.env, ...extra, ACTION: action },
-    step: action === "apply" ? spec.step : `${spec.step} (${action})`,
-    timeoutMs: spec.timeoutSeconds * 1000,
-  });
-}
-
-/** @internal The provider of {@link HostStep} (exported for the serialization unit test). */
-export const hostStepProvider: pulumi.dynamic.ResourceProvider = {
-  async create(inputs: HostStepProps) {
-    const result = await run(inputs, "apply");
-    const outs: HostStepOutputs = { ...inputs, result, drifted: false };
-    const spec = specOf(inputs);
-    return { id: spec.name || `${inputs.connection.host}/${spec.step}`, outs };
-  },
-
-  async diff(_id: string, olds: HostStepOutputs, news: HostStepProps) {
-    const changes = workChanges(olds, news);
-    const oc = olds.connection;
-    const nc = news.connection;
-    const replaces: string[] = [];
-    if (oc.host !== nc.host || oc.port !== nc.port) replaces.push("connection");
-    else if (!sameJson(oc, nc)) changes.push("connection");
-    if (!sameJson(specOf(olds), specOf(news))) changes.push("spec");
-    if (olds.drifted) changes.push("result");
-    return {
-      changes: changes.length > 0 || replaces.length > 0,
-      replaces,
-      deleteBeforeReplace: false,
-    };
-  },
-
-  async update(_id: string, olds: HostStepOutputs, news: HostStepProps) {
-    if (workChanges(olds, news).length > 0 || olds.drifted) {
-      const result = await run(news, "apply");
-      const outs: HostStepOutputs = { ...news, result, drifted: false };
-      return { outs };
-    }
-    // Only the transport (or a label) changed: the host is as it was. Prove the new connection
-    // works, once per host and connection in this provider process, then store it.
-    if (!sameJson(olds.connection, news.connection)) await proveConnection(news);
-    const outs: HostStepOutputs = { ...news, result: olds.result, drifted: false };
-    return { outs };
-  },
-
-  async read(id: string, props: HostStepOutputs) {
-    const spec = specOf(props);
-    if (!spec.readable) return { id, props };
-    const observed = await run(props, "read");
-    const result: Record<string, unknown> = { ...props.result };
-    let drifted = props.drifted;
-    for (const key of spec.driftKeys) {
-      if (!sameJson(observed[key], props.result[key])) {
-        drifted = true;
-        result[key] = observed[key] ?? null;
-      }
-    }
-    return { id, props: { ...props, result, drifted } };
-  },
-
-  async delete(_id: string, props: HostStepOutputs) {
-    if (!specOf(props).removable) return;
-    await run(props, "remove");
-  },
-};
 
 /**
  * One idempotent, re-observable step on a host, typed by what its script reports (`R`). The
- * connection (with its private key) and the script body are secret in the state; a diff shows
- * `scriptDigest` instead of the body. `result` is what the host reported and never holds private
- * material.
+ * connection (with its private key) and the script body (compressed, see `packScript`) are
+ * secret in the state; a diff shows the script's digest (in `spec`) instead of the body. `result`
+ * is what the host reported and never holds private material.
  */
-export class HostStep<R = Record<string, unknown>> extends pulumi.dynamic.Resource {
+export class HostStep<R = Record<string, unknown>> extends pulumi.CustomResource {
   /** The JSON object the step's script printed last. */
   declare public readonly result: pulumi.Output<R>;
   /** True when a refresh saw the host differ from the last apply (the next `up` repairs it). */
@@ -309,24 +151,20 @@ export class HostStep<R = Record<string, unknown>> extends pulumi.dynamic.Resour
       ),
     );
     const props: pulumi.Inputs = {
+      __provider: providerOfSteps(),
       connection: args.connection,
       spec,
-      script: pulumi.secret(script),
+      // Without the package's lib.sh when the provider process loads it from the package.
+      script: pulumi.secret(script.apply((body) => packScript(body, compiled))),
       env: args.env ?? {},
       triggers: args.triggers,
       result: undefined,
       drifted: undefined,
     };
-    super(
-      hostStepProvider,
-      name,
-      props,
-      {
-        ...opts,
-        additionalSecretOutputs: ["connection", "script", ...(opts?.additionalSecretOutputs ?? [])],
-      },
-      "nix-ssh-cache",
-      "HostStep",
-    );
+    // The type token and `__provider` of `pulumi.dynamic.Resource` (see providerText).
+    super("pulumi-nodejs:dynamic/nix-ssh-cache:HostStep", name, props, {
+      ...opts,
+      additionalSecretOutputs: ["connection", "script", ...(opts?.additionalSecretOutputs ?? [])],
+    });
   }
 }

@@ -11,6 +11,8 @@ import {
   hostStepProvider,
   StepSpec,
 } from "../../components/hostStep";
+import { hostScript } from "../../components/host";
+import { packScript, scriptBody } from "../../components/hostStepProvider";
 import { Connection } from "../../components/ssh";
 
 const SPEC: StepSpec = {
@@ -92,5 +94,32 @@ describe("HostStep provider: transport changes", () => {
     );
     const script = encodeSpec({ ...SPEC, script: "ffffffffffffffff" });
     await assert.rejects(update("id", olds, { ...olds, spec: script }), /cannot connect/);
+  });
+});
+
+describe("HostStep script in the state", () => {
+  it("is stored compressed and read back as it was; a script stored as text is read as it is", () => {
+    const body = `#!/bin/bash\n${"nsc_log() { printf '%s\\n' \"$*\" >&2; }\n".repeat(200)}echo '{}'\n`;
+    const packed = packScript(body);
+    assert.match(packed, /^gzip-base64:[A-Za-z0-9+/=]+$/);
+    assert.ok(packed.length < body.length / 4, `${packed.length} of ${body.length}`);
+    assert.equal(scriptBody(packed), body);
+    assert.equal(scriptBody("echo '{}'"), "echo '{}'");
+  });
+
+  it("is stored without the package's lib.sh, which the provider puts back", () => {
+    const body = hostScript("file");
+    const packed = packScript(body, true);
+    assert.match(packed, /^gzip-base64\+lib [0-9a-f]{16}:/);
+    assert.ok(packed.length < packScript(body).length / 2, `${packed.length} characters`);
+    assert.equal(scriptBody(packed), body);
+    // A script that does not begin with lib.sh is stored whole.
+    assert.match(packScript("echo '{}'", true), /^gzip-base64:/);
+    // A state written with another lib.sh runs the installed one.
+    const other = packed.replace(
+      /^gzip-base64\+lib [0-9a-f]{16}:/,
+      "gzip-base64+lib 0123456789abcdef:",
+    );
+    assert.equal(scriptBody(other), body);
   });
 });

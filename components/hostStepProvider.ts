@@ -1,0 +1,303 @@
+/**
+ * The provider of `HostStep` (components/hostStep.ts): what the dynamic provider process runs
+ * for each step (create, diff, update, read, delete), and the one-line step spec it decodes.
+ *
+ * This module is loaded by `require` in the dynamic provider process (see `providerOfState` in
+ * hostStep.ts), so it is ordinary compiled code: it does not import `@pulumi/pulumi` at runtime.
+ */
+import * as crypto from "crypto";
+import * as fs from "fs";
+import * as path from "path";
+import * as zlib from "zlib";
+import type * as pulumi from "@pulumi/pulumi";
+import { Connection, runJsonScript } from "./ssh";
+
+/**
+ * What a step is, apart from its inputs: one line in the state (`HostStepProps.spec`, see
+ * {@link encodeSpec}), so a preview shows it on one line.
+ */
+export interface StepSpec {
+  /** The resource's name, also its id, e.g. `cache-staging-sshd-config`. */
+  name: string;
+  /** Label used in messages, e.g. `sshd drop-in /etc/ssh/sshd_config.d/nix-ssh-cache.conf`. */
+  step: string;
+  /** SHA-256 of the script body (16 hex digits): what a diff shows when the script changes. */
+  script: string;
+  /** Whether the script supports `ACTION=read` (refresh observes the host). */
+  readable: boolean;
+  /** Whether the script supports `ACTION=remove` (run on delete). */
+  removable: boolean;
+  /** Extra inputs for `ACTION=remove`, e.g. `{ REMOVE_KEY: "1" }`. */
+  removeEnv: Record<string, string>;
+  /** Keys of the result that `read` compares with the last applied result to detect drift. */
+  driftKeys: string[];
+  /** Timeout of one run, in seconds. */
+  timeoutSeconds: number;
+}
+
+/** Plain inputs of a host step, as the provider sees them. */
+export interface HostStepProps {
+  /** Where to run (secret: it holds the credentials). */
+  connection: Connection;
+  /**
+   * {@link StepSpec} as one line, e.g. `cache-staging-sshd-config | sshd drop-in /etc/… |
+   * script 1024ff0d643a39ad | read yes | remove yes | drift exists,sha256 | timeout 120s`.
+   */
+  spec: string;
+  /**
+   * The full script body (lib.sh + step script) as {@link packScript} stores it; secret, so
+   * previews show its digest only.
+   */
+  script: string;
+  /** Inputs of the script. */
+  env: Record<string, string>;
+  /** Any change here re-runs the step (e.g. the digest of what it depends on). */
+  triggers?: string[];
+}
+
+/** Outputs: the inputs plus what the host reported. */
+export interface HostStepOutputs<R = Record<string, unknown>> extends HostStepProps {
+  /** The JSON object the script printed last. */
+  result: R;
+  /** True after a refresh observed a result different from the last applied one. */
+  drifted: boolean;
+}
+
+/** A state's spec (states written before `spec` existed kept its fields at the top level). */
+function specOf(props: HostStepProps): StepSpec {
+  if (typeof props.spec === "string") return decodeSpec(props.spec);
+  const legacy = props as unknown as Omit<StepSpec, "script" | "name"> & { script: string };
+  // Required here, not imported: this code is serialized into the dynamic provider.
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const c = require("crypto") as typeof import("crypto");
+  return {
+    name: "",
+    step: legacy.step,
+    script: c.createHash("sha256").update(legacy.script).digest("hex").slice(0, 16),
+    readable: legacy.readable,
+    removable: legacy.removable,
+    removeEnv: legacy.removeEnv ?? {},
+    driftKeys: legacy.driftKeys ?? [],
+    timeoutSeconds: legacy.timeoutSeconds,
+  };
+}
+
+/**
+ * One line for a {@link StepSpec}: name, label, script digest, read, remove (with its extra
+ * inputs), drift keys, timeout, separated by ` | `.
+ */
+export function encodeSpec(s: StepSpec): string {
+  const removeEnv = Object.entries(s.removeEnv).map(([k, v]) => `${k}=${v}`);
+  for (const word of [...removeEnv, ...s.driftKeys]) {
+    if (/[\s,|]/.test(word)) throw new Error(`invalid step spec word ${JSON.stringify(word)}`);
+  }
+  return [
+    s.name,
+    s.step,
+    `script ${s.script}`,
+    `read ${s.readable ? "yes" : "no"}`,
+    `remove ${s.removable ? "yes" : "no"}${removeEnv.length ? ` with ${removeEnv.join(",")}` : ""}`,
+    `drift ${s.driftKeys.join(",") || "none"}`,
+    `timeout ${s.timeoutSeconds}s`,
+  ].join(" | ");
+}
+
+/** The {@link StepSpec} of a line made by {@link encodeSpec}. */
+export function decodeSpec(line: string): StepSpec {
+  const parts = line.split(" | ");
+  if (parts.length < 7) throw new Error(`invalid step spec: ${line}`);
+  const [script, read, remove, drift, timeout] = parts.slice(-5);
+  const [removable, withEnv] = remove.replace(/^remove /, "").split(" with ");
+  const driftKeys = drift.replace(/^drift /, "");
+  return {
+    name: parts[0],
+    step: parts.slice(1, -5).join(" | "),
+    script: script.replace(/^script /, ""),
+    readable: read === "read yes",
+    removable: removable === "yes",
+    removeEnv: Object.fromEntries(
+      (withEnv ? withEnv.split(",") : []).map((kv) => [
+        kv.slice(0, kv.indexOf("=")),
+        kv.slice(kv.indexOf("=") + 1),
+      ]),
+    ),
+    driftKeys: driftKeys === "none" ? [] : driftKeys.split(","),
+    timeoutSeconds: Number(timeout.replace(/^timeout (\d+)s$/, "$1")),
+  };
+}
+
+/** Prefix of a script body stored compressed by {@link packScript}. */
+const PACKED_SCRIPT = "gzip-base64:";
+/** Prefix of one stored without the package's lib.sh: `gzip-base64+lib <lib digest>:`. */
+const PACKED_AFTER_LIB = /^gzip-base64\+lib ([0-9a-f]{16}):/;
+
+/** The package's lib.sh (`remote/lib.sh` beside this module), read once per process. */
+function packageLib(): { text: string; digest: string } {
+  const registry = globalThis as { [k: symbol]: { text: string; digest: string } | undefined };
+  const slot = Symbol.for("nix-ssh-cache/package-lib");
+  if (!registry[slot]) {
+    const text = fs.readFileSync(path.join(__dirname, "remote", "lib.sh"), "utf8");
+    const digest = crypto.createHash("sha256").update(text).digest("hex").slice(0, 16);
+    registry[slot] = { text, digest };
+  }
+  return registry[slot];
+}
+
+/**
+ * A script body as it goes into the state: gzip-compressed and base64-encoded, after the prefix
+ * `gzip-base64:`. Every step's state holds its script twice (inputs and outputs), and Pulumi
+ * rewrites the whole state after each step of an `up` or `destroy`: the scripts were most of it,
+ * and writing it most of the engine's CPU with 8 hosts.
+ *
+ * With `withoutLib`, a body that begins with the package's lib.sh (36 KB, the same in every
+ * step; see `hostScript` in host.ts) is stored without it, as `gzip-base64+lib <digest>:` and the
+ * rest: the provider, loaded from the same package, puts lib.sh back ({@link scriptBody}).
+ */
+export function packScript(body: string, withoutLib = false): string {
+  const lib = withoutLib ? packageLib() : undefined;
+  if (lib && body.startsWith(lib.text)) {
+    const rest = body.slice(lib.text.length);
+    return `gzip-base64+lib ${lib.digest}:${zlib.gzipSync(rest, { level: 9 }).toString("base64")}`;
+  }
+  return PACKED_SCRIPT + zlib.gzipSync(body, { level: 9 }).toString("base64");
+}
+
+/**
+ * The script body of a step's inputs or state: unpacked (see {@link packScript}), or as it is
+ * (states written before scripts were packed, scripts given to the provider directly). A body
+ * stored without lib.sh gets the package's lib.sh back: for an `up`, the one the program sent
+ * (the same package); for a refresh or delete of a step an earlier version of the package wrote
+ * (another lib digest), the installed one, as the installed provider runs it too.
+ */
+export function scriptBody(stored: string): string {
+  const afterLib = PACKED_AFTER_LIB.exec(stored);
+  const packed = afterLib
+    ? stored.slice(afterLib[0].length)
+    : stored.startsWith(PACKED_SCRIPT)
+      ? stored.slice(PACKED_SCRIPT.length)
+      : undefined;
+  if (packed === undefined) return stored;
+  const text = zlib.gunzipSync(Buffer.from(packed, "base64")).toString();
+  return afterLib ? packageLib().text + text : text;
+}
+
+function sameJson(a: unknown, b: unknown): boolean {
+  return JSON.stringify(a ?? null) === JSON.stringify(b ?? null);
+}
+
+/**
+ * What differs in a way that needs the step to run again: everything but the transport
+ * (`connection`, `timeoutSeconds`) and the labels (`name`, `step`).
+ */
+function workChanges(olds: HostStepOutputs, news: HostStepProps): string[] {
+  const o = specOf(olds);
+  const n = specOf(news);
+  const changes: string[] = [];
+  for (const k of ["script", "readable", "removable", "removeEnv", "driftKeys"] as const) {
+    if (!sameJson(o[k], n[k])) changes.push(k === "script" ? "script" : "spec");
+  }
+  if (!sameJson(olds.env, news.env)) changes.push("env");
+  if (!sameJson(olds.triggers ?? [], news.triggers ?? [])) changes.push("triggers");
+  return [...new Set(changes)];
+}
+
+/**
+ * Runs a no-op script over `props.connection` once per provider process (the steps of one host
+ * share the proof, as they share the pooled connection): one login per host proves new
+ * credentials.
+ */
+function proveConnection(props: HostStepProps): Promise<unknown> {
+  refuseInvalid(props);
+  const registry = globalThis as { [k: symbol]: Map<string, Promise<unknown>> | undefined };
+  const slot = Symbol.for("nix-ssh-cache/proven-connections");
+  const proven = (registry[slot] ??= new Map<string, Promise<unknown>>());
+  const key = JSON.stringify(props.connection);
+  let proof = proven.get(key);
+  if (!proof) {
+    proof = runJsonScript(props.connection, `printf '{}\\n'`, {
+      step: "login with the new connection settings",
+      timeoutMs: specOf(props).timeoutSeconds * 1000,
+    });
+    proven.set(key, proof);
+    proof.catch(() => proven.delete(key));
+  }
+  return proof;
+}
+
+/** Nothing runs over a connection built from invalid input (the problems were reported). */
+function refuseInvalid(props: HostStepProps): void {
+  const invalid = props.connection.invalidInput;
+  if (invalid)
+    throw new Error(`not run: invalid input (reported above): ${invalid.split("\n")[0]}`);
+}
+
+/** Runs the step's script with `ACTION` (and the remove inputs on remove). */
+function run(props: HostStepProps, action: "apply" | "read" | "remove") {
+  refuseInvalid(props);
+  const spec = specOf(props);
+  const extra = action === "remove" ? spec.removeEnv : {};
+  return runJsonScript(props.connection, scriptBody(props.script), {
+    env: { ...props.env, ...extra, ACTION: action },
+    step: action === "apply" ? spec.step : `${spec.step} (${action})`,
+    timeoutMs: spec.timeoutSeconds * 1000,
+  });
+}
+
+/** @internal The provider of {@link HostStep} (exported for the serialization unit test). */
+export const hostStepProvider: pulumi.dynamic.ResourceProvider = {
+  async create(inputs: HostStepProps) {
+    const result = await run(inputs, "apply");
+    const outs: HostStepOutputs = { ...inputs, result, drifted: false };
+    const spec = specOf(inputs);
+    return { id: spec.name || `${inputs.connection.host}/${spec.step}`, outs };
+  },
+
+  async diff(_id: string, olds: HostStepOutputs, news: HostStepProps) {
+    const changes = workChanges(olds, news);
+    const oc = olds.connection;
+    const nc = news.connection;
+    const replaces: string[] = [];
+    if (oc.host !== nc.host || oc.port !== nc.port) replaces.push("connection");
+    else if (!sameJson(oc, nc)) changes.push("connection");
+    if (!sameJson(specOf(olds), specOf(news))) changes.push("spec");
+    if (olds.drifted) changes.push("result");
+    return {
+      changes: changes.length > 0 || replaces.length > 0,
+      replaces,
+      deleteBeforeReplace: false,
+    };
+  },
+
+  async update(_id: string, olds: HostStepOutputs, news: HostStepProps) {
+    if (workChanges(olds, news).length > 0 || olds.drifted) {
+      const result = await run(news, "apply");
+      const outs: HostStepOutputs = { ...news, result, drifted: false };
+      return { outs };
+    }
+    // Only the transport (or a label) changed: the host is as it was. Prove the new connection
+    // works, once per host and connection in this provider process, then store it.
+    if (!sameJson(olds.connection, news.connection)) await proveConnection(news);
+    const outs: HostStepOutputs = { ...news, result: olds.result, drifted: false };
+    return { outs };
+  },
+
+  async read(id: string, props: HostStepOutputs) {
+    const spec = specOf(props);
+    if (!spec.readable) return { id, props };
+    const observed = await run(props, "read");
+    const result: Record<string, unknown> = { ...props.result };
+    let drifted = props.drifted;
+    for (const key of spec.driftKeys) {
+      if (!sameJson(observed[key], props.result[key])) {
+        drifted = true;
+        result[key] = observed[key] ?? null;
+      }
+    }
+    return { id, props: { ...props, result, drifted } };
+  },
+
+  async delete(_id: string, props: HostStepOutputs) {
+    if (!specOf(props).removable) return;
+    await run(props, "remove");
+  },
+};
