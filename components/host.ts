@@ -4,8 +4,6 @@
  * over it.
  */
 import * as crypto from "crypto";
-import * as fs from "fs";
-import * as path from "path";
 import * as pulumi from "@pulumi/pulumi";
 import { Connection, ProxyConnection } from "./ssh";
 import { BecomeMode, HostArgs } from "./types";
@@ -145,34 +143,4 @@ export function digest(text: string): string {
   return crypto.createHash("sha256").update(text).digest("hex").slice(0, 16);
 }
 
-/** Where the host scripts live: next to this file, in `remote/` (the build copies them). */
-const remoteDir = path.join(__dirname, "remote");
-
-const cache = new Map<string, string>();
-
-/** The text of `remote/<name>.sh` (or of `remote/<file>` for a file name with its extension). */
-export function remoteScriptText(name: string): string {
-  let text = cache.get(name);
-  if (text === undefined) {
-    const file = path.extname(name) === "" ? `${name}.sh` : name;
-    text = fs.readFileSync(path.join(remoteDir, file), "utf8");
-    cache.set(name, text);
-  }
-  return text;
-}
-
-/**
- * The body sent to a host for step `name`: `lib.sh` followed by `remote/<name>.sh`. With
- * `onlyOn`, the step does nothing (and reports `{"skipped":true}`) on hosts of another kind.
- */
-export function hostScript(name: string, onlyOn?: "nixos" | "linux"): string {
-  const guard = onlyOn
-    ? [
-        `if { [ -e /etc/NIXOS ] && [ ${onlyOn} != nixos ]; } || { ! [ -e /etc/NIXOS ] && [ ${onlyOn} != linux ]; }; then`,
-        `  echo '{"skipped":true}'`,
-        `  exit 0`,
-        `fi`,
-      ].join("\n")
-    : "";
-  return [remoteScriptText("lib"), guard, remoteScriptText(name)].join("\n");
-}
+export { hostScript, remoteScriptText } from "./remoteScripts";

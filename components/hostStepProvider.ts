@@ -10,6 +10,7 @@ import * as fs from "fs";
 import * as path from "path";
 import * as zlib from "zlib";
 import type * as pulumi from "@pulumi/pulumi";
+import { packagedScript, packagedScriptRef } from "./remoteScripts";
 import { Connection, runJsonScript } from "./ssh";
 
 /**
@@ -128,6 +129,8 @@ export function decodeSpec(line: string): StepSpec {
 
 /** Prefix of a script body stored compressed by {@link packScript}. */
 const PACKED_SCRIPT = "gzip-base64:";
+/** Prefix of a package's host script stored by name: `package <name>[:<onlyOn>]`. */
+const PACKAGED = "package ";
 /** Prefix of one stored without the package's lib.sh: `gzip-base64+lib <lib digest>:`. */
 const PACKED_AFTER_LIB = /^gzip-base64\+lib ([0-9a-f]{16}):/;
 
@@ -149,11 +152,16 @@ function packageLib(): { text: string; digest: string } {
  * rewrites the whole state after each step of an `up` or `destroy`: the scripts were most of it,
  * and writing it most of the engine's CPU with 8 hosts.
  *
- * With `withoutLib`, a body that begins with the package's lib.sh (36 KB, the same in every
- * step; see `hostScript` in host.ts) is stored without it, as `gzip-base64+lib <digest>:` and the
- * rest: the provider, loaded from the same package, puts lib.sh back ({@link scriptBody}).
+ * With `withoutLib` (the program and the provider load the same package), a body that is one of
+ * the package's host scripts (`hostScript(name, onlyOn)`, every step of the components) is stored
+ * by name, `package <name>[:<onlyOn>]`, and the provider reads it from the package: with 8 hosts
+ * that is most of what remained of the state (each file step held file.sh twice, about 12 KB).
+ * Another body that begins with the package's lib.sh (36 KB) is stored without it, as
+ * `gzip-base64+lib <digest>:` and the rest: the provider puts lib.sh back ({@link scriptBody}).
  */
 export function packScript(body: string, withoutLib = false): string {
+  const ref = withoutLib ? packagedScriptRef(body) : undefined;
+  if (ref !== undefined) return PACKAGED + ref;
   const lib = withoutLib ? packageLib() : undefined;
   if (lib && body.startsWith(lib.text)) {
     const rest = body.slice(lib.text.length);
@@ -165,11 +173,13 @@ export function packScript(body: string, withoutLib = false): string {
 /**
  * The script body of a step's inputs or state: unpacked (see {@link packScript}), or as it is
  * (states written before scripts were packed, scripts given to the provider directly). A body
- * stored without lib.sh gets the package's lib.sh back: for an `up`, the one the program sent
+ * stored by name is the installed package's host script of that name; one stored without lib.sh
+ * gets the package's lib.sh back: for an `up`, the one the program sent
  * (the same package); for a refresh or delete of a step an earlier version of the package wrote
  * (another lib digest), the installed one, as the installed provider runs it too.
  */
 export function scriptBody(stored: string): string {
+  if (stored.startsWith(PACKAGED)) return packagedScript(stored.slice(PACKAGED.length));
   const afterLib = PACKED_AFTER_LIB.exec(stored);
   const packed = afterLib
     ? stored.slice(afterLib[0].length)

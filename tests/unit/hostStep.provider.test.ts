@@ -107,8 +107,21 @@ describe("HostStep script in the state", () => {
     assert.equal(scriptBody("echo '{}'"), "echo '{}'");
   });
 
-  it("is stored without the package's lib.sh, which the provider puts back", () => {
-    const body = hostScript("file");
+  it("a package host script is stored by name; the provider reads it from the package", () => {
+    for (const [body, ref] of [
+      [hostScript("file"), "package file"],
+      [hostScript("file", "linux"), "package file:linux"],
+      [hostScript("nixos-apply", "nixos"), "package nixos-apply:nixos"],
+    ] as const) {
+      const packed = packScript(body, true);
+      assert.equal(packed, ref);
+      assert.equal(scriptBody(packed), body);
+    }
+    assert.throws(() => scriptBody("package ../../etc/passwd"), /not a packaged host script/);
+  });
+
+  it("another script after lib.sh is stored without it, which the provider puts back", () => {
+    const body = `${hostScript("file")}\necho extra`;
     const packed = packScript(body, true);
     assert.match(packed, /^gzip-base64\+lib [0-9a-f]{16}:/);
     assert.ok(packed.length < packScript(body).length / 2, `${packed.length} characters`);
