@@ -16,7 +16,8 @@
 import * as crypto from "crypto";
 import * as path from "path";
 import * as pulumi from "@pulumi/pulumi";
-import { encodeSpec, hostStepProvider, packScript } from "./hostStepProvider";
+import { encodeSpec, hostStepProvider, isPackagedScript, packScript } from "./hostStepProvider";
+import { packagedFileRef } from "./remoteScripts";
 import { Connection } from "./ssh";
 
 export {
@@ -85,20 +86,15 @@ export interface HostStepArgs {
  * @param moduleFromCwd - the compiled provider module, relative to the program's directory
  */
 export function providerText(moduleFromCwd: string): string {
-  return [
-    "exports.handler = () => {",
-    '  const path = require("path");',
-    '  const from = require("module").createRequire(path.join(process.cwd(), "index.js"));',
-    `  const tried = [path.resolve(${JSON.stringify(moduleFromCwd)}), "nix-ssh-cache/build/components/hostStepProvider.js"];`,
-    "  for (const candidate of tried) {",
-    "    let file;",
-    "    try { file = from.resolve(candidate); } catch { continue; }",
-    "    return from(file).hostStepProvider;",
-    "  }",
-    '  throw new Error(`nix-ssh-cache: cannot load the HostStep provider from ${process.cwd()}: tried ${tried.join(", ")}; run Pulumi in the project that uses nix-ssh-cache, with its node_modules installed`);',
-    "};",
-    "",
-  ].join("\n");
+  // Compact: Pulumi stores it twice in every step's state, and rewrites the whole state after
+  // each step of an `up`.
+  const local = /^\.{0,2}\//.test(moduleFromCwd) ? moduleFromCwd : `./${moduleFromCwd}`;
+  const tried = JSON.stringify([local, "nix-ssh-cache/build/components/hostStepProvider.js"]);
+  return (
+    `exports.handler=()=>{const m=require("module").createRequire(process.cwd()+"/"),t=${tried};` +
+    "for(const c of t){let f;try{f=m.resolve(c)}catch{continue}return m(f).hostStepProvider}" +
+    'throw new Error(`nix-ssh-cache: cannot load the HostStep provider from ${process.cwd()}: tried ${t.join(", ")}; run Pulumi in the project that uses nix-ssh-cache, with its node_modules installed`)};\n'
+  );
 }
 
 /** Whether this module is compiled JavaScript (as installed, or built by `npm run build`). */
@@ -123,9 +119,19 @@ function providerOfSteps(): pulumi.Output<string> | string {
 }
 
 /**
+ * A text input of a step as it goes into the state: one of the package's files
+ * (`nix-ssh-cache-fetch.pl`, 9.8 KB, twice in the state of every production host's step) by name
+ * and digest when the provider process loads the package (see `packagedFileRef`), else the text.
+ * The provider puts the file back before the step runs (`envOf` in hostStepProvider.ts).
+ */
+export function packedText(text: string): string {
+  return (compiled && packagedFileRef(text)) || text;
+}
+
+/**
  * One idempotent, re-observable step on a host, typed by what its script reports (`R`). The
- * connection (with its private key) and the script body (compressed, see `packScript`) are
- * secret in the state; a diff shows the script's digest (in `spec`) instead of the body. `result`
+ * connection (with its private key) and a script body other than one of the package's own
+ * (compressed, see `packScript`) are secret in the state; a diff shows the script's digest (in `spec`) instead of the body. `result`
  * is what the host reported and never holds private material.
  */
 export class HostStep<R = Record<string, unknown>> extends pulumi.CustomResource {
@@ -150,21 +156,58 @@ export class HostStep<R = Record<string, unknown>> extends pulumi.CustomResource
         }),
       ),
     );
+    // One of the package's own host scripts is stored by name, in the clear (it holds nothing
+    // of the user's); another body is stored packed and secret.
+    const stored = typeof args.script === "string" ? packScript(args.script, compiled) : undefined;
+    const packaged = stored !== undefined && isPackagedScript(stored) ? stored : undefined;
     const props: pulumi.Inputs = {
       __provider: providerOfSteps(),
       connection: args.connection,
       spec,
       // Without the package's lib.sh when the provider process loads it from the package.
-      script: pulumi.secret(script.apply((body) => packScript(body, compiled))),
+      script: packaged ?? pulumi.secret(script.apply((body) => packScript(body, compiled))),
       env: args.env ?? {},
       triggers: args.triggers,
       result: undefined,
       drifted: undefined,
     };
-    // The type token and `__provider` of `pulumi.dynamic.Resource` (see providerText).
-    super("pulumi-nodejs:dynamic/nix-ssh-cache:HostStep", name, props, {
-      ...opts,
-      additionalSecretOutputs: ["connection", "script", ...(opts?.additionalSecretOutputs ?? [])],
-    });
+    const restore = plainStackTraces();
+    try {
+      // The type token and `__provider` of `pulumi.dynamic.Resource` (see providerText).
+      super("pulumi-nodejs:dynamic/nix-ssh-cache:HostStep", name, props, {
+        ...opts,
+        additionalSecretOutputs: [
+          "connection",
+          ...(packaged ? [] : ["script"]),
+          ...(opts?.additionalSecretOutputs ?? []),
+        ],
+      });
+    } finally {
+      restore();
+    }
   }
+}
+
+/**
+ * Switches to V8's own stack formatting until the returned function is called (it restores the
+ * formatter in place before).
+ *
+ * Registering a resource, the Pulumi SDK reads whole stacks: `Resource.callsites` (the resource's
+ * source position and stack trace, every frame) and one per promise it wraps
+ * (`debuggablePromise`, one per output property and more). Under ts-node, which a TypeScript
+ * program runs with, `Error.prepareStackTrace` is `@cspotcode/source-map-support`, which copies and
+ * maps every frame: about 20 ms per step, most of what the program spent on a stack of steps
+ * (measured in `bench/`: a no-op preview with one production host, 25 resources, went from 2.9 s
+ * to 2.4 s of the program's CPU). The source position Pulumi records for a step then points into
+ * this package's compiled JavaScript, as it does for an installed package anyway (it ships no
+ * source maps); the frames of the user's program in a step's recorded stack trace are positions
+ * in ts-node's JavaScript output rather than in the TypeScript source.
+ */
+function plainStackTraces(): () => void {
+  const error = Error as { prepareStackTrace?: unknown };
+  const formatter = error.prepareStackTrace;
+  error.prepareStackTrace = undefined;
+  return () => {
+    error.prepareStackTrace = formatter;
+  };
 }

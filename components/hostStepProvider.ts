@@ -10,7 +10,7 @@ import * as fs from "fs";
 import * as path from "path";
 import * as zlib from "zlib";
 import type * as pulumi from "@pulumi/pulumi";
-import { packagedScript, packagedScriptRef } from "./remoteScripts";
+import { packagedFileText, packagedScript, packagedScriptRef } from "./remoteScripts";
 import { Connection, runJsonScript } from "./ssh";
 
 /**
@@ -170,6 +170,11 @@ export function packScript(body: string, withoutLib = false): string {
   return PACKED_SCRIPT + zlib.gzipSync(body, { level: 9 }).toString("base64");
 }
 
+/** Whether a stored script (see {@link packScript}) names one of the package's host scripts. */
+export function isPackagedScript(stored: string): boolean {
+  return stored.startsWith(PACKAGED);
+}
+
 /**
  * The script body of a step's inputs or state: unpacked (see {@link packScript}), or as it is
  * (states written before scripts were packed, scripts given to the provider directly). A body
@@ -206,9 +211,19 @@ function workChanges(olds: HostStepOutputs, news: HostStepProps): string[] {
   for (const k of ["script", "readable", "removable", "removeEnv", "driftKeys"] as const) {
     if (!sameJson(o[k], n[k])) changes.push(k === "script" ? "script" : "spec");
   }
-  if (!sameJson(olds.env, news.env)) changes.push("env");
+  if (!sameJson(envOf(olds.env, false), envOf(news.env, false))) changes.push("env");
   if (!sameJson(olds.triggers ?? [], news.triggers ?? [])) changes.push("triggers");
   return [...new Set(changes)];
+}
+
+/**
+ * A step's environment with the package's files back in place of their names (see
+ * `packagedFileText`; `strict`: a name of another version of a file is an error).
+ */
+function envOf(env: Record<string, string>, strict: boolean): Record<string, string> {
+  return Object.fromEntries(
+    Object.entries(env ?? {}).map(([k, v]) => [k, packagedFileText(v, strict)]),
+  );
 }
 
 /**
@@ -247,7 +262,8 @@ function run(props: HostStepProps, action: "apply" | "read" | "remove") {
   const spec = specOf(props);
   const extra = action === "remove" ? spec.removeEnv : {};
   return runJsonScript(props.connection, scriptBody(props.script), {
-    env: { ...props.env, ...extra, ACTION: action },
+    // Only an apply needs the file a name stands for (file.sh reads and removes without it).
+    env: { ...envOf(props.env, action === "apply"), ...extra, ACTION: action },
     step: action === "apply" ? spec.step : `${spec.step} (${action})`,
     timeoutMs: spec.timeoutSeconds * 1000,
   });

@@ -1,10 +1,11 @@
 /**
  * The host scripts of the package (`remote/*.sh`, copied beside the compiled modules by the
- * build) and the body a step sends to a host. Plain Node.js (no `@pulumi/pulumi`): the dynamic
+ * build), the other files it installs on hosts (`remote/*.pl`), and the body a step sends to a host. Plain Node.js (no `@pulumi/pulumi`): the dynamic
  * provider process loads this module too, to rebuild the scripts a state names (see
  * `packScript` in hostStepProvider.ts).
  * @packageDocumentation
  */
+import * as crypto from "crypto";
 import * as fs from "fs";
 import * as path from "path";
 
@@ -78,4 +79,50 @@ export function packagedScript(ref: string): string {
     throw new Error(`nix-ssh-cache: not a packaged host script reference: ${JSON.stringify(ref)}`);
   }
   return hostScript(name, onlyOn as OnlyOn | undefined);
+}
+
+/** Prefix of a file of the package stored by name: `package-file <file> <digest>`. */
+const PACKAGED_FILE = "package-file ";
+
+/** The first 16 hex digits of the SHA-256 of `text`. */
+function digestOf(text: string): string {
+  return crypto.createHash("sha256").update(text).digest("hex").slice(0, 16);
+}
+
+let packagedFiles: Map<string, string> | undefined;
+
+/**
+ * `package-file <file> <digest>` when `text` is exactly `remote/<file>`, one of the files the
+ * package installs on hosts that is not a host script (`nix-ssh-cache-fetch.pl`), else undefined.
+ * The digest makes another version of the file another value, so a step sees the change.
+ */
+export function packagedFileRef(text: string): string | undefined {
+  if (!packagedFiles) {
+    packagedFiles = new Map();
+    for (const file of fs.readdirSync(remoteDir).filter((f) => !f.endsWith(".sh"))) {
+      if (!fs.statSync(path.join(remoteDir, file)).isFile()) continue;
+      const content = remoteScriptText(file);
+      packagedFiles.set(content, `${PACKAGED_FILE}${file} ${digestOf(content)}`);
+    }
+  }
+  return packagedFiles.get(text);
+}
+
+/**
+ * The text a {@link packagedFileRef} names, from the installed package; `value` itself when it is
+ * not a reference. A reference to another version of the file (a state written by another version
+ * of the package) is kept as it is, or with `strict` is an error.
+ */
+export function packagedFileText(value: string, strict: boolean): string {
+  if (!value.startsWith(PACKAGED_FILE)) return value;
+  const [file, digest] = value.slice(PACKAGED_FILE.length).split(" ");
+  if (!/^[a-z][a-z0-9.-]*$/.test(file ?? "") || file.endsWith(".sh")) {
+    throw new Error(`nix-ssh-cache: not a packaged file reference: ${JSON.stringify(value)}`);
+  }
+  const text = remoteScriptText(file);
+  if (digestOf(text) === digest) return text;
+  if (!strict) return value;
+  throw new Error(
+    `nix-ssh-cache: the inputs name ${file} ${digest}, but the installed package has ${file} ${digestOf(text)}: run pulumi from the project whose nix-ssh-cache made the program's inputs`,
+  );
 }

@@ -6,7 +6,7 @@
 import * as path from "path";
 import * as pulumi from "@pulumi/pulumi";
 import { digest, hostScript } from "./host";
-import { HostStep } from "./hostStep";
+import { HostStep, packedText } from "./hostStep";
 import { Connection } from "./ssh";
 import { LocalFile } from "./trackedFile";
 import { FragmentOptions, FragmentsMode, RebuildMode } from "./types";
@@ -138,7 +138,7 @@ export interface FileStepArgs {
 export function fileStep(name: string, at: StepContext, args: FileStepArgs): HostStep<FileResult> {
   // Inputs at their defaults (file.sh's) are left out: a preview shows what is particular.
   const env = pulumi.output(args.content).apply((content) => {
-    const e: Record<string, string> = { FILE_PATH: args.path, FILE_CONTENT: content };
+    const e: Record<string, string> = { FILE_PATH: args.path, FILE_CONTENT: packedText(content) };
     if (args.mode && args.mode !== "0644") e.FILE_MODE = args.mode;
     if (args.owner && args.owner !== "root:root") e.FILE_OWNER = args.owner;
     if (args.after && args.after !== "none") e.AFTER = args.after;

@@ -7,6 +7,7 @@ import { before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import * as pulumi from "@pulumi/pulumi";
 import { decodeSpec } from "../../components/hostStep";
+import { packagedFileText } from "../../components/remoteScripts";
 import { ED25519_KEY, FAKE_PRIVATE_KEY, HOST_KEY } from "./fixtures";
 
 import { createHash } from "node:crypto";
@@ -346,7 +347,10 @@ describe("CacheClient fetcher (mocks)", () => {
     const env = envOf("fetching-fetcher");
     assert.equal(env.FILE_PATH, "/usr/local/sbin/nix-ssh-cache-fetch");
     assert.equal(env.FILE_MODE, "0755");
-    assert.match(env.FILE_CONTENT, /^#!\/usr\/bin\/env perl\n/);
+    // In the state by name and digest (9.8 KB less, twice, per host); the provider reads the file
+    // back from the installed package before the step runs.
+    assert.match(env.FILE_CONTENT, /^package-file nix-ssh-cache-fetch\.pl [0-9a-f]{16}$/);
+    assert.match(packagedFileText(env.FILE_CONTENT, true), /^#!\/usr\/bin\/env perl\n/);
     const step = seen.find((s) => s.name === "fetching-fetcher")!;
     assert.equal(
       decodeSpec(String(step.inputs.spec)).step,

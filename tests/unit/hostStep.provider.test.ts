@@ -13,6 +13,11 @@ import {
 } from "../../components/hostStep";
 import { hostScript } from "../../components/host";
 import { packScript, scriptBody } from "../../components/hostStepProvider";
+import {
+  packagedFileRef,
+  packagedFileText,
+  remoteScriptText,
+} from "../../components/remoteScripts";
 import { Connection } from "../../components/ssh";
 
 const SPEC: StepSpec = {
@@ -134,5 +139,51 @@ describe("HostStep script in the state", () => {
       "gzip-base64+lib 0123456789abcdef:",
     );
     assert.equal(scriptBody(other), body);
+  });
+});
+
+describe("HostStep: a file of the package in a step's inputs", () => {
+  const diff = hostStepProvider.diff!.bind(hostStepProvider);
+  const update = hostStepProvider.update!.bind(hostStepProvider);
+  const fetcher = remoteScriptText("nix-ssh-cache-fetch.pl");
+
+  it("is stored by name and digest; the provider reads it from the package", () => {
+    const ref = packagedFileRef(fetcher)!;
+    assert.match(ref, /^package-file nix-ssh-cache-fetch\.pl [0-9a-f]{16}$/);
+    assert.equal(packagedFileText(ref, true), fetcher);
+    assert.equal(packagedFileRef(`${fetcher}\n`), undefined, "another text is stored as it is");
+    assert.equal(
+      packagedFileRef(remoteScriptText("file")),
+      undefined,
+      "host scripts are not files",
+    );
+    assert.equal(
+      packagedFileText("extra-substituters = ssh://x", true),
+      "extra-substituters = ssh://x",
+    );
+    assert.throws(
+      () => packagedFileText("package-file ../../etc/passwd 0", true),
+      /not a packaged file/,
+    );
+  });
+
+  it("another version of the file is a change; an apply of it is refused", async () => {
+    const ref = packagedFileRef(fetcher)!;
+    const other = ref.replace(/[0-9a-f]{16}$/, "0123456789abcdef");
+    assert.equal(packagedFileText(other, false), other, "kept for a read or a remove");
+    assert.throws(
+      () => packagedFileText(other, true),
+      /installed package has nix-ssh-cache-fetch\.pl/,
+    );
+    const olds = state({ env: { FILE_PATH: "/usr/local/sbin/x", FILE_CONTENT: other } });
+    const news = { ...olds, env: { FILE_PATH: "/usr/local/sbin/x", FILE_CONTENT: ref } };
+    assert.equal((await diff("id", olds, news)).changes, true);
+    await assert.rejects(update("id", news, olds), /installed package has/);
+  });
+
+  it("a state that holds the text itself (earlier versions) is no change", async () => {
+    const olds = state({ env: { FILE_PATH: "/usr/local/sbin/x", FILE_CONTENT: fetcher } });
+    const news = { ...olds, env: { ...olds.env, FILE_CONTENT: packagedFileRef(fetcher)! } };
+    assert.equal((await diff("id", olds, news)).changes, false);
   });
 });
