@@ -18,7 +18,8 @@
  * NSC_BENCH_SUBSTITUTION=0 (section 2 only), NSC_BENCH_OUTPUT=file (instead of bench/results.md),
  * NSC_BENCH_EXTRAS=1 (section 1 also runs the AES-GCM and compress variants of issue 7),
  * NSC_BENCH_HOSTS (production host counts, default 1,4,8), NSC_BENCH_PREVIEWS (no-op previews and
- * refreshes per stack, default 1), NSC_BENCH_BEFORE_AFTER=1 (section 2
+ * refreshes per stack, default 3), NSC_BENCH_UPS (ups from scratch per stack, default 2),
+ * NSC_BENCH_BEFORE_AFTER=1 (section 2
  * also measures the landed changes' before side: one connection per step, type-checked program), NSC_BENCH_QUICK=1 (small closures,
  * one round, 1 host: to check the bench itself; writes bench/results.quick.md).
  */
@@ -137,8 +138,9 @@ async function main(): Promise<number> {
       {
         hostCounts,
         rounds: overheadRounds,
-        previews: envNumber("NSC_BENCH_PREVIEWS", 1),
-        upsFor: () => 1,
+        // Medians of several samples: one sample of a few seconds of CPU varies by ±10 % here.
+        previews: envNumber("NSC_BENCH_PREVIEWS", quick ? 1 : 3),
+        upsFor: () => envNumber("NSC_BENCH_UPS", quick ? 1 : 2),
         beforeAfter: process.env.NSC_BENCH_BEFORE_AFTER === "1",
         timeoutSeconds: 300,
         secondsLeft,
