@@ -14,6 +14,7 @@
  * login and stores it, without running the step again.
  */
 import * as crypto from "crypto";
+import * as fs from "fs";
 import * as path from "path";
 import * as pulumi from "@pulumi/pulumi";
 import { encodeSpec, hostStepProvider, isPackagedScript, packScript } from "./hostStepProvider";
@@ -75,26 +76,48 @@ export interface HostStepArgs {
  * provider process loads as it loads a serialized provider (`require` of the text, then its
  * `handler()`, once per process).
  *
- * The provider process runs in the program's directory (its `cwd`), as the program does: the
- * module is found at its path relative to that directory (`moduleFromCwd`, e.g.
- * `node_modules/nix-ssh-cache/build/components/hostStepProvider.js`), else as
- * `nix-ssh-cache/build/components/hostStepProvider.js` from there (a state written in another
- * checkout or layout). Delete, read and refresh of an existing step thus run the installed
- * version of the provider, as a provider plugin would (the provider reads the states of earlier
- * versions, see `specOf`).
+ * The provider process runs in the program's directory (its `cwd`), as the program does, and
+ * finds the module there by package name, `nix-ssh-cache/build/components/hostStepProvider.js`
+ * (npm's `node_modules`, or this repository itself through package.json `exports`). Only when
+ * that name does not lead from the program's directory to this very module is the module's path
+ * relative to that directory (`moduleFromCwd`) tried first. Delete, read and refresh of an
+ * existing step thus run the installed version of the provider, as a provider plugin would (the
+ * provider reads the states of earlier versions, see `specOf`).
+ *
+ * The text is compact (about 330 bytes): Pulumi stores it twice in every step's state and
+ * rewrites the whole state after each step of an `up`.
  *
  * @param moduleFromCwd - the compiled provider module, relative to the program's directory
  */
-export function providerText(moduleFromCwd: string): string {
-  // Compact: Pulumi stores it twice in every step's state, and rewrites the whole state after
-  // each step of an `up`.
-  const local = /^\.{0,2}\//.test(moduleFromCwd) ? moduleFromCwd : `./${moduleFromCwd}`;
-  const tried = JSON.stringify([local, "nix-ssh-cache/build/components/hostStepProvider.js"]);
+export function providerText(moduleFromCwd?: string): string {
+  const byName = "nix-ssh-cache/build/components/hostStepProvider.js";
+  const local =
+    moduleFromCwd === undefined || /^\.{0,2}\//.test(moduleFromCwd)
+      ? moduleFromCwd
+      : `./${moduleFromCwd}`;
+  const tried = JSON.stringify(local === undefined ? [byName] : [local, byName]);
   return (
     `exports.handler=()=>{const m=require("module").createRequire(process.cwd()+"/"),t=${tried};` +
-    "for(const c of t){let f;try{f=m.resolve(c)}catch{continue}return m(f).hostStepProvider}" +
-    'throw new Error(`nix-ssh-cache: cannot load the HostStep provider from ${process.cwd()}: tried ${t.join(", ")}; run Pulumi in the project that uses nix-ssh-cache, with its node_modules installed`)};\n'
+    "for(const c of t)try{return m(m.resolve(c)).hostStepProvider}catch(e){if(c===t.at(-1))" +
+    'throw Error(`nix-ssh-cache, in ${process.cwd()}: ${e.message.split("\\n")[0]}; run Pulumi in the project that uses nix-ssh-cache, with its node_modules`)}};\n'
   );
+}
+
+/**
+ * The loader of {@link providerText} for this module: by package name when that name leads
+ * from the program's directory here, else with this module's path too.
+ */
+function loaderOfThisModule(): string {
+  const self = path.join(__dirname, "hostStepProvider.js");
+  try {
+    const found = require.resolve("nix-ssh-cache/build/components/hostStepProvider.js", {
+      paths: [process.cwd()],
+    });
+    if (fs.realpathSync(found) === fs.realpathSync(self)) return providerText();
+  } catch {
+    // not found by name from there: the path below
+  }
+  return providerText(path.relative(process.cwd(), self));
 }
 
 /** Whether this module is compiled JavaScript (as installed, or built by `npm run build`). */
@@ -109,7 +132,7 @@ let providerOfState: pulumi.Output<string> | string | undefined;
  */
 function providerOfSteps(): pulumi.Output<string> | string {
   providerOfState ??= compiled
-    ? providerText(path.relative(process.cwd(), path.join(__dirname, "hostStepProvider.js")))
+    ? loaderOfThisModule()
     : pulumi.output(
         pulumi.runtime
           .serializeFunction(() => hostStepProvider, { allowSecrets: true })
@@ -188,25 +211,39 @@ export class HostStep<R = Record<string, unknown>> extends pulumi.CustomResource
   }
 }
 
+/** Where this package's modules and the Pulumi SDK's are (see {@link plainStackTraces}). */
+const ownDirs = [
+  __dirname + path.sep,
+  path.dirname(require.resolve("@pulumi/pulumi/package.json")) + path.sep,
+];
+
 /**
- * Switches to V8's own stack formatting until the returned function is called (it restores the
- * formatter in place before).
+ * Formats stacks plainly, and only up to the program's own frame, until the returned function
+ * is called (it restores the formatter in place before).
  *
  * Registering a resource, the Pulumi SDK reads whole stacks: `Resource.callsites` (the resource's
- * source position and stack trace, every frame) and one per promise it wraps
- * (`debuggablePromise`, one per output property and more). Under ts-node, which a TypeScript
- * program runs with, `Error.prepareStackTrace` is `@cspotcode/source-map-support`, which copies and
- * maps every frame: about 20 ms per step, most of what the program spent on a stack of steps
- * (measured in `bench/`: a no-op preview with one production host, 25 resources, went from 2.9 s
- * to 2.4 s of the program's CPU). The source position Pulumi records for a step then points into
- * this package's compiled JavaScript, as it does for an installed package anyway (it ships no
- * source maps); the frames of the user's program in a step's recorded stack trace are positions
- * in ts-node's JavaScript output rather than in the TypeScript source.
+ * source position and its stack trace, every frame, which go into the state) and one per promise
+ * it wraps (`debuggablePromise`, one per output property and more). Under ts-node, which a
+ * TypeScript program runs with, `Error.prepareStackTrace` is `@cspotcode/source-map-support`,
+ * which copies and maps every frame: about 20 ms per step. While a step registers, a stack is
+ * formatted as V8 does it, up to and including the first frame outside this package and the
+ * Pulumi SDK: the program's own line that led to the step (module loading and Pulumi's runner
+ * below it are left out: 20 frames fewer in every step's state). The source position Pulumi
+ * records for a step then points into this package's compiled JavaScript, as it does for an
+ * installed package anyway (it ships no source maps), and the program's frame is a position in
+ * ts-node's JavaScript output rather than in the TypeScript source.
  */
 function plainStackTraces(): () => void {
   const error = Error as { prepareStackTrace?: unknown };
   const formatter = error.prepareStackTrace;
-  error.prepareStackTrace = undefined;
+  error.prepareStackTrace = (e: Error, frames: NodeJS.CallSite[]): string => {
+    const program = frames.findIndex((f) => {
+      const file = f.getFileName();
+      return !!file && path.isAbsolute(file) && !ownDirs.some((d) => file.startsWith(d));
+    });
+    const kept = program < 0 ? frames : frames.slice(0, program + 1);
+    return `${Error.prototype.toString.call(e)}${kept.map((f) => `\n    at ${String(f)}`).join("")}`;
+  };
   return () => {
     error.prepareStackTrace = formatter;
   };

@@ -78,12 +78,18 @@ describe("HostStep provider serialization", () => {
   it("loads the compiled provider from the program's directory, with a small text", async () => {
     const text = providerText(path.relative(process.cwd(), PROVIDER_MODULE));
     // The loader, not the SSH client: no ssh2, no connection pool in the text.
-    assert.ok(text.length < 1000, `the loader is ${text.length} characters`);
+    assert.ok(text.length < 450, `the loader is ${text.length} characters`);
     assert.doesNotMatch(text, /ssh2|ssh-pool/);
     const provider = loadText(text).handler();
     assert.equal(provider, hostStepProvider, "the provider of the compiled module itself");
     const create = provider.create.bind(provider);
     await assert.rejects(create(CLOSED_PORT_STEP), /^Error: root@127\.0\.0\.1:1: cannot connect: /);
+  });
+
+  it("by package name alone (the program's directory reaches it so), with fewer bytes", () => {
+    const text = providerText();
+    assert.ok(text.length < providerText("build/components/hostStepProvider.js").length);
+    assert.equal(loadText(text).handler(), hostStepProvider);
   });
 
   it("loads the provider by package name when the path it recorded is not there", async () => {
@@ -98,11 +104,11 @@ describe("HostStep provider serialization", () => {
       process.chdir(project);
       const loader = loadText(providerText("moved/build/components/hostStepProvider.js"));
       assert.equal(loader.handler(), hostStepProvider);
-      // Without the package either, the error says where it looked.
+      // Without the package either, the error says where it ran and what it could not find.
       fs.rmSync(path.join(project, "node_modules"), { recursive: true });
       assert.throws(
         () => loader.handler(),
-        /cannot load the HostStep provider from .*: tried .*moved\/build\/components\/hostStepProvider\.js, nix-ssh-cache\/build\/components\/hostStepProvider\.js/,
+        /^Error: nix-ssh-cache, in .*: Cannot find module 'nix-ssh-cache\/build\/components\/hostStepProvider\.js'; run Pulumi in the project that uses nix-ssh-cache, with its node_modules$/,
       );
     } finally {
       process.chdir(cwd);
