@@ -3,7 +3,6 @@
  * secrets) to one validated, resolved {@link Connection} per host, and the host scripts that run
  * over it.
  */
-import * as crypto from "crypto";
 import * as pulumi from "@pulumi/pulumi";
 import { Connection, ProxyConnection } from "./ssh";
 import { BecomeMode, HostArgs } from "./types";
@@ -138,9 +137,4 @@ export function toConnection(c: PlainConnection, become?: BecomeMode): Connectio
   return connection;
 }
 
-/** Short digest of a text, for names and diffs: the first 16 hex digits of its SHA-256. */
-export function digest(text: string): string {
-  return crypto.createHash("sha256").update(text).digest("hex").slice(0, 16);
-}
-
-export { hostScript, remoteScriptText } from "./remoteScripts";
+export { digest, hostScript, remoteScriptText } from "./remoteScripts";

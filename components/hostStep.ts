@@ -13,12 +13,11 @@
  * part of what a step does: when only they change, `update` proves the new connection with one
  * login and stores it, without running the step again.
  */
-import * as crypto from "crypto";
 import * as fs from "fs";
 import * as path from "path";
 import * as pulumi from "@pulumi/pulumi";
 import { encodeSpec, hostStepProvider, isPackagedScript, packScript } from "./hostStepProvider";
-import { packagedFileRef } from "./remoteScripts";
+import { digest, packagedFileRef } from "./remoteScripts";
 import { Connection } from "./ssh";
 
 export {
@@ -84,7 +83,7 @@ export interface HostStepArgs {
  * existing step thus run the installed version of the provider, as a provider plugin would (the
  * provider reads the states of earlier versions, see `specOf`).
  *
- * The text is compact (about 330 bytes): Pulumi stores it twice in every step's state and
+ * The text is compact (under 400 bytes): Pulumi stores it twice in every step's state and
  * rewrites the whole state after each step of an `up`.
  *
  * @param moduleFromCwd - the compiled provider module, relative to the program's directory
@@ -154,8 +153,9 @@ export function packedText(text: string): string {
 /**
  * One idempotent, re-observable step on a host, typed by what its script reports (`R`). The
  * connection (with its private key) and a script body other than one of the package's own
- * (compressed, see `packScript`) are secret in the state; a diff shows the script's digest (in `spec`) instead of the body. `result`
- * is what the host reported and never holds private material.
+ * (compressed, see `packScript`) are secret in the state; a diff shows the script's digest (in
+ * `spec`) instead of the body. `result` is what the host reported and never holds private
+ * material.
  */
 export class HostStep<R = Record<string, unknown>> extends pulumi.CustomResource {
   /** The JSON object the step's script printed last. */
@@ -170,7 +170,7 @@ export class HostStep<R = Record<string, unknown>> extends pulumi.CustomResource
         encodeSpec({
           name,
           step: args.step,
-          script: crypto.createHash("sha256").update(body).digest("hex").slice(0, 16),
+          script: digest(body),
           readable: args.readable ?? false,
           removable: args.removable ?? false,
           removeEnv: args.removeEnv ?? {},

@@ -5,12 +5,15 @@
  * This module is loaded by `require` in the dynamic provider process (see `providerOfState` in
  * hostStep.ts), so it is ordinary compiled code: it does not import `@pulumi/pulumi` at runtime.
  */
-import * as crypto from "crypto";
-import * as fs from "fs";
-import * as path from "path";
 import * as zlib from "zlib";
 import type * as pulumi from "@pulumi/pulumi";
-import { packagedFileText, packagedScript, packagedScriptRef } from "./remoteScripts";
+import {
+  digest,
+  packagedFileText,
+  packagedScript,
+  packagedScriptRef,
+  remoteScriptText,
+} from "./remoteScripts";
 import { Connection, runJsonScript } from "./ssh";
 
 /**
@@ -139,9 +142,8 @@ function packageLib(): { text: string; digest: string } {
   const registry = globalThis as { [k: symbol]: { text: string; digest: string } | undefined };
   const slot = Symbol.for("nix-ssh-cache/package-lib");
   if (!registry[slot]) {
-    const text = fs.readFileSync(path.join(__dirname, "remote", "lib.sh"), "utf8");
-    const digest = crypto.createHash("sha256").update(text).digest("hex").slice(0, 16);
-    registry[slot] = { text, digest };
+    const text = remoteScriptText("lib");
+    registry[slot] = { text, digest: digest(text) };
   }
   return registry[slot];
 }

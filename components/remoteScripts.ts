@@ -1,8 +1,8 @@
 /**
  * The host scripts of the package (`remote/*.sh`, copied beside the compiled modules by the
- * build), the other files it installs on hosts (`remote/*.pl`), and the body a step sends to a host. Plain Node.js (no `@pulumi/pulumi`): the dynamic
- * provider process loads this module too, to rebuild the scripts a state names (see
- * `packScript` in hostStepProvider.ts).
+ * build), the other files it installs on hosts (`remote/*.pl`), and the body a step sends to a
+ * host. Plain Node.js (no `@pulumi/pulumi`): the dynamic provider process loads this module too,
+ * to rebuild the scripts and files a state names (see `packScript` in hostStepProvider.ts).
  * @packageDocumentation
  */
 import * as crypto from "crypto";
@@ -84,8 +84,8 @@ export function packagedScript(ref: string): string {
 /** Prefix of a file of the package stored by name: `package-file <file> <digest>`. */
 const PACKAGED_FILE = "package-file ";
 
-/** The first 16 hex digits of the SHA-256 of `text`. */
-function digestOf(text: string): string {
+/** Short digest of a text, for names and diffs: the first 16 hex digits of its SHA-256. */
+export function digest(text: string): string {
   return crypto.createHash("sha256").update(text).digest("hex").slice(0, 16);
 }
 
@@ -102,7 +102,7 @@ export function packagedFileRef(text: string): string | undefined {
     for (const file of fs.readdirSync(remoteDir).filter((f) => !f.endsWith(".sh"))) {
       if (!fs.statSync(path.join(remoteDir, file)).isFile()) continue;
       const content = remoteScriptText(file);
-      packagedFiles.set(content, `${PACKAGED_FILE}${file} ${digestOf(content)}`);
+      packagedFiles.set(content, `${PACKAGED_FILE}${file} ${digest(content)}`);
     }
   }
   return packagedFiles.get(text);
@@ -115,14 +115,14 @@ export function packagedFileRef(text: string): string | undefined {
  */
 export function packagedFileText(value: string, strict: boolean): string {
   if (!value.startsWith(PACKAGED_FILE)) return value;
-  const [file, digest] = value.slice(PACKAGED_FILE.length).split(" ");
+  const [file, named] = value.slice(PACKAGED_FILE.length).split(" ");
   if (!/^[a-z][a-z0-9.-]*$/.test(file ?? "") || file.endsWith(".sh")) {
     throw new Error(`nix-ssh-cache: not a packaged file reference: ${JSON.stringify(value)}`);
   }
   const text = remoteScriptText(file);
-  if (digestOf(text) === digest) return text;
+  if (digest(text) === named) return text;
   if (!strict) return value;
   throw new Error(
-    `nix-ssh-cache: the inputs name ${file} ${digest}, but the installed package has ${file} ${digestOf(text)}: run pulumi from the project whose nix-ssh-cache made the program's inputs`,
+    `nix-ssh-cache: the inputs name ${file} ${named}, but the installed package has ${file} ${digest(text)}: run pulumi from the project whose nix-ssh-cache made the program's inputs`,
   );
 }
