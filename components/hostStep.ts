@@ -225,10 +225,11 @@ const ownDirs = [
  * source position and its stack trace, every frame, which go into the state) and one per promise
  * it wraps (`debuggablePromise`, one per output property and more). Under ts-node, which a
  * TypeScript program runs with, `Error.prepareStackTrace` is `@cspotcode/source-map-support`,
- * which copies and maps every frame: about 20 ms per step. While a step registers, a stack is
- * formatted as V8 does it, up to and including the first frame outside this package and the
- * Pulumi SDK: the program's own line that led to the step (module loading and Pulumi's runner
- * below it are left out: 20 frames fewer in every step's state). The source position Pulumi
+ * which copies and maps every frame (a 1-host no-op preview, 25 resources: the program's CPU
+ * 2.69 s with it, 2.49 s without, medians of 6 interleaved runs). While a step registers, a
+ * stack is formatted as V8 does it, up to and including the first frame outside this package
+ * and the Pulumi SDK: the program's own line that led to the step (module loading and Pulumi's
+ * runner below it are left out: 7 frames instead of 18 in every step's state). The source position Pulumi
  * records for a step then points into this package's compiled JavaScript, as it does for an
  * installed package anyway (it ships no source maps), and the program's frame is a position in
  * ts-node's JavaScript output rather than in the TypeScript source.
