@@ -14,6 +14,7 @@
  * login and stores it, without running the step again.
  */
 import * as fs from "fs";
+import { createRequire } from "module";
 import * as path from "path";
 import * as pulumi from "@pulumi/pulumi";
 import { encodeSpec, hostStepProvider, isPackagedScript, packScript } from "./hostStepProvider";
@@ -109,9 +110,11 @@ export function providerText(moduleFromCwd?: string): string {
 function loaderOfThisModule(): string {
   const self = path.join(__dirname, "hostStepProvider.js");
   try {
-    const found = require.resolve("nix-ssh-cache/build/components/hostStepProvider.js", {
-      paths: [process.cwd()],
-    });
+    // As the loader resolves it: from the program's directory (`require.resolve` with `paths`
+    // would find this package from here by its own name, whatever the directory).
+    const found = createRequire(process.cwd() + "/").resolve(
+      "nix-ssh-cache/build/components/hostStepProvider.js",
+    );
     if (fs.realpathSync(found) === fs.realpathSync(self)) return providerText();
   } catch {
     // not found by name from there: the path below
