@@ -61,6 +61,9 @@ export interface HostStepArgs {
   timeoutSeconds?: number;
 }
 
+/** The compiled provider module by package name, as the provider process resolves it. */
+const PROVIDER_MODULE = "nix-ssh-cache/build/components/hostStepProvider.js";
+
 /**
  * The text Pulumi stores as HostStep's dynamic provider (`__provider`, in every step's inputs
  * and outputs) and the dynamic provider process loads: a loader that `require`s the compiled
@@ -90,12 +93,11 @@ export interface HostStepArgs {
  * @param moduleFromCwd - the compiled provider module, relative to the program's directory
  */
 export function providerText(moduleFromCwd?: string): string {
-  const byName = "nix-ssh-cache/build/components/hostStepProvider.js";
   const local =
     moduleFromCwd === undefined || /^\.{0,2}\//.test(moduleFromCwd)
       ? moduleFromCwd
       : `./${moduleFromCwd}`;
-  const tried = JSON.stringify(local === undefined ? [byName] : [local, byName]);
+  const tried = JSON.stringify(local === undefined ? [PROVIDER_MODULE] : [local, PROVIDER_MODULE]);
   return (
     `exports.handler=()=>{const m=require("module").createRequire(process.cwd()+"/"),t=${tried};` +
     "for(const c of t)try{return m(m.resolve(c)).hostStepProvider}catch(e){if(c===t.at(-1))" +
@@ -112,9 +114,7 @@ function loaderOfThisModule(): string {
   try {
     // As the loader resolves it: from the program's directory (`require.resolve` with `paths`
     // would find this package from here by its own name, whatever the directory).
-    const found = createRequire(process.cwd() + "/").resolve(
-      "nix-ssh-cache/build/components/hostStepProvider.js",
-    );
+    const found = createRequire(process.cwd() + "/").resolve(PROVIDER_MODULE);
     if (fs.realpathSync(found) === fs.realpathSync(self)) return providerText();
   } catch {
     // not found by name from there: the path below
@@ -191,7 +191,8 @@ export class HostStep<R = Record<string, unknown>> extends pulumi.CustomResource
       connection: args.connection,
       spec,
       // Without the package's lib.sh when the provider process loads it from the package.
-      script: packaged ?? pulumi.secret(script.apply((body) => packScript(body, compiled))),
+      script:
+        packaged ?? pulumi.secret(stored ?? script.apply((body) => packScript(body, compiled))),
       env: args.env ?? {},
       triggers: args.triggers,
       result: undefined,
@@ -232,10 +233,10 @@ const ownDirs = [
  * 2.69 s with it, 2.49 s without, medians of 6 interleaved runs). While a step registers, a
  * stack is formatted as V8 does it, up to and including the first frame outside this package
  * and the Pulumi SDK: the program's own line that led to the step (module loading and Pulumi's
- * runner below it are left out: 7 frames instead of 18 in every step's state). The source position Pulumi
- * records for a step then points into this package's compiled JavaScript, as it does for an
- * installed package anyway (it ships no source maps), and the program's frame is a position in
- * ts-node's JavaScript output rather than in the TypeScript source.
+ * runner below it are left out: 7 frames instead of 18 in every step's state). The source
+ * position Pulumi records for a step then points into this package's compiled JavaScript, as it
+ * does for an installed package anyway (it ships no source maps), and the program's frame is a
+ * position in ts-node's JavaScript output rather than in the TypeScript source.
  */
 function plainStackTraces(): () => void {
   const error = Error as { prepareStackTrace?: unknown };
