@@ -12,6 +12,7 @@ import { PulumiStack, repoRoot } from "../tests/e2e/pulumi";
 import { acceptedLogins, LoginCounts, loginsSince, TestHost } from "../tests/hosts/harness";
 import { CpuByProcess } from "./cpu";
 import { log, pulumiOk, TimedCli, withTimeout } from "./lib";
+import { PreviewTimeline, timedPreview } from "./timeline";
 
 const PROJECT = "nix-ssh-cache";
 
@@ -85,6 +86,10 @@ export interface OverheadResults {
   emptyPreviewCpuByProcess: CpuByProcess[];
   /** Resources per stack size, after up. */
   resources: Record<number, number>;
+  /** Where the wall time of a no-op preview goes, per stack size (one extra preview a pass). */
+  timelines: Record<number, PreviewTimeline[]>;
+  /** The same for the empty stack. */
+  emptyTimelines: PreviewTimeline[];
 }
 
 function summaryOf(output: string): string {
@@ -226,6 +231,8 @@ export function emptyOverhead(): OverheadResults {
     emptyPreviewCpu: [],
     emptyPreviewCpuByProcess: [],
     resources: {},
+    timelines: {},
+    emptyTimelines: [],
   };
 }
 
@@ -265,6 +272,7 @@ export async function overheadBench(
           `empty stack, round ${round}: preview ${r.seconds.toFixed(1)} s, CPU ${r.cpuSeconds?.toFixed(1)} s`,
         );
       }
+      results.emptyTimelines.push(await timedPreview(empty, o.timeoutSeconds));
       for (const n of order) {
         const hostsOfStack = prods.slice(0, n);
         const stack = await exampleStack(`bench${n}r${round}`, stage, hostsOfStack);
@@ -305,6 +313,12 @@ export async function overheadBench(
             runs.push(await m("preview"));
             if (o.beforeAfter) runs.push(await m("preview-checked"));
           }
+          // One more, with the engine's gRPC log: where its wall time goes (not in the medians).
+          const timeline = await timedPreview(stack, o.timeoutSeconds);
+          (results.timelines[n] ??= []).push(timeline);
+          log(
+            `${n} hosts, round ${round}: preview timeline: provider ready ${timeline.providerReady?.toFixed(2)} s, last diff ${timeline.lastDiff?.toFixed(2)} s, end ${timeline.end.toFixed(2)} s`,
+          );
           runs.push(await m("up-noop"));
           for (let i = 0; i < o.previews; i++) {
             for (const mode of modes) runs.push(await m("preview-refresh", mode));

@@ -17,6 +17,7 @@ import {
 import { NetworkResults } from "./network";
 import { networkProposals, networkSection } from "./networkReport";
 import { proposals } from "./proposals";
+import { PreviewTimeline } from "./timeline";
 import { medianRoundRatio, medianSeconds, Run, SubstitutionResults } from "./substitution";
 
 /** Inputs of the report. */
@@ -166,6 +167,67 @@ function cpuByProcessSection(o: OverheadResults, counts: number[]): string[] {
   ];
 }
 
+/** Median of one event over the timelines that have it. */
+function medianEvent(ts: PreviewTimeline[], pick: (t: PreviewTimeline) => number | undefined) {
+  return median(ts.map(pick).filter((x): x is number => x !== undefined));
+}
+
+/** Where the wall time of a no-op preview goes (bench/timeline.ts), against the empty stack. */
+function timelineSection(o: OverheadResults, counts: number[]): string[] {
+  const lines: { label: string; ts: PreviewTimeline[] }[] = [
+    { label: "empty stack (floor)", ts: o.emptyTimelines },
+    ...counts.map((n) => ({ label: `${n} host${n > 1 ? "s" : ""}`, ts: o.timelines[n] ?? [] })),
+  ].filter((l) => l.ts.length > 0);
+  if (!lines.length) return [];
+  const events: [string, (t: PreviewTimeline) => number | undefined][] = [
+    ["program started", (t) => t.run],
+    ["stack registered", (t) => t.stack],
+    ["first resource", (t) => t.firstResource],
+    ["dynamic provider ready", (t) => t.providerReady],
+    ["last `Diff`", (t) => t.lastDiff],
+    ["program done", (t) => t.runDone],
+    ["CLI done", (t) => t.end],
+  ];
+  const rows = lines.map((l) => [
+    `${l.label} (n=${l.ts.length})`,
+    ...events.map(([, pick]) => fmtSeconds(medianEvent(l.ts, pick), 2)),
+    fmt(
+      medianEvent(l.ts, (t) => t.providerCalls),
+      0,
+    ),
+  ]);
+  const out = [
+    "Where the wall time of a no-op `preview` goes: one more preview per stack and pass, with" +
+      " the engine's gRPC log (`PULUMI_DEBUG_GRPC`; not in the medians above), seconds since" +
+      " the CLI started (medians). The program declares its first resource once its own code" +
+      " has loaded; the engine starts Pulumi's Node.js dynamic-provider plugin when the first" +
+      " step arrives, and answers each step only after that plugin's `Check` and `Diff`; a step" +
+      " that depends on another is sent only once that one is answered:",
+    "",
+    table(["stack", ...events.map(([label]) => label), "`Check` + `Diff` calls"], rows),
+    "",
+  ];
+  const one = o.timelines[counts[0]] ?? [];
+  const first = medianEvent(one, (t) => t.firstResource);
+  const ready = medianEvent(one, (t) => t.providerReady);
+  const last = medianEvent(one, (t) => t.lastDiff);
+  const end = medianEvent(one, (t) => t.end);
+  const floorEnd = medianEvent(o.emptyTimelines, (t) => t.end);
+  if (first !== undefined && ready !== undefined && last !== undefined && end !== undefined) {
+    out.push(
+      `With ${counts[0]} host, of the ${fmtSeconds(end, 2)}: the program waits` +
+        ` ${fmtSeconds(ready - first, 2)} from its first resource for the dynamic provider to` +
+        ` start, then ${fmtSeconds(last - ready, 2)} for the chain of dependent steps' checks` +
+        ` and diffs` +
+        (floorEnd !== undefined
+          ? `; the empty stack's whole preview takes ${fmtSeconds(floorEnd, 2)}.`
+          : "."),
+      "",
+    );
+  }
+  return out;
+}
+
 function overheadSection(o: OverheadResults): string {
   const counts = [...new Set(o.runs.map((r) => r.hosts))].sort((a, b) => a - b);
   const maxN = counts[counts.length - 1];
@@ -276,6 +338,7 @@ function overheadSection(o: OverheadResults): string {
     );
   }
   out.push(...cpuByProcessSection(o, counts));
+  out.push(...timelineSection(o, counts));
 
   // Before / after: the same operation, same stack, measured side by side.
   const loginsOf = (rs: typeof o.runs) => median(rs.flatMap((r) => r.productionLogins));
