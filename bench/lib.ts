@@ -36,6 +36,11 @@ export function median(values: number[]): number | undefined {
   return s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
 }
 
+/** Median of what `pick` gives for the items that have it (undefined for none). */
+export function medianOf<T>(items: T[], pick: (item: T) => number | undefined): number | undefined {
+  return median(items.map(pick).filter((x): x is number => x !== undefined));
+}
+
 /** `1.23 s` (or `—`). */
 export function fmtSeconds(s: number | undefined, digits = 2): string {
   return s === undefined ? "—" : `${s.toFixed(digits)} s`;

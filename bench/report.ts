@@ -3,7 +3,7 @@
  */
 import { ReuseResults, STRATEGIES } from "./connections";
 import { CpuByProcess, PROCESS_LABELS, ProcessKind } from "./cpu";
-import { fmt, fmtRatio, fmtSeconds, median, table } from "./lib";
+import { fmt, fmtRatio, fmtSeconds, median, medianOf, table } from "./lib";
 import { MachineInfo } from "./machine";
 import {
   ConnectionMode,
@@ -130,7 +130,7 @@ const MODES: ConnectionMode[] = ["reuse", "per-step"];
 
 /** Median CPU seconds of `kind` over the samples that have it. */
 function medianKind(samples: CpuByProcess[], kind: ProcessKind): number | undefined {
-  return median(samples.map((c) => c[kind]).filter((x): x is number => x !== undefined));
+  return medianOf(samples, (c) => c[kind]);
 }
 
 /** Where the operator CPU of `up` and the no-op `preview` goes, by process (bench/cpu.ts). */
@@ -167,11 +167,6 @@ function cpuByProcessSection(o: OverheadResults, counts: number[]): string[] {
   ];
 }
 
-/** Median of one event over the timelines that have it. */
-function medianEvent(ts: PreviewTimeline[], pick: (t: PreviewTimeline) => number | undefined) {
-  return median(ts.map(pick).filter((x): x is number => x !== undefined));
-}
-
 /** Where the wall time of a no-op preview goes (bench/timeline.ts), against the empty stack. */
 function timelineSection(o: OverheadResults, counts: number[]): string[] {
   const lines: { label: string; ts: PreviewTimeline[] }[] = [
@@ -190,9 +185,9 @@ function timelineSection(o: OverheadResults, counts: number[]): string[] {
   ];
   const rows = lines.map((l) => [
     `${l.label} (n=${l.ts.length})`,
-    ...events.map(([, pick]) => fmtSeconds(medianEvent(l.ts, pick), 2)),
+    ...events.map(([, pick]) => fmtSeconds(medianOf(l.ts, pick), 2)),
     fmt(
-      medianEvent(l.ts, (t) => t.providerCalls),
+      medianOf(l.ts, (t) => t.providerCalls),
       0,
     ),
   ]);
@@ -208,11 +203,11 @@ function timelineSection(o: OverheadResults, counts: number[]): string[] {
     "",
   ];
   const one = o.timelines[counts[0]] ?? [];
-  const first = medianEvent(one, (t) => t.firstResource);
-  const ready = medianEvent(one, (t) => t.providerReady);
-  const last = medianEvent(one, (t) => t.lastDiff);
-  const end = medianEvent(one, (t) => t.end);
-  const floorEnd = medianEvent(o.emptyTimelines, (t) => t.end);
+  const first = medianOf(one, (t) => t.firstResource);
+  const ready = medianOf(one, (t) => t.providerReady);
+  const last = medianOf(one, (t) => t.lastDiff);
+  const end = medianOf(one, (t) => t.end);
+  const floorEnd = medianOf(o.emptyTimelines, (t) => t.end);
   if (first !== undefined && ready !== undefined && last !== undefined && end !== undefined) {
     out.push(
       `With ${counts[0]} host, of the ${fmtSeconds(end, 2)}: the program waits` +
@@ -291,11 +286,7 @@ function overheadSection(o: OverheadResults): string {
 
   // Operator-side CPU next to wall time (issue 15).
   const cpu = (op: OpName, n: number, mode: ConnectionMode = "reuse") =>
-    median(
-      of(op, n, mode)
-        .map((r) => r.cpuSeconds)
-        .filter((x): x is number => x !== undefined),
-    );
+    medianOf(of(op, n, mode), (r) => r.cpuSeconds);
   const cpuOps: OpName[] = ["up", "up-once", "preview", "up-noop", "preview-refresh", "destroy"];
   const cpuRows = cpuOps
     .filter((op) => counts.some((n) => cpu(op, n) !== undefined))
