@@ -1,5 +1,5 @@
 /**
- * The component used from outside, as a user does (README, "Use it in your project"): this
+ * The component used from outside, as a user does (docs/integration.md, "The package"): this
  * repository is packed with `npm pack` (from a copy of the working tree, so `prepare` builds it
  * as a git or fresh-checkout install does), installed into a separate TypeScript project in a
  * temporary directory beside that project's own `@pulumi/pulumi` of a DIFFERENT version than the

@@ -1,5 +1,5 @@
 /**
- * Rotating the signing key with an overlap (README, "Rotating the signing key"), on the example
+ * Rotating the signing key with an overlap (docs/operations.md, "Rotating the signing key"), on the example
  * stack: (a) `signingKey: { generation: 1, previousGenerations: [0] }` then (b)
  * `signingKey: { generation: 1 }`. After each `up`, production substitutes a fresh staging-built
  * path; during the overlap a path signed with the OLD key only still substitutes; paths built

@@ -3,7 +3,7 @@
  * (CacheServer) exports the cache's coordinates as one object; the production stack (another
  * project, CacheClient) reads them with a StackReference and exports its root key, which the
  * staging stack reads back with a StackReference into `authorizedKeys`. The documented order
- * (README, "Split stacks") converges in three `up`s: production, staging, production.
+ * (docs/integration.md, "Split stacks") converges in three `up`s: production, staging, production.
  */
 import { after, before, describe, it } from "node:test";
 import * as assert from "node:assert/strict";
