@@ -133,11 +133,16 @@ nixos_channel() {
   return 1
 }
 
-# line_of FILE REGEX: "FILE:LINE" of the first line of FILE matching REGEX (grep -E, any case)
+# line_of FILE REGEX...: "FILE:LINE" of the first line of FILE matching the first REGEX that
+# matches any (grep -E, any case); "FILE:?" when none does
 line_of() {
-  local n
-  n=$(grep -niE -m 1 -- "$2" "$1" 2>/dev/null | cut -d: -f1) || true
-  echo "$1:${n:-?}"
+  local file=$1 n=""
+  shift
+  for re in "$@"; do
+    n=$(grep -niE -m 1 -- "$re" "$file" 2>/dev/null | cut -d: -f1) || true
+    [ -z "$n" ] || break
+  done
+  echo "${file}:${n:-?}"
 }
 
 # leftover_text KIND FILE: where, what is wrong and the exact edit, one sentence
@@ -154,18 +159,18 @@ leftover_text() {
     echo "$(line_of "$file" '(substituters|trusted-public-keys)[[:space:]]*=') sets substituters or trusted-public-keys in nix.extraOptions, which is appended to nix.conf after nix.settings and replaces the module's staging substituter: delete that line, or write it as nix.settings.substituters / nix.settings.trusted-public-keys (lists merge)"
     ;;
   mkForce:settings)
-    echo "$(line_of "$file" 'nix\.settings[[:space:]]*=.*mk(Force|Override)|mk(Force|Override)') forces the whole of nix.settings (lib.mkForce): NixOS then drops every other definition, the module's included: remove lib.mkForce there (nix.settings merges across modules)"
+    echo "$(line_of "$file" 'nix\.settings[[:space:]]*=.*mk(Force|Override)' 'settings[[:space:]]*=.*mk(Force|Override)' 'mk(Force|Override)') forces the whole of nix.settings (lib.mkForce): NixOS then drops every other definition, the module's included: remove lib.mkForce there (nix.settings merges across modules)"
     ;;
   mkForce:*)
     name=${kind#mkForce:}
-    echo "$(line_of "$file" "${name}.*mk(Force|Override)|${name}") defines nix.settings.${name} with lib.mkForce: NixOS then drops every other definition, the module's included (its value would silently be gone): write the plain list instead, e.g.  nix.settings.${name} = [ … ];  (lists merge)"
+    echo "$(line_of "$file" "${name}.*mk(Force|Override)" "${name}[[:space:]]*=" "${name}") defines nix.settings.${name} with lib.mkForce: NixOS then drops every other definition, the module's included (its value would silently be gone): write the plain list instead, e.g.  nix.settings.${name} = [ … ];  (lists merge)"
     ;;
   sshServe:keys)
-    echo "$(line_of "$file" 'sshServe\.keys|sshServe|keys[[:space:]]*=') defines nix.sshServe.keys: NixOS accepts it but sshd never reads those keys for nix-ssh (the module's AuthorizedKeysFile for nix-ssh replaces /etc/ssh/authorized_keys.d/nix-ssh), so they would stop working silently: delete that definition and give each production host to nix-ssh-cache instead (its key is then authorised)"
+    echo "$(line_of "$file" 'sshServe\.keys' 'sshServe[[:space:]]*=' '(^|[^.a-z])keys[[:space:]]*=') defines nix.sshServe.keys: NixOS accepts it but sshd never reads those keys for nix-ssh (the module's AuthorizedKeysFile for nix-ssh replaces /etc/ssh/authorized_keys.d/nix-ssh), so they would stop working silently: delete that definition and give each production host to nix-ssh-cache instead (its key is then authorised)"
     ;;
   sshServe:*)
     name=${kind#sshServe:}
-    echo "$(line_of "$file" "sshServe\\.${name}|sshServe|${name}[[:space:]]*=") defines nix.sshServe.${name}, which the module sets: delete that definition"
+    echo "$(line_of "$file" "sshServe\\.${name}" 'sshServe[[:space:]]*=' "(^|[^.a-z])${name}[[:space:]]*=") defines nix.sshServe.${name}, which the module sets: delete that definition"
     ;;
   sshd:AuthorizedKeysFile)
     echo "$(line_of "$file" 'AuthorizedKeysFile') sets AuthorizedKeysFile in services.openssh: the module's Match block sets nix-ssh's, and sshd takes the first value it reads for a user: delete that line, or set the global list with services.openssh.authorizedKeysFiles"
@@ -231,7 +236,7 @@ if [ "$rebuild" != none ]; then
       where=$(mentions "$(printf '%s' "${option##*.}" | tr -d '"')")
       case "$what" in
       conflict) nsc_die "nixos-rebuild ${rebuild} failed: the option ${option} is defined multiple times, by ${module} and by your configuration${where:+ (${where})}; remove your own definition (e.g. the tutorial's ${option} left in configuration.nix): the module sets it (the configuration is left as is)" ;;
-      type) nsc_die "nixos-rebuild ${rebuild} failed: a definition of the option ${option} has the wrong type${where:+ (${where})}; fix or remove it (the module sets ${option} itself when it is one of its options; the configuration is left as is)" ;;
+      type) nsc_die "nixos-rebuild ${rebuild} failed: a definition of the option ${option} has the wrong type${where:+ (${where})}; fix or remove it (the configuration is left as is)" ;;
       missing) nsc_die "nixos-rebuild ${rebuild} failed: the option ${option} does not exist in this NixOS${where:+ (${where})}; remove that definition (an option of another NixOS release?; the configuration is left as is)" ;;
       esac
     fi
