@@ -81,10 +81,10 @@ mentions() {
 # is reported here and a failed rebuild's own message is explained below instead.
 # shellcheck disable=SC2016 # Nix, not shell
 leftovers_nix='
-{ nixpkgs, configuration, module, staging, production }:
+{ nixpkgs, configFile, module, staging, production }:
 let
   inherit (builtins) any concatLists filter isAttrs isString map match substring;
-  o = (import (nixpkgs + "/nixos") { inherit configuration; }).options;
+  o = (import (nixpkgs + "/nixos") { configuration = /. + configFile; }).options;
   # the definitions a user wrote: neither the module nor the modules of NixOS itself
   mine = opt: filter (d: d.file != module && substring 0 11 d.file != "/nix/store/" && substring 0 9 d.file != "<nixpkgs>")
     (opt.definitionsWithLocations or [ ]);
@@ -191,7 +191,7 @@ check_leftovers() {
     return 0
   fi
   if ! out=$(nix-instantiate --readonly-mode --eval --strict -E "$leftovers_nix" \
-    --argstr nixpkgs "$channel" --arg configuration "$config" --argstr module "$module" \
+    --argstr nixpkgs "$channel" --argstr configFile "$config" --argstr module "$module" \
     --arg staging "$staging" --arg production "$production" 2>&1); then
     nsc_log "could not evaluate ${config} to look for left-overs (nixos-rebuild will say why): $(printf '%s' "$out" | grep -m 1 'error:' || true)"
     return 0

@@ -10,10 +10,10 @@
 #   /etc/nixos/hardware-configuration.nix
 #   /run/current-system/sw/bin/nixos-rebuild
 #                                      a stand-in that EVALUATES configuration.nix with its
-#                                      imports (nixos-eval.nix, `nix-instantiate --eval --strict
-#                                      --json`, stub module arguments, list options merged) and
-#                                      applies the values as NixOS would, then restarts sshd and
-#                                      nix-daemon (see nixos-rebuild in this directory)
+#                                      imports (nixos-eval.nix: the nixpkgs module system's
+#                                      order, priorities, types and error texts, written from its
+#                                      sources) and applies the values as NixOS would, then
+#                                      restarts sshd and nix-daemon (see nixos-rebuild here)
 #   /nix/var/nix/profiles/per-user/root/channels/nixos/nixos/default.nix
 #                                      root's `nixos` channel as <nixpkgs/nixos>: the same
 #                                      evaluation, returning { config; options; }
