@@ -41,6 +41,8 @@ interface Row {
   expected?: unknown;
   /** Or: the evaluation fails with this message (regexp over stderr). */
   error?: RegExp;
+  /** `"build"`: `r` is what the test hosts' nixos-rebuild applies (`files`: /etc). */
+  result?: "nixos" | "build";
 }
 
 const ROWS: Row[] = [
@@ -152,6 +154,16 @@ const ROWS: Row[] = [
     expected: ["ssh-rsa AAAAtutorial", "ssh-ed25519 AAAAours ours"].reverse(),
   },
   {
+    name: "nix.conf: nix.settings (sorted, extra-* after) then nix.extraOptions, so a setting there is read last and wins (nix.nix's nixConf text)",
+    user: ['  nix.extraOptions = "secret-key-files = /etc/shipnix/binary/cache-priv-key.pem\\n";'],
+    result: "build",
+    expr: 'builtins.filter (l: builtins.match "secret-key-files.*" l != null) (builtins.filter builtins.isString (builtins.split "\\n" r.files."/etc/nix/nix.conf"))',
+    expected: [
+      "secret-key-files = /etc/nix-ssh-cache/cache-priv-key.pem",
+      "secret-key-files = /etc/shipnix/binary/cache-priv-key.pem",
+    ],
+  },
+  {
     name: "options.<path>.definitionsWithLocations / files: each surviving definition with its file, mkForce inside a submodule value kept (evalOptionValue)",
     user: [
       '  nix.extraOptions = "secret-key-files = /old.pem\\n";',
@@ -188,7 +200,7 @@ function evaluate(row: Row): { value?: unknown; stderr?: string } {
     );
     const expr =
       "{ file, configuration }: let r = import file { configuration = /. + configuration; " +
-      `result = "nixos"; }; in ${row.expr ?? "null"}`;
+      `result = "${row.result ?? "nixos"}"; }; in ${row.expr ?? "null"}`;
     const argv = ["--readonly-mode", "--eval", "--strict", "--json", "-E", expr];
     argv.push("--argstr", "file", nixosEvalFile(), "--argstr", "configuration", configuration);
     try {

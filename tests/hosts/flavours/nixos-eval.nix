@@ -66,8 +66,19 @@ let
     if elem p [ "<name>" "*" "<function body>" ] || match "[a-zA-Z_][a-zA-Z0-9_'-]*" p != null then p
     else toJSON p;
   showOption = loc: concatStringsSep "." (map showPart loc);
+  # lib/generators.nix toPretty: a string of several lines as an indented '' string
+  prettyString = indent: v:
+    let
+      lines = filter isString (split "\n" v);
+      escaped = map (replaceStrings [ "\${" "''" ] [ "''\${" "'''" ]) lines;
+      lastLine = last escaped;
+      firsts = take (length escaped - 1) escaped;
+    in
+    if length lines < 2 then toJSON v
+    else "''" + concatStringsSep "" (map (l: "\n${indent}  " + l) firsts)
+      + (if lastLine == "" then "\n${indent}" else "\n${indent}  " + lastLine) + "''";
   pretty = indent: v:
-    if isString v then toJSON v
+    if isString v then prettyString indent v
     else if isBool v then (if v then "true" else "false")
     else if isInt v || isFloat v then toString v
     else if v == null then "null"
