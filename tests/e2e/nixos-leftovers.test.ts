@@ -128,6 +128,22 @@ describe("NixOS: the tutorial's left-overs are found before the rebuild", { skip
     assert.equal(await generation(stage), before, "nixos-rebuild ran on staging");
   });
 
+  for (const l of STAGING_LEFTOVERS) {
+    it(`staging, alone: ${l.name} is the one left-over named; nothing rebuilt`, async () => {
+      const leftOver = withLines(stageConfiguration, l.lines);
+      await stage.exec(`cat > ${CONFIG}`, { input: leftOver });
+      const before = await generation(stage);
+      const up = await stack.up();
+      assert.notEqual(up.code, 0, up.output);
+      const line = up.output.split("\n").find((x) => x.includes("left-overs that conflict")) ?? "";
+      const m = l.message.exec(line);
+      assert.ok(m, `${l.name}: not reported in ${up.output}`);
+      assert.equal(Number(m[1]), lineOf(leftOver, l.lines[l.lines.length > 1 ? 1 : 0]));
+      assert.doesNotMatch(line, /\(2\)/, "one left-over, one item");
+      assert.equal(await generation(stage), before, "nixos-rebuild ran on staging");
+    });
+  }
+
   it("a rebuild that still fails is explained: current error texts name the option", async (t) => {
     // (not left-overs of the tutorial: nixos-apply.sh does not look for them before the rebuild)
     const cases: { configuration: string; message: RegExp }[] = [
