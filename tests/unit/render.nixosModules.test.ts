@@ -239,11 +239,14 @@ describe("renderProductionModule", () => {
           ].join("\n"),
         );
         const evaluated = evalNixosConfiguration(configuration);
-        // list options merge: the user's substituter is kept beside staging's
+        // list options merge: the user's substituter is kept beside staging's. Real NixOS
+        // order: the user's first (nix.settings is a submodule, whose evaluation reverses the
+        // definitions), then ours, then nix.nix's mkAfter cache.nixos.org
         const settings = (evaluated.config.nix as { settings: Record<string, unknown> }).settings;
         assert.deepEqual(settings.substituters, [
-          "ssh://nix-ssh@stage.test",
           "https://cache.example.org",
+          "ssh://nix-ssh@stage.test",
+          "https://cache.nixos.org/",
         ]);
         // the module's text comes first (imports first), the user's line after it
         const sshConfig = evaluated.files["/etc/ssh/ssh_config"];
