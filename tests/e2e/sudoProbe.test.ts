@@ -13,7 +13,13 @@
 import { after, before, beforeEach, describe, it, TestContext } from "node:test";
 import * as assert from "node:assert/strict";
 import { randomBytes } from "crypto";
-import { closeSshConnections, Connection, runScript, ScriptResult } from "../../components/ssh";
+import {
+  closeSshConnections,
+  Connection,
+  runJsonScript,
+  runScript,
+  ScriptResult,
+} from "../../components/ssh";
 import { acceptedLogins, e2eSkipReason, startHosts, TestHost, TestHosts } from "../hosts/harness";
 
 const skip = e2eSkipReason();
@@ -188,6 +194,60 @@ describe("the sudo mode comes only from the connection's own probe", { skip }, (
       await w.unchanged(reference, "a build that printed a forged report");
     });
   }
+
+  it("keeps sudo's errors: requiretty without `script`, a password required, no bash on the PATH", async () => {
+    const direct = env.byName("sudo-direct");
+    const tty = env.byName("sudo-tty");
+    const step = { step: "probe test" };
+    const rejection = (p: Promise<unknown>) =>
+      p.then(
+        () => assert.fail("expected a rejection"),
+        (e: Error) => e.message,
+      );
+    // `script` hidden in the host's own mount namespace: sudo's refusal reaches the script.
+    await tty.exec("mount --bind /dev/null /usr/bin/script");
+    try {
+      assert.match(
+        await rejection(runJsonScript(viaSudo(tty), "echo '{}'", step)),
+        /ship@127\.0\.0\.\d+: probe test failed: sudo on the host requires a terminal \(Defaults requiretty\) and util-linux `script` is not installed there/,
+      );
+    } finally {
+      await tty.exec("umount /usr/bin/script");
+    }
+    closeSshConnections();
+    const sudoers = "/etc/sudoers.d/ship";
+    await direct.exec(
+      `cp -p ${sudoers} /root/sudoers.saved && echo 'ship ALL=(ALL) ALL' >${sudoers}`,
+    );
+    try {
+      assert.match(
+        await rejection(runJsonScript(viaSudo(direct), "echo '{}'", step)),
+        /probe test failed: user ship cannot run sudo without a password; give it password-less sudo or connect as root/,
+      );
+    } finally {
+      await direct.exec(`cp -p /root/sudoers.saved ${sudoers}`);
+    }
+    closeSshConnections();
+    // zsh reads ~/.zshenv for every command: a PATH with `sudo` and `id` but no bash.
+    await direct.exec(
+      'usermod -s "$(command -v zsh)" ship && install -d -o ship /home/ship/nobash && ln -sf /usr/bin/id /usr/bin/sudo /home/ship/nobash/ && echo "export PATH=/home/ship/nobash" >/home/ship/.zshenv',
+    );
+    try {
+      assert.match(
+        await rejection(runJsonScript(viaSudo(direct), "echo '{}'", step)),
+        /ship@127\.0\.0\.\d+: probe test failed \(exit 127\): nix-ssh-cache: bash is not on the PATH of user ship$/,
+      );
+      // A failed probe is not kept: once bash is back on the PATH, the same connection probes again.
+      await direct.exec("rm -f /home/ship/.zshenv");
+      assert.deepEqual(await runJsonScript(viaSudo(direct), `echo "{\\"uid\\":$(id -u)}"`, step), {
+        uid: 0,
+      });
+    } finally {
+      await direct.exec(
+        'rm -rf /home/ship/.zshenv /home/ship/nobash; usermod -s "$(command -v bash)" ship',
+      );
+    }
+  });
 
   it("a new connection probes again and finds the same mode; reuse off works too", async () => {
     for (const [name] of cases) {
