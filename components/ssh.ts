@@ -199,6 +199,9 @@ export function parseSudoProbe(stdout: string, nonce: string): SudoMode | undefi
  * channel (see {@link sshPool}), so a `pulumi up` or `preview --refresh` logs in to a host once
  * instead of once per step. `NIX_SSH_CACHE_CONNECTION_REUSE=0` in the environment of `pulumi`
  * (or `options.reuse: false`) opens one connection per script instead.
+ *
+ * For a sudo login, each connection first runs its sudo probe, once, on a channel of its own
+ * (see {@link sudoProbeCommand}); nothing a script prints is read back as control.
  */
 export async function runScript(
   connection: Connection,
@@ -558,7 +561,7 @@ function sudoProbeOf(
       if (mode) return { mode };
       const why =
         r.code === 0
-          ? `nix-ssh-cache: cannot tell how to run sudo as ${connection.user}: the probe printed no report; check that the login shell of ${connection.user} runs \`sh -c\` commands\n`
+          ? `nix-ssh-cache: cannot tell how to run sudo as ${connection.user}: its probe gave no usable report (one line naming bash by an absolute path of letters, digits and _ . / + -); check what the login shell of ${connection.user} prints, and where its bash is\n`
           : "";
       return { failure: { code: r.code === 0 ? 1 : r.code, stdout: "", stderr: r.stderr + why } };
     },

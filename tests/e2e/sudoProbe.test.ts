@@ -195,7 +195,7 @@ describe("the sudo mode comes only from the connection's own probe", { skip }, (
     });
   }
 
-  it("keeps sudo's errors: requiretty without `script`, a password required, no bash on the PATH", async () => {
+  it("keeps sudo's errors: requiretty without `script`, a password required, no bash on the PATH, bash at an odd path", async () => {
     const direct = env.byName("sudo-direct");
     const tty = env.byName("sudo-tty");
     const step = { step: "probe test" };
@@ -237,6 +237,14 @@ describe("the sudo mode comes only from the connection's own probe", { skip }, (
         await rejection(runJsonScript(viaSudo(direct), "echo '{}'", step)),
         /ship@127\.0\.0\.\d+: probe test failed \(exit 127\): nix-ssh-cache: bash is not on the PATH of user ship$/,
       );
+      // bash at a path the probe's report may not name (a space): no mode, a clear error.
+      await direct.exec(
+        'install -d -o ship "/home/ship/odd dir" && ln -sf /usr/bin/bash "/home/ship/odd dir/" && echo "export PATH=\\"/home/ship/odd dir:/home/ship/nobash\\"" >/home/ship/.zshenv',
+      );
+      assert.match(
+        await rejection(runJsonScript(viaSudo(direct), "echo '{}'", step)),
+        /probe test failed \(exit 1\): nix-ssh-cache: cannot tell how to run sudo as ship: its probe gave no usable report/,
+      );
       // A failed probe is not kept: once bash is back on the PATH, the same connection probes again.
       await direct.exec("rm -f /home/ship/.zshenv");
       assert.deepEqual(await runJsonScript(viaSudo(direct), `echo "{\\"uid\\":$(id -u)}"`, step), {
@@ -244,7 +252,7 @@ describe("the sudo mode comes only from the connection's own probe", { skip }, (
       });
     } finally {
       await direct.exec(
-        'rm -rf /home/ship/.zshenv /home/ship/nobash; usermod -s "$(command -v bash)" ship',
+        'rm -rf /home/ship/.zshenv /home/ship/nobash "/home/ship/odd dir"; usermod -s "$(command -v bash)" ship',
       );
     }
   });
