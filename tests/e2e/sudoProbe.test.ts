@@ -9,10 +9,17 @@
  * by sudo, would leave a file behind and go on as bash; a real Nix build's builder prints one
  * naming a payload in its own output. Later scripts on the same connection still run as root,
  * through the same process chain (the mode is unchanged), and the payload never ran.
+ *
+ * Also: sudo's own errors still reach the user (requiretty without `script`, a password
+ * required, no bash on the PATH, bash at a path the report may not name), a failed probe is
+ * retried, a new connection (or `reuse: false`) probes again, and concurrent first scripts on a
+ * connection wait for one probe.
  */
 import { after, before, beforeEach, describe, it, TestContext } from "node:test";
 import * as assert from "node:assert/strict";
 import { randomBytes } from "crypto";
+import * as fs from "fs";
+import * as path from "path";
 import {
   closeSshConnections,
   Connection,
@@ -276,6 +283,26 @@ describe("the sudo mode comes only from the connection's own probe", { skip }, (
         assert.equal(noReuse.stdout, first, `${name}: same mode with reuse off`);
       }
       assert.equal((await host.exec(`cat ${RAN} 2>/dev/null || true`)).stdout, "");
+    }
+  });
+
+  it("concurrent first scripts on a new connection wait for one probe", async () => {
+    for (const [name] of cases) {
+      const host = env.byName(name);
+      const log = () => fs.readFileSync(path.join(host.stateDir, "var-log", "sshd.log"), "utf8");
+      const from = log().length;
+      const results = await Promise.all(
+        Array.from({ length: 6 }, () => runScript(viaSudo(host), WHO_AND_HOW)),
+      );
+      for (const r of results) assert.equal(ok(r, name).stdout, results[0].stdout, name);
+      assert.equal(results[0].stdout.split("\n")[0], "0");
+      // sshd logs every exec channel: the 6 scripts and one probe.
+      await new Promise((r) => setTimeout(r, 300));
+      const commands =
+        log()
+          .slice(from)
+          .match(/Starting session: command for ship/g) ?? [];
+      assert.equal(commands.length, 7, `${name}: 6 scripts and 1 probe`);
     }
   });
 });
