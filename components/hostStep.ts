@@ -155,8 +155,9 @@ export function packedText(text: string): string {
 
 /**
  * One idempotent, re-observable step on a host, typed by what its script reports (`R`). The
- * connection (with its private key) and a script body other than one of the package's own
- * (compressed, see `packScript`) are secret in the state; a diff shows the script's digest (in
+ * connection (with its credentials, even when given as plain strings) is secret in the state's
+ * inputs and outputs, and so is a script body other than one of the package's own (compressed,
+ * see `packScript`); a diff shows the script's digest (in
  * `spec`) instead of the body. `result` is what the host reported and never holds private
  * material.
  */
@@ -188,7 +189,9 @@ export class HostStep<R = Record<string, unknown>> extends pulumi.CustomResource
     const packaged = stored !== undefined && isPackagedScript(stored) ? stored : undefined;
     const props: pulumi.Inputs = {
       __provider: providerOfSteps(),
-      connection: args.connection,
+      // Secret as an input too: `additionalSecretOutputs` covers only the outputs, and a key or
+      // password given as a plain string would otherwise be stored in the clear.
+      connection: pulumi.secret(args.connection),
       spec,
       // Without the package's lib.sh when the provider process loads it from the package.
       script:

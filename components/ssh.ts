@@ -5,6 +5,7 @@
  * serializer: keep it self-contained (only `ssh2` and Node built-ins, no module-level state; the
  * connection pool lives on `globalThis`).
  */
+import { randomBytes } from "crypto";
 import { existsSync } from "fs";
 import { Client, ClientChannel, ConnectConfig, OpenSSHAgent, utils as sshUtils } from "ssh2";
 
@@ -102,8 +103,8 @@ export function assembleScript(body: string, env: Record<string, string> = {}): 
 }
 
 /**
- * How sudo runs scripts on one connection, learnt from its first script (see
- * {@link remoteCommand}): directly, or with a terminal from `script`; and where bash is.
+ * How sudo runs scripts on one connection: directly, or with a terminal from `script`; and
+ * where bash is. Found once per connection by its own probe (see {@link sudoProbeCommand}).
  */
 export interface SudoMode {
   how: "direct" | "script";
@@ -111,52 +112,81 @@ export interface SudoMode {
 }
 
 /**
- * The command the SSH channel executes. sshd hands it to the login user's shell (`$SHELL -c`),
- * so it is written to mean the same in sh, bash, zsh and fish: plain words, and at most one
- * single-quoted POSIX `sh` program without `'` or `\\` (fish reads those two differently).
+ * What the probe of a connection found: the sudo mode, or (when the probe failed, e.g. bash is
+ * not on the login user's PATH) the probe's own result, which the script that waited for it
+ * returns instead of running.
+ */
+export type SudoProbe = { mode: SudoMode } | { failure: ScriptResult };
+
+/** Whether scripts on this connection go through sudo (a non-root login with `become: "sudo"`). */
+export function needsSudo(connection: Pick<Connection, "user" | "become">): boolean {
+  return connection.become === "sudo" && connection.user !== "root";
+}
+
+/**
+ * The command the SSH channel of a script executes. sshd hands it to the login user's shell
+ * (`$SHELL -c`), so it is written to mean the same in sh, bash, zsh and fish: plain words, and
+ * at most one single-quoted POSIX `sh` program without `'` or `\\` (fish reads those two
+ * differently).
  *
- * As root it is `bash -s` (the script arrives on stdin). Through sudo, the first script on a
- * connection probes, in an sh program:
- * - bash is found on the login user's PATH and run by absolute path, so a `secure_path`
- *   without it (or without Nix: lib.sh completes PATH) does not matter;
- * - `sudo -n <bash> -s` runs directly when sudo accepts `sudo -n true` without a terminal;
- * - else (`Defaults requiretty`) util-linux `script` gives sudo a controlling terminal, while
- *   the script's stdin, stdout and stderr stay the channel's own pipes (passed as fds 3-5
+ * As root it is `bash -s` (the script arrives on stdin). Through sudo it runs the connection's
+ * probed `mode` (see {@link sudoProbeCommand}), which it requires:
+ * - `direct`: `sudo -n <bash> -s`;
+ * - `script` (`Defaults requiretty`): util-linux `script` gives sudo a controlling terminal,
+ *   while the script's stdin, stdout and stderr stay the channel's own pipes (passed as fds 3-5
  *   around the terminal): no SSH pty, so nothing is echoed or merged, and the JSON last line
  *   and the exit status arrive as without a terminal. `use_pty` needs nothing special: sudo
  *   relays the pipes itself.
  *
- * The probe reports its choice on stderr (`nix-ssh-cache-sudo: direct|script <bash>`); later
- * scripts on the same connection get that command without the probe (`learnt`).
+ * Nothing a script prints is ever read back as a mode: the mode comes only from the probe's
+ * own channel, which carries no script.
  */
 export function remoteCommand(
   connection: Pick<Connection, "user" | "become">,
-  learnt?: SudoMode,
+  mode?: SudoMode,
 ): string {
-  if (connection.become !== "sudo" || connection.user === "root") return "bash -s";
-  const viaScript = (bash: string) =>
-    `SHELL=/bin/sh exec script -qec "exec sudo -n ${bash} -s <&3 >&4 2>&5" /dev/null 3<&0 4>&1 5>&2 </dev/null >/dev/null`;
-  if (learnt?.how === "direct") return `exec sudo -n ${learnt.bash} -s`;
-  if (learnt?.how === "script") return `exec /bin/sh -c '${viaScript(learnt.bash)}'`;
+  if (!needsSudo(connection)) return "bash -s";
+  if (!mode || !/^\/[A-Za-z0-9_./+-]+$/.test(mode.bash)) {
+    throw new Error(
+      `user ${connection.user}: sudo needs the mode its connection's probe found (sudoProbeCommand)`,
+    );
+  }
+  if (mode.how === "direct") return `exec sudo -n ${mode.bash} -s`;
+  return `exec /bin/sh -c 'SHELL=/bin/sh exec script -qec "exec sudo -n ${mode.bash} -s <&3 >&4 2>&5" /dev/null 3<&0 4>&1 5>&2 </dev/null >/dev/null'`;
+}
+
+/**
+ * The probe a sudo login's connection runs once, on an SSH channel of its own that carries no
+ * script, before its first script (same quoting rules as {@link remoteCommand}). It only
+ * reports, on stdout, one line `nix-ssh-cache-sudo-<nonce>: direct|script <bash>`:
+ * - bash is found on the login user's PATH and later run by absolute path, so a `secure_path`
+ *   without it (or without Nix: lib.sh completes PATH) does not matter;
+ * - `direct` when sudo accepts `sudo -n true` without a terminal (or when util-linux `script`
+ *   is missing: sudo's own refusal then reaches the script's stderr, see {@link runJsonScript});
+ *   else `script`.
+ *
+ * `nonce` (hex, fresh per connection) tells the report from anything the login shell prints.
+ */
+export function sudoProbeCommand(nonce: string): string {
+  if (!/^[0-9a-f]{16,64}$/.test(nonce)) throw new Error("sudo probe nonce: 16-64 hex digits");
   const program = [
     'b=$(command -v bash) || { echo "nix-ssh-cache: bash is not on the PATH of user $(id -un)" >&2; exit 127; }',
-    'if sudo -n true </dev/null >/dev/null 2>&1 || ! command -v script >/dev/null 2>&1; then echo "nix-ssh-cache-sudo: direct $b" >&2; exec sudo -n "$b" -s; fi',
-    'echo "nix-ssh-cache-sudo: script $b" >&2',
-    viaScript("$b"),
+    "if sudo -n true </dev/null >/dev/null 2>&1 || ! command -v script >/dev/null 2>&1; then h=direct; else h=script; fi",
+    `echo "nix-ssh-cache-sudo-${nonce}: $h $b"`,
   ].join("; ");
   return `exec /bin/sh -c '${program}'`;
 }
 
-/** Takes the probe's report out of a script's stderr: the mode it found, and the rest. */
-export function takeSudoMode(stderr: string): { mode?: SudoMode; stderr: string } {
-  // The line the probing command writes first on stderr (other output may come before it).
-  const m = /(?:^|\n)nix-ssh-cache-sudo: (direct|script) (\/[A-Za-z0-9_./+-]+)\n/.exec(stderr);
-  if (!m) return { stderr };
-  const rest = stderr.slice(0, m.index) + (m[0].startsWith("\n") ? "\n" : "");
-  return {
-    mode: { how: m[1] as SudoMode["how"], bash: m[2] },
-    stderr: rest + stderr.slice(m.index + m[0].length),
-  };
+/**
+ * Reads the report of {@link sudoProbeCommand} out of the probe's stdout: exactly one line
+ * with this `nonce`, naming a mode and an absolute bash path of plain characters; else nothing.
+ */
+export function parseSudoProbe(stdout: string, nonce: string): SudoMode | undefined {
+  const marker = `nix-ssh-cache-sudo-${nonce}: `;
+  const reports = stdout.split("\n").filter((line) => line.startsWith(marker));
+  if (reports.length !== 1) return undefined;
+  const m = /^(direct|script) (\/[A-Za-z0-9_./+-]+)$/.exec(reports[0].slice(marker.length));
+  return m ? { how: m[1] as SudoMode["how"], bash: m[2] } : undefined;
 }
 
 /**
@@ -169,6 +199,9 @@ export function takeSudoMode(stderr: string): { mode?: SudoMode; stderr: string 
  * channel (see {@link sshPool}), so a `pulumi up` or `preview --refresh` logs in to a host once
  * instead of once per step. `NIX_SSH_CACHE_CONNECTION_REUSE=0` in the environment of `pulumi`
  * (or `options.reuse: false`) opens one connection per script instead.
+ *
+ * For a sudo login, each connection first runs its sudo probe, once, on a channel of its own
+ * (see {@link sudoProbeCommand}); nothing a script prints is read back as control.
  */
 export async function runScript(
   connection: Connection,
@@ -201,7 +234,7 @@ export async function runScript(
   }
 }
 
-/** An error of {@link runOnConnection}; `notStarted` when the script surely did not run. */
+/** An error of {@link execOnConnection}; `notStarted` when the script surely did not run. */
 interface ScriptError extends Error {
   notStarted?: boolean;
 }
@@ -209,8 +242,12 @@ interface ScriptError extends Error {
 /** One open SSH connection, as {@link runOnConnection} uses it. */
 interface OpenConnection {
   client: Client;
-  /** What the connection's scripts learnt (shared by every lent copy). */
-  learnt: { sudo?: SudoMode };
+  /**
+   * What the connection learnt (shared by every lent copy): its sudo probe, set once by the
+   * first script that needs it, which the scripts after it wait for; cleared only when the probe
+   * found no mode, never replaced by another.
+   */
+  learnt: { sudo?: Promise<SudoProbe> };
   /** Registers a callback for the connection's end; returns its remover. */
   onGone(callback: (reason: Error) => void): () => void;
   close(): void;
@@ -483,15 +520,73 @@ function watchConnection(client: Client, where: string, proxy?: Client): OpenCon
   };
 }
 
-/** Runs the assembled script on a channel of `conn`, bounded by `timeoutMs`. */
-function runOnConnection(
+/**
+ * Runs the assembled script on a channel of `conn` as the login user (through sudo in the mode
+ * the connection's probe found), bounded by `timeoutMs`. A failed probe is the script's result.
+ */
+async function runOnConnection(
   conn: OpenConnection,
   connection: Connection,
   script: string,
   timeoutMs: number,
 ): Promise<ScriptResult> {
   const where = describeConnection(connection);
-  const command = remoteCommand(connection, conn.learnt.sudo);
+  let mode: SudoMode | undefined = undefined;
+  if (needsSudo(connection)) {
+    const probe = await sudoProbeOf(conn, connection, timeoutMs);
+    if ("failure" in probe) return probe.failure;
+    mode = probe.mode;
+  }
+  return execOnConnection(conn, where, remoteCommand(connection, mode), script, timeoutMs);
+}
+
+/**
+ * The sudo probe of `conn`: the one already run or running on it, else a new one (see
+ * {@link sudoProbeCommand}) on a channel of its own, with a fresh nonce. Concurrent first
+ * scripts wait for the same probe; a probe that found no mode is forgotten (the next script
+ * probes again), a mode found is kept for the connection's life.
+ */
+function sudoProbeOf(
+  conn: OpenConnection,
+  connection: Connection,
+  timeoutMs: number,
+): Promise<SudoProbe> {
+  const learnt = conn.learnt;
+  if (learnt.sudo) return learnt.sudo;
+  const where = describeConnection(connection);
+  const nonce = randomBytes(16).toString("hex");
+  const probe = execOnConnection(conn, where, sudoProbeCommand(nonce), "", timeoutMs, true).then(
+    (r): SudoProbe => {
+      const mode = r.code === 0 ? parseSudoProbe(r.stdout, nonce) : undefined;
+      if (mode) return { mode };
+      const why =
+        r.code === 0
+          ? `nix-ssh-cache: cannot tell how to run sudo as ${connection.user}: its probe gave no usable report (one line naming bash by an absolute path of letters, digits and _ . / + -); check what the login shell of ${connection.user} prints, and where its bash is\n`
+          : "";
+      return { failure: { code: r.code === 0 ? 1 : r.code, stdout: "", stderr: r.stderr + why } };
+    },
+  );
+  learnt.sudo = probe;
+  const forget = () => {
+    if (learnt.sudo === probe) learnt.sudo = undefined;
+  };
+  probe.then((p) => ("failure" in p ? forget() : undefined), forget);
+  return probe;
+}
+
+/**
+ * Runs `command` on a new channel of `conn` with `input` on its stdin, bounded by `timeoutMs`.
+ * `rerunnable`: nothing of the user's runs on it (the sudo probe), so a lost connection leaves
+ * the script safe to retry.
+ */
+function execOnConnection(
+  conn: OpenConnection,
+  where: string,
+  command: string,
+  input: string,
+  timeoutMs: number,
+  rerunnable = false,
+): Promise<ScriptResult> {
   return new Promise<ScriptResult>((resolve, reject) => {
     // Declared before the closures that use them: Pulumi's closure serializer rejects
     // references to a `const` declared further down.
@@ -524,7 +619,10 @@ function runOnConnection(
       timeoutMs,
     );
     unwatch = conn.onGone((reason) =>
-      fail(started ? `${reason.message} while the script ran` : reason.message, !started),
+      fail(
+        started ? `${reason.message} while the script ran` : reason.message,
+        !started || rerunnable,
+      ),
     );
     conn.client.exec(command, (err, stream) => {
       if (err) return fail(`${where}: cannot start a command: ${err.message}`, true);
@@ -536,17 +634,18 @@ function runOnConnection(
       stream.stderr.on("data", (d: Buffer) => errs.push(d));
       stream.on("close", (code: number | null | undefined, signal?: string) => {
         if (code == null && !signal) {
-          return fail(`${where}: the connection ended before the script reported its exit status`);
+          return fail(
+            `${where}: the connection ended before the script reported its exit status`,
+            rerunnable,
+          );
         }
-        const { mode, stderr } = takeSudoMode(Buffer.concat(errs).toString("utf8"));
-        if (mode) conn.learnt.sudo = mode;
         finish(undefined, {
           code: code ?? 128,
           stdout: Buffer.concat(out).toString("utf8"),
-          stderr,
+          stderr: Buffer.concat(errs).toString("utf8"),
         });
       });
-      stream.end(script);
+      stream.end(input);
     });
   });
 }

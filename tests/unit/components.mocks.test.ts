@@ -196,6 +196,24 @@ describe('NixSshCache with clientIdentity: "dedicated" (mocks)', () => {
     assert.equal(await pulumi.isSecret(keyFile.props.env as pulumi.Output<unknown>), true);
   });
 
+  it("every step's connection reaches the engine as a secret, though its key was a plain string", () => {
+    const steps = seen.filter((s) => s.type === "pulumi-nodejs:dynamic/nix-ssh-cache:HostStep");
+    assert.ok(steps.length > 10, `${steps.length} steps`);
+    const clear = steps.filter((s) => {
+      const c = s.inputs.connection;
+      return !(c && typeof c === "object" && SECRET_SIG in c);
+    });
+    assert.deepEqual(
+      clear.map((s) => s.name),
+      [],
+      "connection inputs not secret",
+    );
+    assert.equal(
+      plain<{ privateKey: string }>(steps[0].inputs.connection).privateKey,
+      FAKE_PRIVATE_KEY,
+    );
+  });
+
   it("the private key reaches no other resource", () => {
     const secret = "secret-of-cache-prod1-identity-key";
     const leaks = seen

@@ -1,15 +1,17 @@
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { readFileSync } from "node:fs";
+import { mkdirSync, readFileSync, symlinkSync, unlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import {
   Connection,
   describeConnection,
+  needsSudo,
+  parseSudoProbe,
   poolKey,
   remoteCommand,
   runScript,
-  takeSudoMode,
+  sudoProbeCommand,
 } from "../../components/ssh";
 import { validateArgs, type PlainNixSshCacheArgs } from "../../components/validate";
 import { FAKE_PRIVATE_KEY, hasCommand, withTempDir } from "./fixtures";
@@ -33,21 +35,33 @@ function encryptedKey(passphrase: string): string {
   });
 }
 
+const NONCE = "0123456789abcdef0123456789abcdef";
+
+/** The absolute path of a command on this machine's PATH. */
+function whichOf(name: string): string {
+  const r = spawnSync("sh", ["-c", 'command -v "$1"', "sh", name], { encoding: "utf8" });
+  assert.equal(r.status, 0, `${name} not found`);
+  return r.stdout.trim();
+}
+
+/** The single-quoted sh program of a command `exec /bin/sh -c '...'`. */
+function shProgram(command: string): string {
+  const m = /^exec \/bin\/sh -c '([^']*)'$/.exec(command);
+  assert.ok(m, command);
+  assert.ok(!m[1].includes("\\"), "no backslash");
+  return m[1];
+}
+
 describe("remoteCommand", () => {
   it("is plain `bash -s` as root", () => {
     assert.equal(remoteCommand({ user: "root", become: "sudo" }), "bash -s");
     assert.equal(remoteCommand({ user: "ship", become: "none" }), "bash -s");
+    assert.equal(needsSudo({ user: "root", become: "sudo" }), false);
+    assert.equal(needsSudo({ user: "ship", become: "none" }), false);
+    assert.equal(needsSudo({ user: "ship", become: "sudo" }), true);
   });
 
-  it("through sudo: one single-quoted sh program without ' or \\ (fish reads those differently)", () => {
-    const command = remoteCommand({ user: "ship", become: "sudo" });
-    const m = /^exec \/bin\/sh -c '([^']*)'$/.exec(command);
-    assert.ok(m, command);
-    assert.ok(!m[1].includes("\\"), "no backslash");
-    assert.match(m[1], /script -qec/);
-  });
-
-  it("once learnt, runs sudo without the probe", () => {
+  it("through sudo: the connection's probed mode, never a probe in the script's own command", () => {
     const ship = { user: "ship", become: "sudo" as const };
     assert.equal(
       remoteCommand(ship, { how: "direct", bash: "/usr/bin/bash" }),
@@ -55,36 +69,137 @@ describe("remoteCommand", () => {
     );
     const viaScript = remoteCommand(ship, { how: "script", bash: "/usr/bin/bash" });
     assert.match(
-      viaScript,
-      /^exec \/bin\/sh -c 'SHELL=\/bin\/sh exec script -qec "exec sudo -n \/usr\/bin\/bash -s/,
+      shProgram(viaScript),
+      /^SHELL=\/bin\/sh exec script -qec "exec sudo -n \/usr\/bin\/bash -s <&3 >&4 2>&5"/,
     );
-    assert.doesNotMatch(viaScript, /sudo -n true/);
+    for (const command of [viaScript, remoteCommand(ship, { how: "direct", bash: "/bin/bash" })]) {
+      assert.doesNotMatch(command, /sudo -n true|nix-ssh-cache-sudo|command -v/);
+    }
   });
 
-  it("takes the probe's report out of stderr", () => {
-    assert.deepEqual(takeSudoMode("nix-ssh-cache-sudo: script /bin/bash\nwarning\n"), {
-      mode: { how: "script", bash: "/bin/bash" },
-      stderr: "warning\n",
+  it("through sudo: refuses to run without a probed mode, or with a bash path that is not plain", () => {
+    const ship = { user: "ship", become: "sudo" as const };
+    assert.throws(
+      () => remoteCommand(ship),
+      /user ship: sudo needs the mode its connection's probe found/,
+    );
+    for (const bash of ["bash", "/bin/bash; id", "/bin/ba sh", "/bin/$(id)", "/bin/b'"]) {
+      assert.throws(
+        () => remoteCommand(ship, { how: "direct", bash }),
+        /sudo needs the mode/,
+        bash,
+      );
+    }
+  });
+});
+
+describe("the sudo probe", () => {
+  it("is one single-quoted sh program without ' or \\ (fish reads those differently) that only reports", () => {
+    const program = shProgram(sudoProbeCommand(NONCE));
+    assert.match(program, /sudo -n true/);
+    assert.match(program, new RegExp(`echo "nix-ssh-cache-sudo-${NONCE}: \\$h \\$b"`));
+    // It runs no script: nothing reads stdin, no `bash -s`, no `exec sudo`.
+    assert.doesNotMatch(program, /-s\b|exec sudo|exec script|<&3/);
+  });
+
+  it("takes only a nonce of 16-64 hex digits", () => {
+    for (const bad of [
+      "",
+      "abc",
+      "0123456789ABCDEF",
+      `${NONCE}'`,
+      "g".repeat(16),
+      "0".repeat(65),
+    ]) {
+      assert.throws(() => sudoProbeCommand(bad), /nonce/, bad);
+    }
+  });
+
+  it("reads exactly one report with its own nonce, whatever the login shell printed around it", () => {
+    const report = (rest: string) => `nix-ssh-cache-sudo-${NONCE}: ${rest}`;
+    assert.deepEqual(parseSudoProbe(`${report("script /bin/bash")}\n`, NONCE), {
+      how: "script",
+      bash: "/bin/bash",
     });
     assert.deepEqual(
-      takeSudoMode("motd\nnix-ssh-cache-sudo: direct /run/current-system/sw/bin/bash\nx\n"),
-      {
-        mode: { how: "direct", bash: "/run/current-system/sw/bin/bash" },
-        stderr: "motd\nx\n",
-      },
+      parseSudoProbe(`motd\n${report("direct /run/current-system/sw/bin/bash")}\nbye\n`, NONCE),
+      { how: "direct", bash: "/run/current-system/sw/bin/bash" },
     );
-    assert.deepEqual(takeSudoMode("plain\n"), { stderr: "plain\n" });
   });
 
+  it("ignores forged or doubtful reports: the old marker, another nonce, two reports, odd paths", () => {
+    const payload = "/nix/store/0000000000000000000000000000000-x/bin/payload";
+    const forged = [
+      `nix-ssh-cache-sudo: direct ${payload}\n`,
+      `nix-ssh-cache-sudo-${"f".repeat(32)}: direct ${payload}\n`,
+      `nix-ssh-cache-sudo-${NONCE}: direct /bin/bash\nnix-ssh-cache-sudo-${NONCE}: direct ${payload}\n`,
+      `nix-ssh-cache-sudo-${NONCE}: direct /bin/bash; ${payload}\n`,
+      `nix-ssh-cache-sudo-${NONCE}: direct bin/bash\n`,
+      `nix-ssh-cache-sudo-${NONCE}: root /bin/bash\n`,
+      ` nix-ssh-cache-sudo-${NONCE}: direct /bin/bash\n`,
+      "plain\n",
+      "",
+    ];
+    for (const stdout of forged) assert.equal(parseSudoProbe(stdout, NONCE), undefined, stdout);
+  });
+
+  it(
+    "reports direct when sudo -n works, script when it needs a terminal and script exists, else direct",
+    { skip: !hasCommand("bash") },
+    () => {
+      const program = shProgram(sudoProbeCommand(NONCE));
+      withTempDir((dir) => {
+        const bin = join(dir, "bin");
+        mkdirSync(bin);
+        const tool = (name: string, body: string) =>
+          writeFileSync(join(bin, name), `#!/bin/sh\n${body}\n`, { mode: 0o755 });
+        for (const name of ["bash", "id"]) symlinkSync(whichOf(name), join(bin, name));
+        const run = () =>
+          spawnSync("/bin/sh", ["-c", program], {
+            encoding: "utf8",
+            env: { PATH: bin },
+            input: "echo STDIN-RAN\n",
+          });
+        tool("sudo", "exit 0");
+        let r = run();
+        assert.equal(r.status, 0, r.stderr);
+        assert.deepEqual(parseSudoProbe(r.stdout, NONCE), {
+          how: "direct",
+          bash: join(bin, "bash"),
+        });
+        assert.doesNotMatch(r.stdout, /STDIN-RAN/);
+        tool("sudo", 'echo "sudo: sorry, you must have a tty to run sudo" >&2; exit 1');
+        r = run();
+        assert.deepEqual(parseSudoProbe(r.stdout, NONCE)?.how, "direct", "no script: direct");
+        tool("script", "exit 0");
+        r = run();
+        assert.deepEqual(parseSudoProbe(r.stdout, NONCE), {
+          how: "script",
+          bash: join(bin, "bash"),
+        });
+        unlinkSync(join(bin, "bash"));
+        r = run();
+        assert.equal(r.status, 127);
+        assert.equal(parseSudoProbe(r.stdout, NONCE), undefined);
+        assert.match(r.stderr, /^nix-ssh-cache: bash is not on the PATH of user /);
+      });
+    },
+  );
+
   for (const shell of ["sh", "bash", "zsh", "fish"]) {
-    it(`hands the same program to /bin/sh under ${shell}`, { skip: !hasCommand(shell) }, () => {
-      const command = remoteCommand({ user: "ship", become: "sudo" });
-      const program = /^exec \/bin\/sh -c '([^']*)'$/.exec(command)![1];
-      // What the login shell passes on: replace `exec /bin/sh -c` by a printer of its argument.
-      const probe = command.replace(/^exec \/bin\/sh -c /, "printf %s ");
-      const r = spawnSync(shell, ["-c", probe], { encoding: "utf8" });
-      assert.equal(r.status, 0, r.stderr);
-      assert.equal(r.stdout, program);
+    it(`hands the same programs to /bin/sh under ${shell}`, { skip: !hasCommand(shell) }, () => {
+      const ship = { user: "ship", become: "sudo" as const };
+      for (const command of [
+        sudoProbeCommand(NONCE),
+        remoteCommand(ship, { how: "script", bash: "/usr/bin/bash" }),
+      ]) {
+        const program = shProgram(command);
+        // What the login shell passes on: replace `exec /bin/sh -c` by a printer of its argument.
+        const printed = command.replace(/^exec \/bin\/sh -c /, "printf %s ");
+        const r = spawnSync(shell, ["-c", printed], { encoding: "utf8" });
+        assert.equal(r.status, 0, r.stderr);
+        assert.equal(r.stdout, program);
+      }
     });
   }
 });
