@@ -1,5 +1,8 @@
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import {
   NixSshCacheInputError,
   type PlainHost,
@@ -60,14 +63,23 @@ function modelPath(path: string): string {
 
 // Credentials from an ssh-agent in the environment would satisfy "no credentials".
 delete process.env.SSH_AUTH_SOCK;
+// Keys in the operator's own known_hosts would verify hosts that these cases do not pin.
+process.env.HOME = mkdtempSync(join(tmpdir(), "nsc-validate-home-"));
 
 /** A complete, valid set of arguments; each case breaks one thing. */
 function good(): FlatArgs {
   return {
     staging: { host: "stage.test", privateKey: FAKE_PRIVATE_KEY, hostKey: HOST_KEY },
     production: [
-      { host: "prod1.test", privateKey: FAKE_PRIVATE_KEY, name: "web1" },
-      { host: "prod2.test", password: "hunter2", user: "deploy", become: "sudo", port: 2222 },
+      { host: "prod1.test", privateKey: FAKE_PRIVATE_KEY, hostKey: HOST_KEY, name: "web1" },
+      {
+        host: "prod2.test",
+        password: "hunter2",
+        user: "deploy",
+        become: "sudo",
+        port: 2222,
+        hostKey: HOST_KEY,
+      },
     ],
     keyName: "stage.test-1",
     keyDirectory: "/etc/nix-ssh-cache",
@@ -180,13 +192,13 @@ const BAD: Case[] = [
   ["empty production list", (a) => (a.production = []), "production", '"stage.test"'],
   [
     "duplicate production host (case-insensitive, default port)",
-    (a) => (a.production[1] = { host: "PROD1.test", port: 22, password: "x" }),
+    (a) => (a.production[1] = { host: "PROD1.test", port: 22, password: "x", hostKey: HOST_KEY }),
     "production[1].host",
     '"PROD1.test"',
   ],
   [
     "staging also listed as production",
-    (a) => a.production.push({ host: "stage.test", password: "x" }),
+    (a) => a.production.push({ host: "stage.test", password: "x", hostKey: HOST_KEY }),
     "production[2].host",
     '"stage.test"',
   ],
@@ -428,8 +440,8 @@ describe("validateArgs: good inputs", () => {
         ] as const) {
           delete a[k];
         }
-        a.staging = { host: "stage.test", password: "x" };
-        a.production = [{ host: "prod1.test", password: "x" }];
+        a.staging = { host: "stage.test", password: "x", hostKey: HOST_KEY };
+        a.production = [{ host: "prod1.test", password: "x", hostKey: HOST_KEY }];
       },
     ],
     ["IPv4 hosts", (a) => ((a.staging.host = "127.0.0.2"), (a.production[0].host = "127.0.0.3"))],
@@ -440,7 +452,8 @@ describe("validateArgs: good inputs", () => {
     ],
     [
       "the staging host on another port as production",
-      (a) => (a.production[0] = { host: "stage.test", port: 2222, password: "x" }),
+      (a) =>
+        (a.production[0] = { host: "stage.test", port: 2222, password: "x", hostKey: HOST_KEY }),
     ],
     [
       "ssh-ng, boot, local fragments, write",
@@ -490,7 +503,9 @@ describe("isValidHost", () => {
 });
 
 describe("validateFetchArgs (ClosureFetch)", () => {
-  const host = { connection: { host: "web.example.com", privateKey: FAKE_PRIVATE_KEY } };
+  const host = {
+    connection: { host: "web.example.com", privateKey: FAKE_PRIVATE_KEY, hostKey: HOST_KEY },
+  };
   const PATH = "/nix/store/0c9ww7s3yrqgi2pd9rwqj0k0lg26x1n1-nixos-system-web";
 
   it("accepts store paths and derivations", () => {
