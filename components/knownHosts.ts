@@ -142,9 +142,13 @@ const PREFERENCE = [
   "ssh-rsa",
 ];
 
-/** The host-key algorithms that make a server present a key of `type`. */
+/**
+ * The host-key algorithms (as ssh2 names them) that make a server present a key of `type`;
+ * none for a type ssh2 cannot verify.
+ */
 export function hostKeyAlgorithms(type: string): string[] {
-  return type === "ssh-rsa" ? ["rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"] : [type];
+  if (type === "ssh-rsa") return ["rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"];
+  return [...PREFERENCE, "ssh-dss"].includes(type) ? [type] : [];
 }
 
 /** A host key to verify against, and where it came from (`"hostKey"` or a file). */

@@ -2,8 +2,8 @@
  * Running one bash script on a host over SSH, as root (directly or through `sudo -n`).
  *
  * This module is used inside dynamic providers, so it is serialized by Pulumi's closure
- * serializer: keep it self-contained (only `ssh2` and Node built-ins, no module-level state; the
- * connection pool lives on `globalThis`).
+ * serializer: keep it self-contained (only `ssh2`, Node built-ins and `knownHosts.ts`, no
+ * module-level state; the connection pool lives on `globalThis`).
  */
 import { existsSync } from "fs";
 import { Client, ClientChannel, ConnectConfig, OpenSSHAgent, utils as sshUtils } from "ssh2";
@@ -388,10 +388,17 @@ function handshake(hop: ProxyConnection, where: string, sock?: ClientChannel): P
     if (typeof expected === "string") {
       return fail(`${expected}; ${hostKeyHint(hop.host, hop.port)}`, false);
     }
-    const expectedBlob = Buffer.from(expected.key.split(" ")[1] ?? "", "base64");
+    const [type, base64] = expected.key.split(" ");
+    if (!hostKeyAlgorithms(type).length) {
+      return fail(
+        `the host key type ${type} (from ${hop.hostKeySource ?? expected.source}) is not supported by the operator's SSH client; use the host's ed25519 key (/etc/ssh/ssh_host_ed25519_key.pub)`,
+        false,
+      );
+    }
+    const expectedBlob = Buffer.from(base64 ?? "", "base64");
     // The server presents a key of the pinned type (else ssh2 would ask for its preferred one).
     config.algorithms = {
-      serverHostKey: hostKeyAlgorithms(expected.key.split(" ")[0]) as NonNullable<
+      serverHostKey: hostKeyAlgorithms(type) as NonNullable<
         ConnectConfig["algorithms"]
       >["serverHostKey"],
     };

@@ -292,6 +292,22 @@ describe("the transport verifies every host key (a fake host over SSH)", () => {
     });
   });
 
+  it("a hostKey of a type the client cannot verify is refused before dialling", async () => {
+    const before = fake.connections;
+    await assert.rejects(
+      runScript(
+        {
+          ...base(),
+          hostKey: "sk-ssh-ed25519@openssh.com AAAAGnNrLXNzaC1lZDI1NTE5QG9wZW5zc2guY29t",
+        },
+        "true",
+        { reuse: false },
+      ),
+      /host key type sk-ssh-ed25519@openssh\.com \(from hostKey\) is not supported/,
+    );
+    assert.equal(fake.connections, before);
+  });
+
   it("a hostKey marked @revoked in known_hosts is refused", async () => {
     writeFileSync(join(home, ".ssh", "known_hosts"), `@revoked * ${fake.hostKey}\n`);
     await assert.rejects(
