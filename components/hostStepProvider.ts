@@ -309,9 +309,7 @@ function isSet(value: unknown): boolean {
 /** An anchor value for messages: an SSH key by its fingerprint, another value as it is. */
 function showAnchor(value: unknown): string {
   const text = typeof value === "string" ? value.trim() : JSON.stringify(value);
-  return /^(ssh-|ecdsa-|sk-)\S+ [A-Za-z0-9+/=]+/.test(text)
-    ? `${text.split(" ")[0]} ${fingerprint(text)}`
-    : text;
+  return /^(ssh-|ecdsa-|sk-)\S+ [A-Za-z0-9+/=]+/.test(text) ? fingerprint(text) : text;
 }
 
 /** What to do when an anchor changed, by result key (see {@link StepSpec.anchorKeys}). */
@@ -339,7 +337,7 @@ function checkAnchors(
     if (!isSet(was) || !isSet(now) || sameJson(was, now)) continue;
     throw new Error(
       `${describeConnection(props.connection)}: ${spec.step} (${spec.name}): the trust anchor ${key} changed on the host (seen by ${action}): was ${showAnchor(was)}, now ${showAnchor(now)}. ` +
-        `Production keeps trusting the old value: an anchor changes only through the stack's inputs, never by a refresh. ${ANCHOR_HINTS[key] ?? "change the step's inputs to accept it"}`,
+        `Production keeps trusting the old value: an anchor changes only through the stack's inputs, never by a refresh. What to do: ${ANCHOR_HINTS[key] ?? "change the step's inputs to accept it"}.`,
     );
   }
 }
@@ -419,8 +417,8 @@ export const hostStepProvider: pulumi.dynamic.ResourceProvider = {
     const spec = specOf(props);
     if (!spec.readable) return { id, props };
     const observed = await run(props, "read");
-    checkVerifiedKeyReported(props, observed);
     checkAnchors(props, props.result, observed, "refresh");
+    checkVerifiedKeyReported(props, observed);
     const result: Record<string, unknown> = { ...props.result };
     let drifted = props.drifted;
     for (const key of spec.driftKeys) {

@@ -71,6 +71,11 @@ async function forwarder(address: string, target: TestHost): Promise<Forwarder> 
   return f;
 }
 
+/** The first line of `output` that holds `text` (for the test log). */
+function messageLine(output: string, text: string): string {
+  return (output.split("\n").find((l) => l.includes(text)) ?? "").trim();
+}
+
 /** A hashed known_hosts line for `name` (port 22), as `ssh-keygen -H` writes it. */
 function hashedKnownHost(name: string, key: string): string {
   const salt = randomBytes(20);
@@ -115,22 +120,24 @@ describe("trust anchors only over verified connections (a man in the middle)", {
     if (home) fs.rmSync(home, { recursive: true, force: true });
   });
 
-  it("no hostKey, no known_hosts entry: up fails before any step runs, with the ssh-keyscan hint", async () => {
+  it("no hostKey, no known_hosts entry: up fails before any step runs, with the ssh-keyscan hint", async (t) => {
     const up = await stack.up();
     assert.notEqual(up.code, 0, up.output);
     assert.match(up.output, /staging\.connection\.hostKey \(host "127\.0\.0\.\d+"\)/);
     assert.ok(up.output.includes(`ssh-keyscan -p 22 -t ed25519 ${mitmAddress}`), up.output);
     assert.ok(up.output.includes(`${home}/.ssh/known_hosts`), up.output);
+    t.diagnostic(messageLine(up.output, "staging.connection.hostKey"));
     assert.equal(mitm.connections, 0, "the operator connected to an unverified host");
     const state = await stack.exportState();
     assert.doesNotMatch(state, /HostStep/, "a step ran although the input was refused");
   });
 
-  it("known_hosts names staging's real key: the man in the middle is refused, both fingerprints named", async () => {
+  it("known_hosts names staging's real key: the man in the middle is refused, both fingerprints named", async (t) => {
     const knownHosts = path.join(home, ".ssh", "known_hosts");
     fs.writeFileSync(knownHosts, `${hashedKnownHost(mitmAddress, stage.hostKey)}\n`);
     const up = await stack.up();
     assert.notEqual(up.code, 0, up.output);
+    t.diagnostic(messageLine(up.output, "does not match"));
     assert.ok(mitm.connections > 0, "the forwarder was not reached");
     assert.ok(
       up.output.includes(
@@ -169,7 +176,7 @@ describe("trust anchors only over verified connections (a man in the middle)", {
     );
   });
 
-  it("a signing key replaced by hand on staging fails refresh, naming both; production keeps the old one", async () => {
+  it("a signing key replaced by hand on staging fails refresh, naming both; production keeps the old one", async (t) => {
     const before = String((await stack.outputs()).cachePublicKey);
     const trusted = (await prod.exec("cat /etc/nix/nix-ssh-cache.conf")).stdout;
     assert.ok(trusted.includes(before), trusted);
@@ -189,6 +196,7 @@ describe("trust anchors only over verified connections (a man in the middle)", {
       assert.notEqual(r.code, 0, `${args.join(" ")} accepted a replaced signing key:\n${r.output}`);
       assert.ok(r.output.includes(`was ${before}, now ${planted}`), r.output);
       assert.match(r.output, /trust anchor publicKey changed on the host/);
+      t.diagnostic(messageLine(r.output, "trust anchor"));
     }
     assert.equal(String((await stack.outputs()).cachePublicKey), before);
     assert.equal((await prod.exec("cat /etc/nix/nix-ssh-cache.conf")).stdout, trusted);
@@ -197,6 +205,27 @@ describe("trust anchors only over verified connections (a man in the middle)", {
     await stage.exec(
       `printf '%s' '${priv}' > ${KEY_DIR}/cache-priv-key.pem; printf '%s' '${pub}' > ${KEY_DIR}/cache-pub-key.pem`,
     );
+    const again = await stack.run(["refresh", "--yes", "--skip-preview"]);
+    assert.equal(again.code, 0, again.output);
+  });
+
+  it("staging's host key file replaced by hand (sshd unchanged) fails refresh naming both fingerprints", async (t) => {
+    const pub = "/etc/ssh/ssh_host_ed25519_key.pub";
+    const saved = (await stage.exec(`cat ${pub}`)).stdout;
+    const other = evil.hostKey;
+    await stage.exec(`printf '%s root@elsewhere\\n' '${other}' > ${pub}`);
+    try {
+      const r = await stack.run(["refresh", "--yes", "--skip-preview"]);
+      assert.notEqual(r.code, 0, `refresh accepted a replaced host key:\n${r.output}`);
+      assert.ok(r.output.includes(`was ${sha256(stage.hostKey)} (ED25519)`), r.output);
+      assert.ok(r.output.includes(`now ${sha256(other)} (ED25519)`), r.output);
+      t.diagnostic(messageLine(r.output, "trust anchor"));
+      assert.equal((await stack.outputs()).stagingHostKey, stage.hostKey);
+      const pinned = (await prod.exec("cat /etc/ssh/nix-ssh-cache/known_hosts")).stdout;
+      assert.ok(pinned.includes(stage.hostKey.split(" ")[1]), pinned);
+    } finally {
+      await stage.exec(`cat > ${pub}`, { input: saved });
+    }
     const again = await stack.run(["refresh", "--yes", "--skip-preview"]);
     assert.equal(again.code, 0, again.output);
   });
