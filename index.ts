@@ -4,7 +4,9 @@
  *
  * The config keys are flat (`staging.host`, `production[0].user`, …); `hostModel` maps each
  * host to the components' host model (`{ connection, become, cacheHost, name }`), with the
- * operator's key (`sshKey`, `sshKeyPassword`) as its credentials.
+ * operator's key (`sshKey`, `sshKeyPassword`) as its credentials. Every host (and jump host) is
+ * verified by its `hostKey`, else by its key in the operator's known_hosts: a host with neither
+ * is not reached.
  */
 import * as pulumi from "@pulumi/pulumi";
 // The same entry point as in your own project: the package name (here resolved to this
@@ -23,6 +25,7 @@ interface ProxyConfig {
   host: string;
   port?: number;
   user?: string;
+  /** Its SSH host key (`ssh-ed25519 AAAA…`); default: its key in the operator's known_hosts. */
   hostKey?: string;
   agentSocketPath?: string;
 }

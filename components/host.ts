@@ -4,6 +4,7 @@
  * over it.
  */
 import * as pulumi from "@pulumi/pulumi";
+import { expectedHostKey } from "./knownHosts";
 import { Connection, ProxyConnection } from "./ssh";
 import { BecomeMode, HostArgs } from "./types";
 import { knownNow, NixSshCacheInputError, PlainConnection } from "./validate";
@@ -122,13 +123,28 @@ function hop(c: PlainConnection): ProxyConnection {
     if (c[k] !== undefined && c[k] !== null) (out as unknown as Record<string, unknown>)[k] = c[k];
   }
   if (typeof c.hostKey === "string") out.hostKey = c.hostKey.trim();
+  else pinKnownHostKey(out);
   return out;
+}
+
+/**
+ * Pins a hop without `hostKey` to its key in the operator's known_hosts (as `ssh` reads them),
+ * so the key verified is the one stored in the state with the connection (and a refresh or
+ * delete verifies the same key): `hostKey` and `hostKeySource` (the file). Left unpinned when
+ * there is none (validation reported it; the transport refuses such a hop).
+ */
+function pinKnownHostKey(out: ProxyConnection): void {
+  const expected = expectedHostKey(out.host, out.port, undefined);
+  if (typeof expected === "string") return;
+  out.hostKey = expected.key;
+  out.hostKeySource = expected.source;
 }
 
 /**
  * Resolves defaults as `@pulumi/command` does: port 22, user root; and `become: "sudo"` for any
  * user other than root. Unset optional fields stay unset (the transport applies its defaults),
- * so the state holds only what the user gave.
+ * so the state holds only what the user gave, and the host key of each hop: `hostKey`, else the
+ * one pinned from the operator's known_hosts (see `pinKnownHostKey`).
  */
 export function toConnection(c: PlainConnection, become?: BecomeMode): Connection {
   const connection: Connection = { ...hop(c), become: "none" };

@@ -55,6 +55,18 @@ export interface HostStepArgs {
   removeEnv?: Record<string, string>;
   /** Result keys a refresh compares to detect drift. @defaultValue `[]` */
   driftKeys?: string[];
+  /**
+   * Result keys that hold a trust anchor (a value every production host trusts): a refresh
+   * that sees another value fails naming both, and only a change of the step's inputs or of the
+   * connection's host key lets an apply take another (see `StepSpec.anchorKeys`).
+   * @defaultValue `[]`
+   */
+  anchorKeys?: string[];
+  /**
+   * Result key listing the host's own SSH host keys: the key the connection verified must be
+   * one of them. @defaultValue none
+   */
+  hostKeysKey?: string;
   /** Values whose change re-runs the step. @defaultValue `[]` */
   triggers?: pulumi.Input<pulumi.Input<string>[]>;
   /** Timeout of one run, in seconds. @defaultValue `300` */
@@ -179,6 +191,8 @@ export class HostStep<R = Record<string, unknown>> extends pulumi.CustomResource
           removable: args.removable ?? false,
           removeEnv: args.removeEnv ?? {},
           driftKeys: args.driftKeys ?? [],
+          anchorKeys: args.anchorKeys ?? [],
+          ...(args.hostKeysKey ? { hostKeysKey: args.hostKeysKey } : {}),
           timeoutSeconds: args.timeoutSeconds ?? 300,
         }),
       ),

@@ -14,7 +14,8 @@ import {
   packagedScriptRef,
   remoteScriptText,
 } from "./remoteScripts";
-import { Connection, runJsonScript } from "./ssh";
+import { fingerprint } from "./knownHosts";
+import { Connection, describeConnection, runJsonScript } from "./ssh";
 
 /**
  * What a step is, apart from its inputs: one line in the state (`HostStepProps.spec`, see
@@ -35,6 +36,19 @@ export interface StepSpec {
   removeEnv: Record<string, string>;
   /** Keys of the result that `read` compares with the last applied result to detect drift. */
   driftKeys: string[];
+  /**
+   * Keys of the result that hold a trust anchor (a key every production host trusts, e.g.
+   * staging's SSH host key or the cache's public key): a refresh that sees another value fails,
+   * naming both, instead of marking drift (which would re-pin it on the next `up`). An apply
+   * takes another value only when the step's inputs or the connection's host key changed. A
+   * value gone from the host is drift (the step's own apply makes the next one).
+   */
+  anchorKeys?: string[];
+  /**
+   * Key of the result that lists the host's own SSH host keys (`"<type> <base64>"` lines): the
+   * key the connection verified must be among them.
+   */
+  hostKeysKey?: string;
   /** Timeout of one run, in seconds. */
   timeoutSeconds: number;
 }
@@ -82,17 +96,20 @@ function specOf(props: HostStepProps): StepSpec {
     removable: legacy.removable,
     removeEnv: legacy.removeEnv ?? {},
     driftKeys: legacy.driftKeys ?? [],
+    anchorKeys: [],
     timeoutSeconds: legacy.timeoutSeconds,
   };
 }
 
 /**
  * One line for a {@link StepSpec}: name, label, script digest, read, remove (with its extra
- * inputs), drift keys, timeout, separated by ` | `.
+ * inputs), drift keys, then only when set anchor keys and the host-keys key, and the timeout,
+ * separated by ` | `.
  */
 export function encodeSpec(s: StepSpec): string {
   const removeEnv = Object.entries(s.removeEnv).map(([k, v]) => `${k}=${v}`);
-  for (const word of [...removeEnv, ...s.driftKeys]) {
+  const anchors = s.anchorKeys ?? [];
+  for (const word of [...removeEnv, ...s.driftKeys, ...anchors, s.hostKeysKey ?? ""]) {
     if (/[\s,|]/.test(word)) throw new Error(`invalid step spec word ${JSON.stringify(word)}`);
   }
   return [
@@ -102,6 +119,8 @@ export function encodeSpec(s: StepSpec): string {
     `read ${s.readable ? "yes" : "no"}`,
     `remove ${s.removable ? "yes" : "no"}${removeEnv.length ? ` with ${removeEnv.join(",")}` : ""}`,
     `drift ${s.driftKeys.join(",") || "none"}`,
+    ...(anchors.length ? [`anchor ${anchors.join(",")}`] : []),
+    ...(s.hostKeysKey ? [`host-keys ${s.hostKeysKey}`] : []),
     `timeout ${s.timeoutSeconds}s`,
   ].join(" | ");
 }
@@ -109,6 +128,12 @@ export function encodeSpec(s: StepSpec): string {
 /** The {@link StepSpec} of a line made by {@link encodeSpec}. */
 export function decodeSpec(line: string): StepSpec {
   const parts = line.split(" | ");
+  // The optional parts stand between the drift keys and the timeout (never in the label).
+  const optional: Record<string, string> = {};
+  while (parts.length >= 8 && /^(anchor|host-keys) \S+$/.test(parts[parts.length - 2])) {
+    const [word, value] = parts.splice(parts.length - 2, 1)[0].split(" ");
+    optional[word] = value;
+  }
   if (parts.length < 7) throw new Error(`invalid step spec: ${line}`);
   const [script, read, remove, drift, timeout] = parts.slice(-5);
   const [removable, withEnv] = remove.replace(/^remove /, "").split(" with ");
@@ -126,6 +151,8 @@ export function decodeSpec(line: string): StepSpec {
       ]),
     ),
     driftKeys: driftKeys === "none" ? [] : driftKeys.split(","),
+    anchorKeys: optional.anchor ? optional.anchor.split(",") : [],
+    ...(optional["host-keys"] ? { hostKeysKey: optional["host-keys"] } : {}),
     timeoutSeconds: Number(timeout.replace(/^timeout (\d+)s$/, "$1")),
   };
 }
@@ -210,7 +237,10 @@ function workChanges(olds: HostStepOutputs, news: HostStepProps): string[] {
   const o = specOf(olds);
   const n = specOf(news);
   const changes: string[] = [];
-  for (const k of ["script", "readable", "removable", "removeEnv", "driftKeys"] as const) {
+  const fields = ["script", "readable", "removable", "removeEnv", "driftKeys"] as const;
+  // Anchor keys too: the first `up` that checks them runs the step again and so stores the
+  // result they are checked against (e.g. the probe's hostKeys).
+  for (const k of [...fields, "anchorKeys", "hostKeysKey"] as const) {
     if (!sameJson(o[k], n[k])) changes.push(k === "script" ? "script" : "spec");
   }
   if (!sameJson(envOf(olds.env, false), envOf(news.env, false))) changes.push("env");
@@ -271,10 +301,77 @@ function run(props: HostStepProps, action: "apply" | "read" | "remove") {
   });
 }
 
+/** Whether a result value is set (an anchor gone from the host is drift, not a change). */
+function isSet(value: unknown): boolean {
+  return value !== undefined && value !== null && value !== "";
+}
+
+/** An anchor value for messages: an SSH key by its fingerprint, another value as it is. */
+function showAnchor(value: unknown): string {
+  const text = typeof value === "string" ? value.trim() : JSON.stringify(value);
+  return /^(ssh-|ecdsa-|sk-)\S+ [A-Za-z0-9+/=]+/.test(text) ? fingerprint(text) : text;
+}
+
+/** What to do when an anchor changed, by result key (see {@link StepSpec.anchorKeys}). */
+const ANCHOR_HINTS: Record<string, string> = {
+  hostKey:
+    "if the host was reinstalled, compare the new fingerprint with the one its console shows (`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`), set the connection's hostKey (or its ~/.ssh/known_hosts line) to the new key and run `pulumi up` without --refresh; else treat the host as compromised",
+  publicKey:
+    'to change the signing key, restore these key files and rotate instead (signingKey.generation N+1 with previousGenerations: [N], see the README, "Rotating the signing key"); else treat staging as compromised',
+};
+
+/**
+ * Fails when a trust anchor of the step (see {@link StepSpec.anchorKeys}) differs between
+ * `before` (what production was given) and `after` (what the host reports now); `action` says
+ * what observed it.
+ */
+function checkAnchors(
+  props: HostStepProps,
+  before: Record<string, unknown>,
+  after: Record<string, unknown>,
+  action: "refresh" | "apply",
+): void {
+  const spec = specOf(props);
+  for (const key of spec.anchorKeys ?? []) {
+    const [was, now] = [before?.[key], after?.[key]];
+    if (!isSet(was) || !isSet(now) || sameJson(was, now)) continue;
+    throw new Error(
+      `${describeConnection(props.connection)}: ${spec.step} (${spec.name}): the trust anchor ${key} changed on the host (seen by ${action}): was ${showAnchor(was)}, now ${showAnchor(now)}. ` +
+        `Production keeps trusting the old value: an anchor changes only through the stack's inputs, never by a refresh. What to do: ${ANCHOR_HINTS[key] ?? "change the step's inputs to accept it"}.`,
+    );
+  }
+}
+
+/**
+ * Fails when the step reports the host's own SSH host keys (see {@link StepSpec.hostKeysKey})
+ * and the key the connection verified is not among them: the operator reached an SSH server
+ * other than the host's own, and what the step read would not be what production meets.
+ */
+function checkVerifiedKeyReported(props: HostStepProps, result: Record<string, unknown>): void {
+  const spec = specOf(props);
+  const pinned = props.connection.hostKey?.trim().split(/\s+/).slice(0, 2).join(" ");
+  if (!spec.hostKeysKey || !pinned) return;
+  const reported = Array.isArray(result[spec.hostKeysKey]) ? result[spec.hostKeysKey] : [];
+  const keys = (reported as unknown[]).map((k) =>
+    String(k).trim().split(/\s+/).slice(0, 2).join(" "),
+  );
+  if (keys.includes(pinned)) return;
+  const source = props.connection.hostKeySource ?? "hostKey";
+  throw new Error(
+    `${describeConnection(props.connection)}: ${spec.step} (${spec.name}): the host key the connection verified, ${showAnchor(pinned)} (from ${source}), is not one of the host's own keys (${keys.map(showAnchor).join(", ") || "none found"}, in /etc/ssh/ssh_host_*_key.pub): the operator reached another SSH server than the host's (e.g. through a forwarded port); connect to the host's own sshd, or fix ${source}`,
+  );
+}
+
+/** The host key a connection verifies its host with (its own hop, not a proxy's). */
+function verifiedKey(connection: Connection): string {
+  return connection.hostKey?.trim().split(/\s+/).slice(0, 2).join(" ") ?? "";
+}
+
 /** @internal The provider of {@link HostStep} (exported for the serialization unit test). */
 export const hostStepProvider: pulumi.dynamic.ResourceProvider = {
   async create(inputs: HostStepProps) {
     const result = await run(inputs, "apply");
+    checkVerifiedKeyReported(inputs, result);
     const outs: HostStepOutputs = { ...inputs, result, drifted: false };
     const spec = specOf(inputs);
     return { id: spec.name || `${inputs.connection.host}/${spec.step}`, outs };
@@ -297,8 +394,15 @@ export const hostStepProvider: pulumi.dynamic.ResourceProvider = {
   },
 
   async update(_id: string, olds: HostStepOutputs, news: HostStepProps) {
-    if (workChanges(olds, news).length > 0 || olds.drifted) {
+    const inputsChanged = workChanges(olds, news).length > 0;
+    // A new host key verifies the host anew: its anchors are read again and may change.
+    const reverified =
+      (specOf(news).anchorKeys ?? []).length > 0 &&
+      verifiedKey(olds.connection) !== verifiedKey(news.connection);
+    if (inputsChanged || reverified || olds.drifted) {
       const result = await run(news, "apply");
+      checkVerifiedKeyReported(news, result);
+      if (!inputsChanged && !reverified) checkAnchors(news, olds.result, result, "apply");
       const outs: HostStepOutputs = { ...news, result, drifted: false };
       return { outs };
     }
@@ -313,6 +417,8 @@ export const hostStepProvider: pulumi.dynamic.ResourceProvider = {
     const spec = specOf(props);
     if (!spec.readable) return { id, props };
     const observed = await run(props, "read");
+    checkAnchors(props, props.result, observed, "refresh");
+    checkVerifiedKeyReported(props, observed);
     const result: Record<string, unknown> = { ...props.result };
     let drifted = props.drifted;
     for (const key of spec.driftKeys) {

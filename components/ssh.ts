@@ -2,12 +2,20 @@
  * Running one bash script on a host over SSH, as root (directly or through `sudo -n`).
  *
  * This module is used inside dynamic providers, so it is serialized by Pulumi's closure
- * serializer: keep it self-contained (only `ssh2` and Node built-ins, no module-level state; the
- * connection pool lives on `globalThis`).
+ * serializer: keep it self-contained (only `ssh2`, Node built-ins and `knownHosts.ts`, no
+ * module-level state; the connection pool lives on `globalThis`).
  */
 import { randomBytes } from "crypto";
 import { existsSync } from "fs";
 import { Client, ClientChannel, ConnectConfig, OpenSSHAgent, utils as sshUtils } from "ssh2";
+import {
+  expectedHostKey,
+  ExpectedHostKey,
+  fingerprint,
+  hostKeyAlgorithms,
+  hostKeyHint,
+  lookupKnownHosts,
+} from "./knownHosts";
 
 /**
  * A resolved SSH hop (plain values; keys and passwords are secrets upstream). Field names and
@@ -31,8 +39,18 @@ export interface ProxyConnection {
    * @defaultValue env `SSH_AUTH_SOCK`, only when neither `privateKey` nor `password` is given
    */
   agentSocketPath?: string;
-  /** Pinned host public key line (`ssh-ed25519 AAAA...`); when set, any other host key is refused. */
+  /**
+   * The host public key line (`ssh-ed25519 AAAA...`) the host must present; any other key is
+   * refused. Without it, the key of the host in the operator's known_hosts (as `ssh` reads
+   * them); without either, the host is not reached.
+   */
   hostKey?: string;
+  /**
+   * Where `hostKey` came from, for messages: `"hostKey"` (given) or the known_hosts file it was
+   * pinned from at resolution.
+   * @defaultValue `"hostKey"`
+   */
+  hostKeySource?: string;
   /**
    * Dial attempts before giving up while the host does not answer (refused, unreachable, no
    * handshake in time); `-1` retries without limit. Authentication and host-key failures are not
@@ -393,7 +411,7 @@ function handshake(hop: ProxyConnection, where: string, sock?: ClientChannel): P
     if (sock) config.sock = sock;
     const client = new Client();
     let settled = false;
-    let hostKeyMismatch: string | undefined;
+    let hostKeyMismatch: Buffer | undefined;
     let agentProblem: string | undefined;
     const fail = (message: string, retry: boolean) => {
       if (settled) return;
@@ -403,15 +421,29 @@ function handshake(hop: ProxyConnection, where: string, sock?: ClientChannel): P
       error.retry = retry;
       reject(error);
     };
-    if (hop.hostKey) {
-      const expected = hop.hostKey.trim().split(/\s+/)[1] ?? "";
-      config.hostVerifier = (key: Buffer) => {
-        const actual = key.toString("base64");
-        if (actual === expected) return true;
-        hostKeyMismatch = actual;
-        return false;
-      };
+    const expected = expectedHostKey(hop.host, hop.port, hop.hostKey);
+    if (typeof expected === "string") {
+      return fail(`${expected}; ${hostKeyHint(hop.host, hop.port)}`, false);
     }
+    const [type, base64] = expected.key.split(" ");
+    if (!hostKeyAlgorithms(type).length) {
+      return fail(
+        `the host key type ${type} (from ${hop.hostKeySource ?? expected.source}) is not supported by the operator's SSH client; use the host's ed25519 key (/etc/ssh/ssh_host_ed25519_key.pub)`,
+        false,
+      );
+    }
+    const expectedBlob = Buffer.from(base64 ?? "", "base64");
+    // The server presents a key of the pinned type (else ssh2 would ask for its preferred one).
+    config.algorithms = {
+      serverHostKey: hostKeyAlgorithms(type) as NonNullable<
+        ConnectConfig["algorithms"]
+      >["serverHostKey"],
+    };
+    config.hostVerifier = (key: Buffer) => {
+      if (key.equals(expectedBlob)) return true;
+      hostKeyMismatch = key;
+      return false;
+    };
     client.on("error", (err: Error & { level?: string; code?: string }) => {
       if (err.level === "agent") {
         // ssh2 goes on with the next method; say why the agent gave nothing if all fail.
@@ -419,10 +451,7 @@ function handshake(hop: ProxyConnection, where: string, sock?: ClientChannel): P
         return;
       }
       if (hostKeyMismatch) {
-        return fail(
-          `the host key does not match the pinned hostKey (pinned ${hop.hostKey?.split(/\s+/)[0]} ${expectedPrefix(hop.hostKey)}..., got ...${hostKeyMismatch.slice(-12)}); if the host was reinstalled, update hostKey`,
-          false,
-        );
+        return fail(hostKeyMismatchMessage(hop, expected, hostKeyMismatch), false);
       }
       if (err.level === "client-authentication" && !/All configured/.test(err.message)) {
         return; // one key could not sign: ssh2 goes on with the next method
@@ -837,6 +866,30 @@ export async function runJsonScript(
   }
 }
 
-function expectedPrefix(hostKey: string | undefined): string {
-  return (hostKey?.trim().split(/\s+/)[1] ?? "").slice(0, 12);
+/**
+ * Why a host was refused: both fingerprints (as `ssh-keygen -l` prints them), where the
+ * expected key came from (`hostKey`, or the known_hosts file and line), and what to do.
+ */
+function hostKeyMismatchMessage(
+  hop: ProxyConnection,
+  expected: ExpectedHostKey,
+  got: Buffer,
+): string {
+  const source = hop.hostKeySource ?? expected.source;
+  const line =
+    source === "hostKey"
+      ? undefined
+      : lookupKnownHosts(hop.host, hop.port, [source]).keys.find((k) => k.key === expected.key)
+          ?.source;
+  const pinned =
+    source === "hostKey" ? "the pinned hostKey" : `the key pinned from ${line ?? source}`;
+  return (
+    `the host key does not match ${pinned}: expected ${fingerprint(expected.key)}, got ${fingerprint(got)}; ` +
+    "someone may be intercepting the connection. If the host was reinstalled, compare the new " +
+    "fingerprint with the one its console shows (`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`), " +
+    (source === "hostKey"
+      ? "then update hostKey"
+      : `then replace its line in ${source} (or set hostKey)`) +
+    " and run `pulumi up` (without --refresh: a refresh uses the key stored in the state)"
+  );
 }

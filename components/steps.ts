@@ -48,7 +48,10 @@ export interface HostFacts {
   nixVersion: string;
   daemonRunning: boolean;
   init: string;
+  /** The host's SSH host key that production pins (ed25519, else ecdsa, else rsa). */
   hostKey: string;
+  /** All of the host's SSH host keys (`"<type> <base64>"`). */
+  hostKeys?: string[];
   /** Directory the Nix tools were found in, e.g. `/nix/var/nix/profiles/default/bin`. */
   nixBin?: string;
 }
@@ -91,8 +94,11 @@ export interface VerifyResult {
 }
 
 /**
- * Observes a host (OS, Nix version, daemon, SSH host key) without changing it. A refresh that
- * sees another host key or OS marks it drifted, so the next `up` re-reads and re-pins the key.
+ * Observes a host (OS, Nix version, daemon, SSH host keys) without changing it. Its `hostKey`
+ * is a trust anchor (production pins it): a refresh that sees another one fails, naming both
+ * fingerprints; a new `hostKey` of the connection (the host was reinstalled) re-reads it. The
+ * key the connection verified must be one of the host's own (`hostKeys`). A refresh that sees
+ * another OS marks it drifted.
  */
 export function probeStep(name: string, at: StepContext): HostStep<HostFacts> {
   return new HostStep<HostFacts>(
@@ -103,6 +109,8 @@ export function probeStep(name: string, at: StepContext): HostStep<HostFacts> {
       script: hostScript("probe"),
       readable: true,
       driftKeys: ["hostKey", "os"],
+      anchorKeys: ["hostKey"],
+      hostKeysKey: "hostKeys",
       timeoutSeconds: 60,
     },
     at.opts,
@@ -172,7 +180,12 @@ export interface SigningKeyStepArgs {
   removeOnDestroy: boolean;
 }
 
-/** A cache signing key on staging: generated when missing, re-read on refresh. */
+/**
+ * A cache signing key on staging: generated when missing, re-read on refresh. Its public key
+ * is a trust anchor (every production host trusts it): a refresh that sees another key fails,
+ * naming both (a new key comes through a rotation, `SigningKeyArgs`); a deleted key is drift,
+ * made again by the next `up`.
+ */
 export function signingKeyStep(
   name: string,
   at: StepContext,
@@ -196,6 +209,7 @@ export function signingKeyStep(
       removable: true,
       removeEnv: { REMOVE_KEY: a.removeOnDestroy ? "1" : "0" },
       driftKeys: ["publicKey"],
+      anchorKeys: ["publicKey"],
       timeoutSeconds: 120,
     },
     at.opts,

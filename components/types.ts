@@ -76,9 +76,13 @@ export type ClientIdentityMode = (typeof CLIENT_IDENTITY_MODES)[number];
  * Defaults (as in `@pulumi/command`): `port` 22, `user` `"root"`, `dialErrorLimit` 10,
  * `perDialTimeout` 15 (seconds); without `privateKey` and `password`, the ssh-agent at
  * `agentSocketPath` (default: the environment's `SSH_AUTH_SOCK`). `hostKey` pins the host's key
- * (`"ssh-ed25519 AAAA…"`, a line of `/etc/ssh/ssh_host_ed25519_key.pub`); without it the
- * operator's connection does not verify the host key. `proxy` is a jump host with its own
- * `host`, `user`, `privateKey`, `hostKey`, ….
+ * (`"ssh-ed25519 AAAA…"`, a line of `/etc/ssh/ssh_host_ed25519_key.pub`); without it, the
+ * host's key in the operator's known_hosts as `ssh` reads them (`~/.ssh/known_hosts`,
+ * `~/.ssh/known_hosts2`, `/etc/ssh/ssh_known_hosts`, `/etc/ssh/ssh_known_hosts2`; hashed
+ * entries, `[host]:port`, patterns, `@revoked`) is pinned when the connection is resolved; a
+ * host with neither is not reached (staging's host key and the cache's public key, which every
+ * production host trusts, are read over this connection). `proxy` is a jump host with its own
+ * `host`, `user`, `privateKey`, `hostKey`, …, verified the same way.
  *
  * Pass secrets as Pulumi secrets, e.g. `privateKey: config.requireSecret("sshKey")`.
  */

@@ -8,6 +8,7 @@
  */
 import { isIPv4, isIPv6 } from "node:net";
 import { utils as sshUtils } from "ssh2";
+import { expectedHostKey, hostKeyHint } from "./knownHosts";
 import { parsePublicKeyLine } from "./render/publicKey";
 import {
   BECOME_MODES,
@@ -254,6 +255,7 @@ function checkConnection(
     checkAbsolutePath(c.agentSocketPath, `${at}.agentSocketPath`, on, problems);
   }
   if (known(c.hostKey)) checkHostKey(c.hostKey, `${at}.hostKey`, on, problems);
+  checkHostKeyKnown(c, at, problems);
   if (known(c.dialErrorLimit) && !(isInt(c.dialErrorLimit, 1, 1000) || c.dialErrorLimit === -1)) {
     problems.push(
       `${at}.dialErrorLimit (${show(c.dialErrorLimit)}${on}): must be an integer from 1 to 1000, or -1 for no limit, e.g. 10`,
@@ -309,6 +311,25 @@ function checkHostKey(hostKey: unknown, at: string, on: string, problems: string
       `${at} (${show(hostKey)}${on}): not a valid SSH public host key: ${(e as Error).message}; copy a line of /etc/ssh/ssh_host_ed25519_key.pub`,
     );
   }
+}
+
+/**
+ * Checks that the hop's host key can be verified: its `hostKey` (not `@revoked` in the
+ * operator's known_hosts), else a key of the host in the operator's known_hosts (see
+ * `knownHosts.ts`). Nothing is reached without one: a key read over an unverified connection
+ * (staging's host key, the cache's public key) would be trusted by every production host.
+ */
+function checkHostKeyKnown(c: PlainConnection, at: string, problems: string[]): void {
+  if (c.hostKey === LATER || c.port === LATER || typeof c.host !== "string") return;
+  if (!isValidHost(c.host) || (c.port !== undefined && !isInt(c.port, 1, 65535))) return;
+  if (c.hostKey !== undefined && typeof c.hostKey !== "string") return;
+  const port = (c.port as number | undefined) ?? 22;
+  const expected = expectedHostKey(c.host, port, c.hostKey);
+  if (typeof expected !== "string") return;
+  const where = `host ${show(c.host)}${port === 22 ? "" : `, port ${port}`}`;
+  problems.push(
+    `${at}.hostKey (${where}): ${expected}; the host's key cannot be verified, so it is not reached: ${hostKeyHint(c.host, port)}`,
+  );
 }
 
 /**

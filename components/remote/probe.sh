@@ -3,7 +3,9 @@
 # Inputs: none.
 # Output: {"os":"nixos"|"linux","nixVersion":"2.8.0","system":"x86_64-linux","daemonRunning":bool,
 #          "init":"systemd"|"openrc"|"sysvinit"|"none","hostKey":"ssh-ed25519 AAAA..."|null,
-#          "hostname":"...","nixBin":"/nix/var/nix/profiles/default/bin"}
+#          "hostKeys":["ssh-ed25519 AAAA...",...],"hostname":"...","nixBin":"/nix/var/nix/profiles/default/bin"}
+# hostKey: the key production pins (ed25519, else ecdsa, else rsa); hostKeys: every
+# /etc/ssh/ssh_host_*_key.pub (the operator's verified key must be one of them).
 # nixBin: the directory the Nix tools were found in (lib.sh's PATH: NixOS, the multi-user
 # installer's default profile, root's profile, then the system directories).
 
@@ -36,9 +38,15 @@ for t in ed25519 ecdsa rsa; do
     [ -n "$host_key" ] && break
   fi
 done
+host_keys=""
+for f in /etc/ssh/ssh_host_*_key.pub; do
+  [ -r "$f" ] || continue
+  k=$(awk 'NF >= 2 {print $1 " " $2; exit}' "$f")
+  if [ -n "$k" ]; then host_keys="${host_keys:+$host_keys,}$(nsc_json_string "$k")"; fi
+done
 
-printf '{"os":%s,"nixVersion":%s,"system":%s,"daemonRunning":%s,"init":%s,"hostKey":%s,"hostname":%s,"nixBin":%s}\n' \
+printf '{"os":%s,"nixVersion":%s,"system":%s,"daemonRunning":%s,"init":%s,"hostKey":%s,"hostKeys":[%s],"hostname":%s,"nixBin":%s}\n' \
   "$(nsc_json_string "$os")" "$(nsc_json_string_or_null "$nix_version")" \
   "$(nsc_json_string_or_null "$system")" "$daemon" "$(nsc_json_string "$init")" \
-  "$(nsc_json_string_or_null "$host_key")" "$(nsc_json_string "$(hostname 2>/dev/null || cat /etc/hostname)")" \
+  "$(nsc_json_string_or_null "$host_key")" "$host_keys" "$(nsc_json_string "$(hostname 2>/dev/null || cat /etc/hostname)")" \
   "$(nsc_json_string "$nix_bin")"

@@ -5,6 +5,7 @@
  */
 import { after, before, describe, it } from "node:test";
 import * as assert from "node:assert/strict";
+import { createHash } from "crypto";
 import { e2eSkipReason, startHosts, TestHost, TestHosts } from "../hosts/harness";
 import { buildOnStaging, substitute } from "./helpers";
 import { pulumiSkipReason, PulumiStack, repoRoot } from "./pulumi";
@@ -29,8 +30,7 @@ describe("NixSshCache end to end (staging + 2 production hosts)", { skip }, () =
     await stack.init();
     await stack.setConfigObjects(
       {
-        // Staging's host key is not pinned for the operator here: a test replaces it below.
-        staging: { host: stage.address, cacheHost: stage.fqdn },
+        staging: { host: stage.address, cacheHost: stage.fqdn, hostKey: stage.hostKey },
         production: prods.map((p) => ({
           host: p.address,
           user: p.user,
@@ -114,7 +114,8 @@ describe("NixSshCache end to end (staging + 2 production hosts)", { skip }, () =
     for (const prod of prods) await substitute(prod, built);
   });
 
-  it("a replaced staging host key is re-read and re-pinned by one up --refresh", async () => {
+  it("a replaced staging host key fails refresh naming both fingerprints; a new hostKey re-pins it", async () => {
+    const oldHostKey = stage.hostKey;
     await stage.exec(
       "rm -f /etc/ssh/ssh_host_ed25519_key* && ssh-keygen -q -t ed25519 -N '' -f /etc/ssh/ssh_host_ed25519_key",
     );
@@ -129,9 +130,34 @@ describe("NixSshCache end to end (staging + 2 production hosts)", { skip }, () =
     assert.notEqual(refused.code, 0);
     assert.match(refused.stderr, /Host key verification failed/);
 
-    const preview = await stack.preview(["--refresh", "--expect-no-changes"]);
-    assert.notEqual(preview.code, 0, "preview --refresh must show the new host key");
-    const up = await stack.up(["--refresh"]);
+    // A refresh meets the new key: it fails naming both, and nothing is re-pinned.
+    const fp = (k: string) =>
+      "SHA256:" +
+      createHash("sha256")
+        .update(Buffer.from(k.split(" ")[1], "base64"))
+        .digest("base64")
+        .replace(/=+$/, "");
+    const refresh = await stack.up(["--refresh"]);
+    assert.notEqual(refresh.code, 0, refresh.output);
+    assert.ok(
+      refresh.output.includes(
+        `does not match the pinned hostKey: expected ${fp(oldHostKey)} (ED25519), got ${fp(newHostKey)} (ED25519)`,
+      ),
+      refresh.output,
+    );
+    assert.equal((await stack.outputs()).stagingHostKey, oldHostKey);
+    const pinned = (await prods[0].exec("cat /etc/ssh/nix-ssh-cache/known_hosts")).stdout;
+    assert.ok(pinned.includes(oldHostKey.split(" ")[1]), pinned);
+    assert.ok(!pinned.includes(newHostKey.split(" ")[1]), "production pinned the new key");
+
+    // The operator checked the new key on the console and gives it: up re-reads and re-pins.
+    await stack.setConfigObjects(
+      {
+        staging: { host: stage.address, cacheHost: stage.fqdn, hostKey: newHostKey },
+      },
+      PROJECT,
+    );
+    const up = await stack.up();
     assert.equal(up.code, 0, up.output);
     assert.equal((await stack.outputs()).stagingHostKey, newHostKey);
     for (const prod of prods) await substitute(prod, built);

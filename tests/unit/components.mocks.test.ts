@@ -101,7 +101,7 @@ function fileContent(name: string): string {
 }
 
 const host = (h: string, name: string) => ({
-  connection: { host: h, privateKey: FAKE_PRIVATE_KEY },
+  connection: { host: h, privateKey: FAKE_PRIVATE_KEY, hostKey: HOST_KEY },
   name,
 });
 
@@ -113,7 +113,9 @@ describe('NixSshCache with clientIdentity: "dedicated" (mocks)', () => {
     cache = new NixSshCache(
       "cache",
       {
-        staging: { connection: { host: "stage.test", privateKey: FAKE_PRIVATE_KEY } },
+        staging: {
+          connection: { host: "stage.test", privateKey: FAKE_PRIVATE_KEY, hostKey: HOST_KEY },
+        },
         production: [host("prod1.test", "prod1"), host("prod2.test", "prod2")],
         clientIdentity: "dedicated",
         authorizedKeys: [ED25519_KEY],
@@ -251,7 +253,7 @@ describe("CacheServer signing key generations (mocks)", () => {
   before(async () => {
     const { CacheServer } = await import("../../components");
     server = new CacheServer("gen", {
-      host: { connection: { host: "stage.test", privateKey: FAKE_PRIVATE_KEY } },
+      host: { connection: { host: "stage.test", privateKey: FAKE_PRIVATE_KEY, hostKey: HOST_KEY } },
       authorizedKeys: [ED25519_KEY],
       signingKey: { generation: 2, previousGenerations: [0] },
     });
@@ -297,11 +299,13 @@ describe("CacheServer signExistingPaths (mocks)", () => {
   before(async () => {
     const { CacheServer } = await import("../../components");
     server = new CacheServer("first", {
-      host: { connection: { host: "stage.test", privateKey: FAKE_PRIVATE_KEY } },
+      host: { connection: { host: "stage.test", privateKey: FAKE_PRIVATE_KEY, hostKey: HOST_KEY } },
       authorizedKeys: [ED25519_KEY],
     });
     new CacheServer("nosign", {
-      host: { connection: { host: "stage2.test", privateKey: FAKE_PRIVATE_KEY } },
+      host: {
+        connection: { host: "stage2.test", privateKey: FAKE_PRIVATE_KEY, hostKey: HOST_KEY },
+      },
       authorizedKeys: [ED25519_KEY],
       signExistingPaths: false,
     });

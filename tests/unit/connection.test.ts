@@ -14,7 +14,7 @@ import {
   sudoProbeCommand,
 } from "../../components/ssh";
 import { validateArgs, type PlainNixSshCacheArgs } from "../../components/validate";
-import { FAKE_PRIVATE_KEY, hasCommand, withTempDir } from "./fixtures";
+import { FAKE_PRIVATE_KEY, hasCommand, HOST_KEY, withTempDir } from "./fixtures";
 
 const target: Connection = {
   host: "stage.internal",
@@ -237,11 +237,12 @@ describe("credentials are checked before dialing", () => {
         /ship@127\.0\.0\.1:1: cannot connect: privateKey is encrypted; set privateKeyPassword/,
       );
       const args: PlainNixSshCacheArgs = {
-        staging: { connection: { host: "stage.test", privateKey: key } },
+        staging: { connection: { host: "stage.test", privateKey: key, hostKey: HOST_KEY } },
         production: [
           {
             connection: {
               host: "prod1.test",
+              hostKey: HOST_KEY,
               privateKey: key,
               privateKeyPassword: "not-it-8472",
             },
@@ -261,9 +262,22 @@ describe("credentials are checked before dialing", () => {
       );
       validateArgs({
         staging: {
-          connection: { host: "stage.test", privateKey: key, privateKeyPassword: "pass phrase" },
+          connection: {
+            host: "stage.test",
+            privateKey: key,
+            privateKeyPassword: "pass phrase",
+            hostKey: HOST_KEY,
+          },
         },
-        production: [{ connection: { host: "prod1.test", agentSocketPath: "/run/agent.sock" } }],
+        production: [
+          {
+            connection: {
+              host: "prod1.test",
+              agentSocketPath: "/run/agent.sock",
+              hostKey: HOST_KEY,
+            },
+          },
+        ],
       });
     },
   );

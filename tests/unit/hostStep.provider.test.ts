@@ -28,6 +28,7 @@ const SPEC: StepSpec = {
   removable: true,
   removeEnv: { REMOVE_KEY: "0" },
   driftKeys: ["exists", "sha256"],
+  anchorKeys: [],
   timeoutSeconds: 120,
 };
 

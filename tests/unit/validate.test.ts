@@ -1,7 +1,13 @@
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { toConnection } from "../../components/host";
 import {
+  LATER,
   NixSshCacheInputError,
+  type PlainConnection,
   type PlainHost,
   type PlainNixSshCacheArgs,
   isValidHost,
@@ -60,14 +66,23 @@ function modelPath(path: string): string {
 
 // Credentials from an ssh-agent in the environment would satisfy "no credentials".
 delete process.env.SSH_AUTH_SOCK;
+// Keys in the operator's own known_hosts would verify hosts that these cases do not pin.
+process.env.HOME = mkdtempSync(join(tmpdir(), "nsc-validate-home-"));
 
 /** A complete, valid set of arguments; each case breaks one thing. */
 function good(): FlatArgs {
   return {
     staging: { host: "stage.test", privateKey: FAKE_PRIVATE_KEY, hostKey: HOST_KEY },
     production: [
-      { host: "prod1.test", privateKey: FAKE_PRIVATE_KEY, name: "web1" },
-      { host: "prod2.test", password: "hunter2", user: "deploy", become: "sudo", port: 2222 },
+      { host: "prod1.test", privateKey: FAKE_PRIVATE_KEY, hostKey: HOST_KEY, name: "web1" },
+      {
+        host: "prod2.test",
+        password: "hunter2",
+        user: "deploy",
+        become: "sudo",
+        port: 2222,
+        hostKey: HOST_KEY,
+      },
     ],
     keyName: "stage.test-1",
     keyDirectory: "/etc/nix-ssh-cache",
@@ -180,13 +195,13 @@ const BAD: Case[] = [
   ["empty production list", (a) => (a.production = []), "production", '"stage.test"'],
   [
     "duplicate production host (case-insensitive, default port)",
-    (a) => (a.production[1] = { host: "PROD1.test", port: 22, password: "x" }),
+    (a) => (a.production[1] = { host: "PROD1.test", port: 22, password: "x", hostKey: HOST_KEY }),
     "production[1].host",
     '"PROD1.test"',
   ],
   [
     "staging also listed as production",
-    (a) => a.production.push({ host: "stage.test", password: "x" }),
+    (a) => a.production.push({ host: "stage.test", password: "x", hostKey: HOST_KEY }),
     "production[2].host",
     '"stage.test"',
   ],
@@ -428,8 +443,8 @@ describe("validateArgs: good inputs", () => {
         ] as const) {
           delete a[k];
         }
-        a.staging = { host: "stage.test", password: "x" };
-        a.production = [{ host: "prod1.test", password: "x" }];
+        a.staging = { host: "stage.test", password: "x", hostKey: HOST_KEY };
+        a.production = [{ host: "prod1.test", password: "x", hostKey: HOST_KEY }];
       },
     ],
     ["IPv4 hosts", (a) => ((a.staging.host = "127.0.0.2"), (a.production[0].host = "127.0.0.3"))],
@@ -440,7 +455,8 @@ describe("validateArgs: good inputs", () => {
     ],
     [
       "the staging host on another port as production",
-      (a) => (a.production[0] = { host: "stage.test", port: 2222, password: "x" }),
+      (a) =>
+        (a.production[0] = { host: "stage.test", port: 2222, password: "x", hostKey: HOST_KEY }),
     ],
     [
       "ssh-ng, boot, local fragments, write",
@@ -490,7 +506,9 @@ describe("isValidHost", () => {
 });
 
 describe("validateFetchArgs (ClosureFetch)", () => {
-  const host = { connection: { host: "web.example.com", privateKey: FAKE_PRIVATE_KEY } };
+  const host = {
+    connection: { host: "web.example.com", privateKey: FAKE_PRIVATE_KEY, hostKey: HOST_KEY },
+  };
   const PATH = "/nix/store/0c9ww7s3yrqgi2pd9rwqj0k0lg26x1n1-nixos-system-web";
 
   it("accepts store paths and derivations", () => {
@@ -525,3 +543,93 @@ describe("validateFetchArgs (ClosureFetch)", () => {
     );
   });
 });
+
+describe("host keys: hostKey, else the operator's known_hosts (nothing unverified is reached)", () => {
+  const home = process.env.HOME as string;
+  const knownHosts = join(home, ".ssh", "known_hosts");
+  const bare = (host: string, port?: number) => ({ host, port, privateKey: FAKE_PRIVATE_KEY });
+  const args = (staging: PlainConnection, production: PlainConnection[]): PlainNixSshCacheArgs => ({
+    staging: { connection: staging },
+    production: production.map((connection) => ({ connection })),
+  });
+  before(() => mkdirSync(join(home, ".ssh"), { recursive: true }));
+  after(() => rmSync(knownHosts, { force: true }));
+
+  it("a host with neither is refused, naming the field, the host and ssh-keyscan", () => {
+    rmSync(knownHosts, { force: true });
+    const problems = problemsOfModel(
+      args({ ...bare("stage.test"), hostKey: HOST_KEY, proxy: bare("jump.test", 2200) }, [
+        bare("prod1.test", 2222),
+      ]),
+    );
+    assert.equal(problems.length, 2, problems.join("\n"));
+    assert.match(
+      problems[0],
+      /^staging\.connection\.proxy\.hostKey \(host "jump\.test", port 2200\): no hostKey given and no key for \[jump\.test\]:2200 in /,
+    );
+    assert.ok(problems[0].includes("`ssh-keyscan -p 2200 -t ed25519 jump.test`"), problems[0]);
+    assert.match(
+      problems[1],
+      /^production\[0\]\.connection\.hostKey \(host "prod1\.test", port 2222\)/,
+    );
+    assert.ok(
+      problems[1].includes("ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub"),
+      problems[1],
+    );
+  });
+
+  it("a key in known_hosts (plain, hashed, [host]:port) verifies a host and is pinned at resolution", () => {
+    writeFileSync(
+      knownHosts,
+      [`[jump.test]:2200 ${ED25519_KEY}`, `prod1.test,prod2.test ${HOST_KEY}`, ""].join("\n"),
+    );
+    validateArgs(
+      args({ ...bare("stage.test"), hostKey: HOST_KEY, proxy: bare("jump.test", 2200) }, [
+        bare("prod1.test"),
+      ]),
+    );
+    const c = toConnection({
+      ...bare("stage.test"),
+      hostKey: HOST_KEY,
+      proxy: bare("jump.test", 2200),
+    });
+    assert.equal(c.hostKey, HOST_KEY);
+    assert.equal(c.hostKeySource, undefined, "a given hostKey needs no source");
+    assert.equal(c.proxy?.hostKey, ED25519_KEY.split(" ").slice(0, 2).join(" "));
+    assert.equal(c.proxy?.hostKeySource, knownHosts);
+    assert.equal(
+      toConnection(bare("prod2.test")).hostKey,
+      HOST_KEY.split(" ").slice(0, 2).join(" "),
+    );
+  });
+
+  it("a hostKey marked @revoked in known_hosts is refused", () => {
+    writeFileSync(knownHosts, `@revoked * ${HOST_KEY}\n`);
+    const problems = problemsOfModel(
+      args({ ...bare("stage.test"), hostKey: HOST_KEY }, [
+        { ...bare("prod1.test"), hostKey: ED25519_KEY },
+      ]),
+    );
+    assert.equal(problems.length, 1, problems.join("\n"));
+    assert.match(
+      problems[0],
+      /^staging\.connection\.hostKey \(host "stage\.test"\): its hostKey SHA256:\S+ \(ED25519\) is marked @revoked at .*known_hosts:1/,
+    );
+  });
+
+  it("a host or key not known yet (an Output in a preview) is checked once known", () => {
+    rmSync(knownHosts, { force: true });
+    validateArgs(args({ ...bare("stage.test"), hostKey: LATER }, [{ ...bare("x"), host: LATER }]));
+  });
+});
+
+/** The problems validateArgs reports for arguments in the host model. */
+function problemsOfModel(a: PlainNixSshCacheArgs): readonly string[] {
+  try {
+    validateArgs(a);
+  } catch (e) {
+    assert.ok(e instanceof NixSshCacheInputError, `unexpected error type: ${e}`);
+    return e.problems;
+  }
+  assert.fail("validateArgs accepted it");
+}

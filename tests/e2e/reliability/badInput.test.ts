@@ -145,7 +145,8 @@ const CASES: BadCase[] = [
   },
   {
     name: "staging listed as production",
-    mutate: (c, h) => c.production.push({ host: h.stage.address, name: "stage-too" }),
+    mutate: (c, h) =>
+      c.production.push({ host: h.stage.address, hostKey: h.stage.hostKey, name: "stage-too" }),
     field: "production[2].connection.host",
     host: stagingHost,
   },
