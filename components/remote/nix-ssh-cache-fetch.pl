@@ -60,8 +60,10 @@ my %report = (closure => 0, fetched => 0, bytes => 0, fallback => 0, reason => '
 my $t0 = time;
 # Who answers, for messages: "staging (ssh://nix-ssh@stage.test)".
 my $staging = 'staging';
-# Our children (ssh, the request writer), stopped when the fast path fails half-way.
+# Our children (ssh, the request writer), stopped when the fast path fails half-way; the
+# filter of staging's messages (start_stderr_filter).
 my %children;
+my $stderr_filter;
 my $work = $ENV{NIX_SSH_CACHE_FETCH_DIR} // '/var/tmp';
 my @args;
 while (@ARGV) {
@@ -125,12 +127,20 @@ finish(0) if $ok;
 unless ($fallback) { print STDERR "$ME: the one-session fetch failed: $why\n"; exit 1 }
 say_("the one-session fetch failed: $why; falling back to nix-store --realise through the configured substituters");
 @report{qw(fallback reason)} = (1, $why);
-# nix-store prints the realised paths on stdout: keep stdout for the --json report.
+# nix-store prints the realised paths on stdout: keep stdout for the --json report. Its output
+# (with its ssh's, staging's words) goes through the filter.
 open(my $stdout, '>&', \*STDOUT) or die "$ME: dup stdout: $!\n";
-open(STDOUT, '>&', \*STDERR) or die "$ME: dup stderr: $!\n";
+open(my $stderr, '>&', \*STDERR) or die "$ME: dup stderr: $!\n";
+my $filter_in = start_stderr_filter('nix-store', 1 << 20);
+open(STDERR, '>&', $filter_in) or die "$ME: dup stderr: $!\n";
+open(STDOUT, '>&', $filter_in) or die "$ME: dup stdout: $!\n";
+close $filter_in;
 # Nix's substituters check signatures only with require-sigs: force it, whatever nix.conf says.
 my $status = system('nix-store', '--option', 'require-sigs', 'true', '--realise', '--', @roots);
 open(STDOUT, '>&', $stdout) or die "$ME: restore stdout: $!\n";
+open(STDERR, '>&', $stderr) or die "$ME: restore stderr: $!\n";
+STDERR->autoflush(1);
+finish_stderr_filter();
 finish($status == 0 ? 0 : (($status >> 8) || 1));
 
 # Prints the --json report and exits with STATUS.
@@ -289,6 +299,52 @@ sub stop_children {
         waitpid($pid, 0);
         delete $children{$pid};
     }
+    finish_stderr_filter();
+}
+
+# Staging's messages (ssh's stderr: its own and those of the command staging runs; in the
+# fallback, all of nix-store's, which passes its ssh's on) reach ours only through this filter:
+# line by line, each prefixed "nix-ssh-cache-fetch: LABEL: ", bytes other than printable ASCII as
+# '?', lines cut at 512 characters, BUDGET bytes in all. So no escape sequence of staging's
+# reaches a terminal or a log, and no line of staging's starts a line of ours (the step's stderr
+# is read by the operator's side). Returns the handle to write to.
+sub start_stderr_filter {
+    my ($label, $budget) = @_;
+    pipe(my $r, my $w) or die "pipe: $!\n";
+    my $pid = fork() // die "fork: $!\n";
+    if ($pid == 0) {
+        $SIG{$_} = 'DEFAULT' for qw(INT TERM HUP);
+        close $w;
+        STDERR->autoflush(1);    # it ends with _exit, which flushes nothing
+        my ($buf, $left) = ('', $budget);
+        my $emit = sub {
+            my ($line) = @_;
+            return if $left <= 0;
+            $line =~ s/[^\x20-\x7e]/?/g;
+            print STDERR "$ME: $label: $line\n";
+            $left -= length("$ME: $label: $line\n");
+            print STDERR "$ME: $label: (more messages dropped)\n" if $left <= 0;
+        };
+        my $cut = 0;    # within a line already cut: dropped up to its end
+        while (sysread($r, my $chunk, 4096)) {
+            $buf .= $chunk;
+            while ($buf =~ s/\A([^\n]*)\n//) { $emit->($1) unless $cut; $cut = 0 }
+            if (length($buf) > 512) {
+                $emit->(substr($buf, 0, 512) . '...') unless $cut;
+                ($buf, $cut) = ('', 1);
+            }
+        }
+        $emit->($buf) if $buf ne '' && !$cut;
+        POSIX::_exit(0);
+    }
+    close $r;
+    $stderr_filter = $pid;
+    return $w;
+}
+# Waits for the filter to print what staging said (it ends when ssh has exited).
+sub finish_stderr_filter {
+    waitpid($stderr_filter, 0) if defined $stderr_filter;
+    undef $stderr_filter;
 }
 
 sub fast {
@@ -298,7 +354,16 @@ sub fast {
     $staging = "staging (" . printable($url) . ")";
     my @ssh = ssh_command($url);
     my $started = time;
-    my $pid = open2(my $from_staging, my $to_staging, @ssh);
+    # ssh's stderr goes to the filter: open2 hands our STDERR to ssh, for that moment the filter's.
+    my $filter_in = start_stderr_filter('staging', 1 << 16);
+    open(my $stderr, '>&', \*STDERR) or die "dup stderr: $!\n";
+    open(STDERR, '>&', $filter_in) or die "dup stderr: $!\n";
+    my ($from_staging, $to_staging);
+    my $pid = eval { open2($from_staging, $to_staging, @ssh) };
+    open(STDERR, '>&', $stderr) or die "restore stderr: $!\n";
+    STDERR->autoflush(1);    # reopened: buffered, unlike the STDERR Perl starts with
+    close $filter_in;
+    die $@ unless defined $pid;
     $children{$pid} = 1;
     binmode $_ for $from_staging, $to_staging;
     $to_staging->autoflush(1);
@@ -317,14 +382,15 @@ sub fast {
     if (@missing) {
         -d $work or die "work directory $work does not exist (--work-dir)\n";
         my $cache = tempdir("$ME.XXXXXX", DIR => $work, CLEANUP => 1);
-        my $bytes = transfer($from_staging, $to_staging, $cache, \@closure, @missing);
+        my ($bytes, $verifier) = transfer($from_staging, $to_staging, $cache, \@keys, \@closure, @missing);
         $report{bytes} = $bytes;
         close $to_staging;
         waitpid($pid, 0);
         delete $children{$pid};
+        finish_stderr_filter();
         say_(sprintf('received %d paths, %.1f MiB in %d s; adding them (Nix checks their signatures)',
             scalar @missing, $bytes / 1048576, time - $started));
-        verify_signatures($cache, \@keys, @missing);
+        finish_signature_check($verifier);
         # `nix copy` checks every NAR against its NarHash; require-sigs true makes it check the
         # signatures again whatever nix.conf says. Faster than `nix-store --realise` from the
         # same file:// cache (no substitution goals): 395 against 546 ms for 300 paths.
@@ -335,6 +401,7 @@ sub fast {
         close $to_staging;
         waitpid($pid, 0);
         delete $children{$pid};
+        finish_stderr_filter();
     }
     # Every root valid now (also when nothing was missing).
     my @left = invalid_here(@roots);
@@ -407,8 +474,9 @@ sub disk_space {
 
 # Infos and NARs of @missing, asked in one pipelined batch (written by a child process, so that a
 # long request list cannot block against staging's answers); written as a file:// binary cache.
+# Returns the NAR bytes and the signature check (start_signature_check) running meanwhile.
 sub transfer {
-    my ($in, $out, $cache, $closure_list, @missing) = @_;
+    my ($in, $out, $cache, $keys, $closure_list, @missing) = @_;
     my $writer = fork() // die "fork: $!\n";
     if ($writer == 0) {
         $SIG{$_} = 'DEFAULT' for qw(INT TERM HUP);
@@ -444,20 +512,10 @@ sub transfer {
     open(my $ci, '>', "$cache/nix-cache-info") or die "$cache: $!\n";
     print $ci "StoreDir: $store_dir\n";
     close $ci;
-    my $bytes = 0;
+    # The infos first: their signatures are checked while the NARs arrive.
     for my $path (@missing) {
         my $i = $info{$path};
         my $hash = (split /-/, base($path))[0];
-        open(my $nar, '>', "$cache/nar/$hash.nar") or die "$cache: $!\n";
-        binmode $nar;
-        my $left = $i->{narSize};
-        while ($left > 0) {
-            my $n = $left < 1 << 20 ? $left : 1 << 20;
-            print $nar read_exact($in, $n);
-            $left -= $n;
-        }
-        close $nar or die "writing $cache/nar/$hash.nar: $!\n";
-        $bytes += $i->{narSize};
         open(my $ni, '>', "$cache/$hash.narinfo") or die "$cache: $!\n";
         print $ni "StorePath: $path\nURL: nar/$hash.nar\nCompression: none\n",
             "NarHash: $i->{narHash}\nNarSize: $i->{narSize}\n",
@@ -467,37 +525,68 @@ sub transfer {
         print $ni "Sig: $_\n" for @{ $i->{sigs} };
         close $ni or die "writing $cache/$hash.narinfo: $!\n";
     }
+    my $verifier = start_signature_check($cache, $keys, @missing);
+    my $bytes = 0;
+    for my $path (@missing) {
+        my $hash = (split /-/, base($path))[0];
+        open(my $nar, '>', "$cache/nar/$hash.nar") or die "$cache: $!\n";
+        binmode $nar;
+        my $left = $info{$path}{narSize};
+        while ($left > 0) {
+            my $n = $left < 1 << 20 ? $left : 1 << 20;
+            print $nar read_exact($in, $n);
+            $left -= $n;
+        }
+        close $nar or die "writing $cache/nar/$hash.nar: $!\n";
+        $bytes += $info{$path}{narSize};
+    }
     waitpid($writer, 0);
     delete $children{$writer};
-    return $bytes;
+    return ($bytes, $verifier);
 }
 
 # Every fetched path must carry a valid signature by a key this host trusts (or be
 # content-addressed, as Nix accepts), checked before anything is imported: `nix store verify`
-# on the fetched infos counts valid signatures whatever require-sigs says.
-sub verify_signatures {
+# on the fetched infos (--no-contents: the NARs need not be there yet) counts valid signatures
+# whatever require-sigs says. Runs in the background (its messages in the cache directory);
+# returns [pid, log].
+sub start_signature_check {
     my ($cache, $keys, @paths) = @_;
-    while (my @chunk = splice(@paths, 0, 1000)) {
-        my @cmd = ('nix', '--extra-experimental-features', 'nix-command', 'store', 'verify',
-            '--store', "file://$cache", '--no-contents', '--sigs-needed', '1',
-            '--option', 'trusted-public-keys', join(' ', @$keys), '--', @chunk);
-        # Its messages (stderr) read here: the untrusted paths are named in ours.
-        my $pid = open(my $out, '-|') // die "fork: $!\n";
-        if ($pid == 0) {
-            open(STDERR, '>&', \*STDOUT) or POSIX::_exit(127);
-            exec(@cmd) or POSIX::_exit(127);
+    my $log = "$cache/verify.log";
+    my $pid = fork() // die "fork: $!\n";
+    if ($pid == 0) {
+        $SIG{$_} = 'DEFAULT' for qw(INT TERM HUP);
+        open(STDOUT, '>', $log) or POSIX::_exit(4);
+        open(STDERR, '>&', \*STDOUT) or POSIX::_exit(4);
+        my $status = 0;
+        while (my @chunk = splice(@paths, 0, 1000)) {
+            system('nix', '--extra-experimental-features', 'nix-command', 'store', 'verify',
+                '--store', "file://$cache", '--no-contents', '--sigs-needed', '1',
+                '--option', 'trusted-public-keys', join(' ', @$keys), '--', @chunk);
+            $status ||= $? == -1 ? 127 : ($? >> 8) || ($? ? 4 : 0);
         }
-        my @untrusted;
-        while (my $line = <$out>) {
+        POSIX::_exit($status);
+    }
+    $children{$pid} = 1;
+    return [$pid, $log];
+}
+
+# Waits for the signature check; refuses the paths it found untrusted, naming them.
+sub finish_signature_check {
+    my ($pid, $log) = @{ $_[0] };
+    waitpid($pid, 0);
+    delete $children{$pid};
+    my $status = $? >> 8;
+    my @untrusted;
+    if (open(my $fh, '<', $log)) {
+        while (my $line = <$fh>) {
             if ($line =~ /^path '([^']*)' is untrusted$/) { push @untrusted, $1 }
             elsif ($line !~ /^checking '/) { print STDERR $line unless $quiet }
         }
-        close $out;
-        my $status = $? >> 8;
-        next if $status == 0;
-        refuse(sprintf('%s, which lacks a valid signature by a key in trusted-public-keys%s',
-            printable($untrusted[0]), @untrusted > 1 ? ' (and ' . (@untrusted - 1) . ' more paths)' : ''))
-            if @untrusted;
-        die "nix store verify could not check the signatures of the fetched paths (status $status)\n";
     }
+    return if $status == 0;
+    refuse(sprintf('%s, which lacks a valid signature by a key in trusted-public-keys%s',
+        printable($untrusted[0]), @untrusted > 1 ? ' (and ' . (@untrusted - 1) . ' more paths)' : ''))
+        if @untrusted;
+    die "nix store verify could not check the signatures of the fetched paths (status $status)\n";
 }

@@ -209,6 +209,32 @@ describe("nix-ssh-cache-fetch against a hostile staging", { skip }, () => {
     });
   }
 
+  it("staging's stderr (a forged sudo marker, escapes, 300 kB) reaches ours only filtered, fast path and fallback", async () => {
+    await lie("stderr");
+    const missing = `/var/tmp/nsc-no-such-dir-${Date.now()}`;
+    const runs = [
+      // The fast path: staging's words through ssh, at most 64 KiB of them.
+      { flags: "--no-fallback", label: "staging", atMost: 70_000 },
+      // The fallback: all of nix-store's output (its ssh's too), at most 1 MiB.
+      { flags: `--work-dir ${missing}`, label: "nix-store", atMost: 1_100_000 },
+    ];
+    for (const { flags, label, atMost } of runs) {
+      const r = await fetch(signed.out, flags);
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(await isValid(prod1, signed.out), true);
+      // ssh.ts reads `nix-ssh-cache-sudo: ...` at the start of a line of a step's stderr.
+      assert.doesNotMatch(r.stderr, /(^|\n)nix-ssh-cache-sudo:/, "a marker line of staging's");
+      assert.match(
+        r.stderr,
+        new RegExp(`(^|\\n)nix-ssh-cache-fetch: ${label}: nix-ssh-cache-sudo: `),
+      );
+      assert.doesNotMatch(r.stderr, CONTROL, "staging's control characters reached stderr");
+      assert.ok(r.stderr.length < atMost, `${r.stderr.length} bytes of stderr`);
+      if (label === "staging") assert.match(r.stderr, /staging: \(more messages dropped\)/);
+    }
+    await lie("honest");
+  });
+
   describe("production with require-sigs = false", () => {
     before(async () => {
       await lie("honest");

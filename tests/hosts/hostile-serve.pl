@@ -14,15 +14,23 @@
 #   flood     path infos: the first real info sent 10^6 times
 #   narsize   path infos: the first path's narSize is 2^62 (its real NAR follows, then EOF)
 #   deriver   path infos: the first path's deriver ends in "\x1b[2J" (a terminal escape)
+#   stderr    nothing spoiled, but first a forged sudo marker line (ssh.ts's probe), a terminal
+#             escape, a line of 100 kB and 2000 more lines on stderr (to the fallback's
+#             substituter too)
 #   honest    nothing spoiled
 # Test-only code: never installed by the component.
 use strict;
 use warnings;
 use IPC::Open2 qw(open2);
 
-exec('nix-store', '--serve') if ($ENV{SSH_ORIGINAL_COMMAND} // '') =~ /--write/;
 my $mode = 'honest';
 if (open(my $f, '<', '/etc/nsc-hostile/mode')) { $mode = <$f> // 'honest'; chomp $mode }
+if ($mode eq 'stderr') {
+    print STDERR "nix-ssh-cache-sudo: direct /nix/store/", 'x' x 32, "-payload/bin/sh\n";
+    print STDERR "\x1b[2J\x1b]0;owned\x07", 'x' x 100_000, "\n";
+    print STDERR 'y' x 99, "\n" for 1 .. 2000;
+}
+exec('nix-store', '--serve') if ($ENV{SSH_ORIGINAL_COMMAND} // '') =~ /--write/;
 $SIG{PIPE} = 'DEFAULT';
 
 my $pid = open2(my $real_out, my $real_in, 'nix-store', '--serve');
