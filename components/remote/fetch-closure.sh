@@ -25,7 +25,7 @@ outputs() {
   local p
   for p in "${paths[@]}"; do
     case "$p" in
-    *.drv) nix-store --query --outputs "$p" ;;
+    *.drv) nix-store --query --outputs -- "$p" ;;
     *) printf '%s\n' "$p" ;;
     esac
   done
@@ -34,7 +34,7 @@ outputs() {
 case "$ACTION" in
 read)
   mapfile -t wanted < <(outputs 2>/dev/null || true)
-  invalid=$(nix-store --check-validity --print-invalid "${wanted[@]}" 2>/dev/null || echo unknown)
+  invalid=$(nix-store --check-validity --print-invalid -- "${wanted[@]}" 2>/dev/null || echo unknown)
   if [ "${#wanted[@]}" -gt 0 ] && [ -z "$invalid" ]; then
     echo '{"valid":true}'
   else

@@ -112,7 +112,9 @@ describe("nix-ssh-cache-fetch: a closure in one SSH session", { skip }, () => {
   it("when the fast path fails, it falls back to Nix's substitution and still gets the path", async () => {
     const built = await buildOnStaging(stage, "fallback");
     // A work directory that does not exist: the one-session path fails before any transfer.
-    const r = await prod1.exec(`${FETCH} --work-dir /nonexistent ${built.out}`, { check: false });
+    // (Not `/nonexistent`: a test host's / is the machine's, where anything may create it.)
+    const missing = `/var/tmp/nsc-no-such-dir-${randomBytes(4).toString("hex")}`;
+    const r = await prod1.exec(`${FETCH} --work-dir ${missing} ${built.out}`, { check: false });
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stderr, /one-session fetch failed: .*; falling back/);
     assert.equal(await validCount(prod1, [built.out]), 1);
