@@ -5,7 +5,7 @@
 import * as pulumi from "@pulumi/pulumi";
 import * as tls from "@pulumi/tls";
 import { CacheCoordinateInputs, CacheCoordinates } from "./cacheServer";
-import { digest, isResolved, remoteScriptText, resolveHost, validateNow } from "./host";
+import { digest, isResolved, remoteScriptText, resolveHost, validateNow, Validity } from "./host";
 import { HostStep } from "./hostStep";
 import {
   knownHostsName,
@@ -26,8 +26,14 @@ import {
   verifyStep,
   VerifyResult,
 } from "./steps";
+import type { Connection } from "./ssh";
 import { ClientIdentityMode, FragmentOptions, HostArgs } from "./types";
-import { PlainCacheClientArgs, validateClientArgs } from "./validate";
+import {
+  PlainCacheClientArgs,
+  PlainCacheCoordinates,
+  validateCacheCoordinates,
+  validateClientArgs,
+} from "./validate";
 
 export type { ClientIdentityMode } from "./types";
 
@@ -229,7 +235,15 @@ export class CacheClient extends pulumi.ComponentResource {
     // A host resolved by a parent (NixSshCache) was checked there, values known late included.
     const later = isResolved(args.host) ? null : checked;
     const valid = validateNow(this, checked, validateClientArgs, later);
+    // The coordinates come from outside (another stack, staging's outputs): checked with the
+    // rules of direct input once known; nothing of this client runs on the host before.
+    const coordinatesValid = validateNow(
+      this,
+      coordinates as unknown as PlainCacheCoordinates,
+      validateCacheCoordinates,
+    );
     const host = resolveHost(args.host, valid);
+    const connection = onlyIfValid(host.connection, coordinatesValid);
     const identity =
       given ??
       new ClientIdentity(
@@ -239,7 +253,7 @@ export class CacheClient extends pulumi.ComponentResource {
       );
     this.publicKey = identity.publicKey;
     const at = (dependsOn: pulumi.Resource[]): StepContext => ({
-      connection: host.connection,
+      connection,
       os: identity.os,
       opts: { parent: this, dependsOn },
     });
@@ -381,6 +395,22 @@ function clientLinuxSteps(
     onlyOn: "linux",
   });
   return [knownHosts, sshConfig, nixConf];
+}
+
+/**
+ * The connection this client's steps run over: in an update, marked invalid (nothing runs over
+ * it, see `HostStep`) when the coordinates are invalid, so a crafted value changes nothing on
+ * the host. A preview runs nothing and is left as it is: a field not known yet (e.g. the canary
+ * being rebuilt) would otherwise make every step's connection unknown.
+ */
+function onlyIfValid(
+  connection: pulumi.Output<Connection>,
+  valid: pulumi.Output<Validity>,
+): pulumi.Output<Connection> {
+  if (pulumi.runtime.isDryRun()) return connection;
+  return pulumi
+    .all([connection, valid])
+    .apply(([c, v]) => (v === true ? c : { ...c, invalidInput: v }));
 }
 
 /** The coordinates a client uses, each field an Output of its own. */
