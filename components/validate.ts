@@ -670,6 +670,7 @@ export function validateClientArgs(args: PlainCacheClientArgs): void {
  * The name part of a cache public key (`NAME:BASE64`) and of `keyName`: written into nix.conf
  * (where `#` starts a comment and whitespace splits values) and into Nix strings.
  */
+// eslint-disable-next-line no-control-regex -- control characters are what this refuses
 const CACHE_KEY_NAME = /^[^\s:"'\\$`#\0-\x1f\x7f]+$/;
 const CACHE_KEY_NAME_RULE =
   'must be non-empty without ":", whitespace, quotes, "\\", "$", "`", "#" or control characters';
@@ -775,7 +776,8 @@ export function validateCacheCoordinates(cache: Now<PlainCacheCoordinates>): voi
   if (known(c.substituterUrl)) {
     checkSubstituterUrl(
       c.substituterUrl,
-      known(c.hostName) ? c.hostName : undefined,
+      // compared with hostName only when that is valid (else reported once, as cache.hostName)
+      typeof c.hostName === "string" && isValidHost(c.hostName) ? c.hostName : undefined,
       "cache.substituterUrl",
       problems,
     );

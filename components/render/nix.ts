@@ -117,6 +117,7 @@ export function assertToken(value: string, what: string): void {
  * ```
  */
 export function assertConfigToken(value: string, what: string): void {
+  // eslint-disable-next-line no-control-regex -- control characters are what this refuses
   if (typeof value !== "string" || value === "" || /[\s"'\\$`#\0-\x1f\x7f]/.test(value)) {
     throw new Error(
       `${what} must be non-empty without whitespace, quotes, "\\", "$", "\`", "#" or control characters, got ${JSON.stringify(value)}`,
