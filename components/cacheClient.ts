@@ -29,6 +29,8 @@ import {
 import type { Connection } from "./ssh";
 import { ClientIdentityMode, FragmentOptions, HostArgs } from "./types";
 import {
+  LATER,
+  NixSshCacheInputError,
   PlainCacheClientArgs,
   PlainCacheCoordinates,
   validateCacheCoordinates,
@@ -260,15 +262,24 @@ export class CacheClient extends pulumi.ComponentResource {
     const cache = cacheFields(coordinates, identity.keyFile);
     this.substituterUrl = cache.substituterUrl;
     this.module = pulumi
-      .all([cache.substituterUrl, cache.publicKeys, cache.hostName, cache.hostKey, cache.port])
-      .apply(([url, keys, hostName, hostKey, port]) =>
-        renderProductionModule({
-          substituterUrl: url,
-          trustedPublicKeys: keys,
-          stagingHostName: hostName,
-          stagingHostKey: hostKey,
-          stagingPort: port,
-        }),
+      .all([
+        cache.substituterUrl,
+        cache.coordinateUrl,
+        cache.publicKeys,
+        cache.hostName,
+        cache.hostKey,
+        cache.port,
+      ])
+      .apply(([url, given, keys, hostName, hostKey, port]) =>
+        ifValid({ substituterUrl: given, publicKeys: keys, hostName, hostKey, port }, () =>
+          renderProductionModule({
+            substituterUrl: url,
+            trustedPublicKeys: keys,
+            stagingHostName: hostName,
+            stagingHostKey: hostKey,
+            stagingPort: port,
+          }),
+        ),
       );
     const files = clientFiles(cache);
     const linux = clientLinuxSteps(name, at([identity]), files);
@@ -348,16 +359,24 @@ function clientFiles(cache: ClientCache): ClientFiles {
     knownHosts: pulumi
       .all([cache.hostName, cache.port, cache.hostKey])
       .apply(([hostName, port, hostKey]) =>
-        renderKnownHosts([knownHostsName(hostName, port)], hostKey),
+        ifValid({ hostName, port, hostKey }, () =>
+          renderKnownHosts([knownHostsName(hostName, port)], hostKey),
+        ),
       ),
     sshConfig: pulumi
       .all([cache.hostName, cache.port])
       .apply(([hostName, port]) =>
-        renderSshClientConfig({ hostName, knownHostsFile: CLIENT_FILES.knownHosts, port }),
+        ifValid({ hostName, port }, () =>
+          renderSshClientConfig({ hostName, knownHostsFile: CLIENT_FILES.knownHosts, port }),
+        ),
       ),
     nixConf: pulumi
-      .all([cache.substituterUrl, cache.publicKeys])
-      .apply(([url, keys]) => renderNixConf({ substituters: [url], trustedPublicKeys: keys })),
+      .all([cache.substituterUrl, cache.coordinateUrl, cache.publicKeys])
+      .apply(([url, given, keys]) =>
+        ifValid({ substituterUrl: given, publicKeys: keys }, () =>
+          renderNixConf({ substituters: [url], trustedPublicKeys: keys }),
+        ),
+      ),
   };
 }
 
@@ -413,8 +432,34 @@ function onlyIfValid(
     .apply(([c, v]) => (v === true ? c : { ...c, invalidInput: v }));
 }
 
+/**
+ * `render()` when the given coordinate fields are valid, else `""`: an invalid field is reported
+ * once (by the constructor's deferred check) and nothing runs on the host then (see
+ * {@link onlyIfValid}); a renderer's own error would instead travel through the inputs of every
+ * resource that waits for the text (and kept the program from ending). Each text depends on
+ * its own fields only, so a preview shows what changes as soon as those are known.
+ */
+function ifValid(fields: Partial<CacheCoordinates>, render: () => string): string {
+  const unknown = Object.fromEntries(
+    ["substituterUrl", "publicKeys", "hostName", "port", "hostKey", "canaryPath"].map((k) => [
+      k,
+      LATER,
+    ]),
+  );
+  try {
+    validateCacheCoordinates({ ...unknown, ...fields } as unknown as PlainCacheCoordinates);
+  } catch (e) {
+    if (e instanceof NixSshCacheInputError) return "";
+    throw e;
+  }
+  return render();
+}
+
 /** The coordinates a client uses, each field an Output of its own. */
-type ClientCache = { [K in keyof CacheCoordinates]: pulumi.Output<CacheCoordinates[K]> };
+type ClientCache = { [K in keyof CacheCoordinates]: pulumi.Output<CacheCoordinates[K]> } & {
+  /** The substituter URL as the coordinates gave it (without this host's `ssh-key=`). */
+  coordinateUrl: pulumi.Output<string>;
+};
 
 /**
  * The coordinates field by field (a whole object, e.g. from a StackReference, is split), with
@@ -431,8 +476,11 @@ function cacheFields(
       : (pulumi.output((cache as CacheCoordinateInputs)[k]) as pulumi.Output<CacheCoordinates[K]>);
   return {
     substituterUrl: field("substituterUrl").apply((url) =>
-      keyFile ? withUrlParam(url, "ssh-key", keyFile) : url,
+      keyFile && ifValid({ substituterUrl: url }, () => "valid")
+        ? withUrlParam(url, "ssh-key", keyFile)
+        : url,
     ),
+    coordinateUrl: field("substituterUrl"),
     publicKeys: field("publicKeys"),
     hostName: field("hostName"),
     port: field("port"),

@@ -156,6 +156,13 @@ const BAD: Case[] = [
   ["keyName with colon", (a) => (a.keyName = "stage:1"), "keyName", '"stage.test"'],
   ["keyName with space", (a) => (a.keyName = "stage 1"), "keyName", '"stage.test"'],
   ["empty keyName", (a) => (a.keyName = ""), "keyName", '"stage.test"'],
+  [
+    "keyName with # (a nix.conf comment: production would trust a cut key)",
+    (a) => (a.keyName = "stage#1"),
+    "keyName",
+    '"stage.test"',
+  ],
+  ["keyName with $", (a) => (a.keyName = "stage$1"), "keyName", '"stage.test"'],
   ["relative keyDirectory", (a) => (a.keyDirectory = "etc/keys"), "keyDirectory", '"stage.test"'],
   ["keyDirectory with ..", (a) => (a.keyDirectory = "/etc/../tmp"), "keyDirectory", '"stage.test"'],
   [
