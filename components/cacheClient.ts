@@ -5,7 +5,7 @@
 import * as pulumi from "@pulumi/pulumi";
 import * as tls from "@pulumi/tls";
 import { CacheCoordinateInputs, CacheCoordinates } from "./cacheServer";
-import { digest, isResolved, remoteScriptText, resolveHost, validateNow } from "./host";
+import { digest, isResolved, remoteScriptText, resolveHost, validateNow, Validity } from "./host";
 import { HostStep } from "./hostStep";
 import {
   knownHostsName,
@@ -26,8 +26,16 @@ import {
   verifyStep,
   VerifyResult,
 } from "./steps";
+import type { Connection } from "./ssh";
 import { ClientIdentityMode, FragmentOptions, HostArgs } from "./types";
-import { PlainCacheClientArgs, validateClientArgs } from "./validate";
+import {
+  LATER,
+  NixSshCacheInputError,
+  PlainCacheClientArgs,
+  PlainCacheCoordinates,
+  validateCacheCoordinates,
+  validateClientArgs,
+} from "./validate";
 
 export type { ClientIdentityMode } from "./types";
 
@@ -229,7 +237,15 @@ export class CacheClient extends pulumi.ComponentResource {
     // A host resolved by a parent (NixSshCache) was checked there, values known late included.
     const later = isResolved(args.host) ? null : checked;
     const valid = validateNow(this, checked, validateClientArgs, later);
+    // The coordinates come from outside (another stack, staging's outputs): checked with the
+    // rules of direct input once known; nothing of this client runs on the host before.
+    const coordinatesValid = validateNow(
+      this,
+      coordinates as unknown as PlainCacheCoordinates,
+      validateCacheCoordinates,
+    );
     const host = resolveHost(args.host, valid);
+    const connection = onlyIfValid(host.connection, coordinatesValid);
     const identity =
       given ??
       new ClientIdentity(
@@ -239,22 +255,31 @@ export class CacheClient extends pulumi.ComponentResource {
       );
     this.publicKey = identity.publicKey;
     const at = (dependsOn: pulumi.Resource[]): StepContext => ({
-      connection: host.connection,
+      connection,
       os: identity.os,
       opts: { parent: this, dependsOn },
     });
     const cache = cacheFields(coordinates, identity.keyFile);
     this.substituterUrl = cache.substituterUrl;
     this.module = pulumi
-      .all([cache.substituterUrl, cache.publicKeys, cache.hostName, cache.hostKey, cache.port])
-      .apply(([url, keys, hostName, hostKey, port]) =>
-        renderProductionModule({
-          substituterUrl: url,
-          trustedPublicKeys: keys,
-          stagingHostName: hostName,
-          stagingHostKey: hostKey,
-          stagingPort: port,
-        }),
+      .all([
+        cache.substituterUrl,
+        cache.coordinateUrl,
+        cache.publicKeys,
+        cache.hostName,
+        cache.hostKey,
+        cache.port,
+      ])
+      .apply(([url, given, keys, hostName, hostKey, port]) =>
+        ifValid({ substituterUrl: given, publicKeys: keys, hostName, hostKey, port }, () =>
+          renderProductionModule({
+            substituterUrl: url,
+            trustedPublicKeys: keys,
+            stagingHostName: hostName,
+            stagingHostKey: hostKey,
+            stagingPort: port,
+          }),
+        ),
       );
     const files = clientFiles(cache);
     const linux = clientLinuxSteps(name, at([identity]), files);
@@ -334,16 +359,24 @@ function clientFiles(cache: ClientCache): ClientFiles {
     knownHosts: pulumi
       .all([cache.hostName, cache.port, cache.hostKey])
       .apply(([hostName, port, hostKey]) =>
-        renderKnownHosts([knownHostsName(hostName, port)], hostKey),
+        ifValid({ hostName, port, hostKey }, () =>
+          renderKnownHosts([knownHostsName(hostName, port)], hostKey),
+        ),
       ),
     sshConfig: pulumi
       .all([cache.hostName, cache.port])
       .apply(([hostName, port]) =>
-        renderSshClientConfig({ hostName, knownHostsFile: CLIENT_FILES.knownHosts, port }),
+        ifValid({ hostName, port }, () =>
+          renderSshClientConfig({ hostName, knownHostsFile: CLIENT_FILES.knownHosts, port }),
+        ),
       ),
     nixConf: pulumi
-      .all([cache.substituterUrl, cache.publicKeys])
-      .apply(([url, keys]) => renderNixConf({ substituters: [url], trustedPublicKeys: keys })),
+      .all([cache.substituterUrl, cache.coordinateUrl, cache.publicKeys])
+      .apply(([url, given, keys]) =>
+        ifValid({ substituterUrl: given, publicKeys: keys }, () =>
+          renderNixConf({ substituters: [url], trustedPublicKeys: keys }),
+        ),
+      ),
   };
 }
 
@@ -383,8 +416,50 @@ function clientLinuxSteps(
   return [knownHosts, sshConfig, nixConf];
 }
 
+/**
+ * The connection this client's steps run over: in an update, marked invalid (nothing runs over
+ * it, see `HostStep`) when the coordinates are invalid, so a crafted value changes nothing on
+ * the host. A preview runs nothing and is left as it is: a field not known yet (e.g. the canary
+ * being rebuilt) would otherwise make every step's connection unknown.
+ */
+function onlyIfValid(
+  connection: pulumi.Output<Connection>,
+  valid: pulumi.Output<Validity>,
+): pulumi.Output<Connection> {
+  if (pulumi.runtime.isDryRun()) return connection;
+  return pulumi
+    .all([connection, valid])
+    .apply(([c, v]) => (v === true ? c : { ...c, invalidInput: v }));
+}
+
+/**
+ * `render()` when the given coordinate fields are valid, else `""`: an invalid field is reported
+ * once (by the constructor's deferred check) and nothing runs on the host then (see
+ * {@link onlyIfValid}); a renderer's own error would instead travel through the inputs of every
+ * resource that waits for the text (and kept the program from ending). Each text depends on
+ * its own fields only, so a preview shows what changes as soon as those are known.
+ */
+function ifValid(fields: Partial<CacheCoordinates>, render: () => string): string {
+  const unknown = Object.fromEntries(
+    ["substituterUrl", "publicKeys", "hostName", "port", "hostKey", "canaryPath"].map((k) => [
+      k,
+      LATER,
+    ]),
+  );
+  try {
+    validateCacheCoordinates({ ...unknown, ...fields } as unknown as PlainCacheCoordinates);
+  } catch (e) {
+    if (e instanceof NixSshCacheInputError) return "";
+    throw e;
+  }
+  return render();
+}
+
 /** The coordinates a client uses, each field an Output of its own. */
-type ClientCache = { [K in keyof CacheCoordinates]: pulumi.Output<CacheCoordinates[K]> };
+type ClientCache = { [K in keyof CacheCoordinates]: pulumi.Output<CacheCoordinates[K]> } & {
+  /** The substituter URL as the coordinates gave it (without this host's `ssh-key=`). */
+  coordinateUrl: pulumi.Output<string>;
+};
 
 /**
  * The coordinates field by field (a whole object, e.g. from a StackReference, is split), with
@@ -401,8 +476,11 @@ function cacheFields(
       : (pulumi.output((cache as CacheCoordinateInputs)[k]) as pulumi.Output<CacheCoordinates[K]>);
   return {
     substituterUrl: field("substituterUrl").apply((url) =>
-      keyFile ? withUrlParam(url, "ssh-key", keyFile) : url,
+      keyFile && ifValid({ substituterUrl: url }, () => "valid")
+        ? withUrlParam(url, "ssh-key", keyFile)
+        : url,
     ),
+    coordinateUrl: field("substituterUrl"),
     publicKeys: field("publicKeys"),
     hostName: field("hostName"),
     port: field("port"),

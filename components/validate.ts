@@ -9,7 +9,7 @@
 import { isIPv4, isIPv6 } from "node:net";
 import { utils as sshUtils } from "ssh2";
 import { expectedHostKey, hostKeyHint } from "./knownHosts";
-import { parsePublicKeyLine } from "./render/publicKey";
+import { parseCachePublicKey, parsePublicKeyLine } from "./render/publicKey";
 import {
   BECOME_MODES,
   CLIENT_IDENTITY_MODES,
@@ -526,16 +526,21 @@ function checkAuthorizedKeys(
 function checkServerOptions(args: PlainServerOptions, where: string, problems: string[]): void {
   if (
     known(args?.keyName) &&
-    (typeof args.keyName !== "string" || args.keyName === "" || /[:\s]/.test(args.keyName))
+    (typeof args.keyName !== "string" || !CACHE_KEY_NAME.test(args.keyName))
   ) {
     problems.push(
-      `keyName (${show(args.keyName)}${where}): must be non-empty without ":" or whitespace, e.g. "stage.example.com-1"`,
+      `keyName (${show(args.keyName)}${where}): ${CACHE_KEY_NAME_RULE}, e.g. "stage.example.com-1"`,
     );
   }
   checkAbsolutePath(args?.keyDirectory, "keyDirectory", where, problems);
   checkRoleOptions(args, where, problems);
   checkEnum(args?.protocol, "protocol", PROTOCOLS, where, problems);
   checkBoolean(args?.write, "write", where, problems);
+  if (args?.protocol === "ssh-ng" && args?.write === false) {
+    problems.push(
+      `write (false${where}): protocol "ssh-ng" cannot be read-only: staging's serve user runs nix-daemon --stdio, so every authorised production key is a Nix daemon client that can add derivations and have staging build them, and staging signs the outputs. Use protocol "ssh" for a read-only cache, or remove write: false to accept that with ssh-ng`,
+    );
+  }
   checkSigningKey(args?.signingKey, where, problems);
   checkSubstituterOptions(args, where, problems);
   checkAuthorizedKeys(args?.authorizedKeys, "authorizedKeys", where, problems);
@@ -679,6 +684,153 @@ export function validateClientArgs(args: PlainCacheClientArgs): void {
   checkEnum(args?.clientIdentity, "clientIdentity", CLIENT_IDENTITY_MODES, where, problems);
   checkBoolean(args?.verify, "verify", where, problems);
   checkBoolean(args?.fetcher, "fetcher", where, problems);
+  if (problems.length > 0) throw new NixSshCacheInputError(problems);
+}
+
+/**
+ * The name part of a cache public key (`NAME:BASE64`) and of `keyName`: written into nix.conf
+ * (where `#` starts a comment and whitespace splits values) and into Nix strings.
+ */
+// eslint-disable-next-line no-control-regex -- control characters are what this refuses
+const CACHE_KEY_NAME = /^[^\s:"'\\$`#\0-\x1f\x7f]+$/;
+const CACHE_KEY_NAME_RULE =
+  'must be non-empty without ":", whitespace, quotes, "\\", "$", "`", "#" or control characters';
+
+/** A store path: `/nix/store/<32 base-32 characters>-<name>`, name characters as Nix allows. */
+const STORE_PATH = /^\/nix\/store\/[0-9a-df-np-sv-z]{32}-[A-Za-z0-9+._?=-]+$/;
+
+/** Substituter URL parameters a cache's coordinates may carry (those `CacheServer` renders). */
+const COORDINATE_URL_PARAMS: Record<string, RegExp> = {
+  compress: /^(?:true|false)$/,
+  "max-connections": /^[0-9]{1,4}$/,
+  priority: /^[0-9]{1,4}$/,
+};
+
+/**
+ * Cache coordinates (`CacheClient`'s `cache`: `CacheServer.coordinates`, or the same object read
+ * from another stack), resolved to plain values. Every field comes from outside this program.
+ */
+export interface PlainCacheCoordinates {
+  /** e.g. `ssh://nix-ssh@stage.example.com?priority=30`. */
+  substituterUrl: Now<string>;
+  /** `NAME:BASE64` cache public keys, at least one. */
+  publicKeys: Now<Now<string>[]>;
+  /** Name production reaches staging by. */
+  hostName: Now<string>;
+  /** Staging's SSH port. */
+  port: Now<number>;
+  /** Staging's SSH host public key line. */
+  hostKey: Now<string>;
+  /** A store path signed on staging. */
+  canaryPath: Now<string>;
+}
+
+/** Checks `cache.substituterUrl` and that it names `hostName`. */
+function checkSubstituterUrl(url: unknown, hostName: unknown, at: string, problems: string[]) {
+  const bad = (what: string) =>
+    problems.push(
+      `${at} (${show(url)}): ${what}; expected what CacheServer exports, e.g. "ssh://nix-ssh@stage.example.com?priority=30"`,
+    );
+  if (typeof url !== "string") return bad("must be a string");
+  const match =
+    /^(ssh|ssh-ng):\/\/([a-z_][a-z0-9_-]*)@(\[[0-9A-Fa-f:.]+\]|[^/?#@[\]\s]+)(?:\?(.*))?$/.exec(
+      url,
+    );
+  if (!match)
+    return bad('not an "ssh://" or "ssh-ng://" URL of the form <user>@<host>[?parameters]');
+  const [, , , host, query] = match;
+  const bare = host.replace(/^\[(.*)\]$/, "$1");
+  if (!isValidHost(bare)) return bad(`its host ${JSON.stringify(host)} is not a valid host name`);
+  if (
+    typeof hostName === "string" &&
+    bare.toLowerCase() !== hostName.replace(/^\[(.*)\]$/, "$1").toLowerCase()
+  ) {
+    bad(
+      `its host ${JSON.stringify(host)} is not cache.hostName (${JSON.stringify(hostName)}), whose key production pins`,
+    );
+  }
+  for (const param of query === undefined ? [] : query.split("&")) {
+    const [name, value = ""] = param.split("=", 2);
+    const rule = COORDINATE_URL_PARAMS[name];
+    if (!rule || !rule.test(value) || param.split("=").length !== 2) {
+      bad(
+        `parameter ${JSON.stringify(param)} is not allowed; a cache's URL may carry only ${Object.keys(COORDINATE_URL_PARAMS).join(", ")} (numbers, true or false)`,
+      );
+    }
+  }
+}
+
+/**
+ * Validates cache coordinates as `CacheClient` receives them (they may come from another stack
+ * through a `StackReference`, or from staging's own outputs), with the rules of direct input:
+ * `hostName` a host name or IP address, `port` an integer 1..65535, `hostKey` an SSH public
+ * host key, `publicKeys` one or more `NAME:BASE64` cache keys (32-byte keys, names as for
+ * `keyName`), `substituterUrl` an `ssh://` or `ssh-ng://` URL to `hostName` with only the
+ * parameters `CacheServer` renders, `canaryPath` a store path. Values not known yet are skipped.
+ *
+ * @throws NixSshCacheInputError listing every invalid field, e.g.
+ * `cache.port ("22\n  ProxyCommand …"): must be an integer from 1 to 65535`
+ * @example
+ * ```ts
+ * validateCacheCoordinates(await coordinatesFromAnotherStack);
+ * ```
+ */
+export function validateCacheCoordinates(cache: Now<PlainCacheCoordinates>): void {
+  if (cache === LATER) return;
+  const problems: string[] = [];
+  if (!isObject(cache)) {
+    problems.push(
+      `cache (${show(cache)}): must be the coordinates object CacheServer exports (substituterUrl, publicKeys, hostName, port, hostKey, canaryPath)`,
+    );
+    throw new NixSshCacheInputError(problems);
+  }
+  const c = cache as PlainCacheCoordinates;
+  if (known(c.hostName) && !(typeof c.hostName === "string" && isValidHost(c.hostName))) {
+    problems.push(
+      `cache.hostName (${show(c.hostName)}): not a valid host name or IP address; ${HOST_HINT}`,
+    );
+  }
+  if (known(c.port) && !isInt(c.port, 1, 65535)) {
+    problems.push(`cache.port (${show(c.port)}): must be an integer from 1 to 65535, e.g. 22`);
+  }
+  if (known(c.hostKey)) checkHostKey(c.hostKey, "cache.hostKey", "", problems);
+  if (known(c.substituterUrl)) {
+    checkSubstituterUrl(
+      c.substituterUrl,
+      // compared with hostName only when that is valid (else reported once, as cache.hostName)
+      typeof c.hostName === "string" && isValidHost(c.hostName) ? c.hostName : undefined,
+      "cache.substituterUrl",
+      problems,
+    );
+  }
+  if (known(c.publicKeys)) {
+    if (!Array.isArray(c.publicKeys) || c.publicKeys.length === 0) {
+      problems.push(
+        `cache.publicKeys (${show(c.publicKeys)}): must be a non-empty list of cache public keys, e.g. ["stage.example.com-1:T0xD...il8="]`,
+      );
+    } else {
+      c.publicKeys.forEach((k, i) => {
+        if (k === LATER) return;
+        const at = `cache.publicKeys[${i}] (${show(k)})`;
+        try {
+          if (typeof k !== "string") throw new Error("must be a string");
+          const { name } = parseCachePublicKey(k);
+          if (!CACHE_KEY_NAME.test(name) || k !== k.trim()) {
+            throw new Error(
+              `its name ${CACHE_KEY_NAME_RULE} and the key no surrounding whitespace`,
+            );
+          }
+        } catch (e) {
+          problems.push(`${at}: not a valid cache public key: ${(e as Error).message}`);
+        }
+      });
+    }
+  }
+  if (known(c.canaryPath) && !(typeof c.canaryPath === "string" && STORE_PATH.test(c.canaryPath))) {
+    problems.push(
+      `cache.canaryPath (${show(c.canaryPath)}): must be a store path like "/nix/store/<32 characters>-nix-ssh-cache-canary"`,
+    );
+  }
   if (problems.length > 0) throw new NixSshCacheInputError(problems);
 }
 

@@ -101,3 +101,61 @@ export function assertToken(value: string, what: string): void {
     );
   }
 }
+
+/**
+ * Throws unless `value` is a token safe in every file this project writes it to: not empty, no
+ * whitespace, quotes, backslash, `$`, backtick, `#` or control characters. Stricter than
+ * {@link assertToken}: `#` starts a comment in nix.conf (anywhere on a line) and in ssh
+ * configuration, and `$` / backtick are expanded where NixOS copies `services.openssh.extraConfig`
+ * into sshd_config (an unquoted shell here-document in nixpkgs' sshd module) and in Nix strings.
+ *
+ * @param what - names the value in the error message, e.g. `"substituter URL"`
+ * @example
+ * ```ts
+ * assertConfigToken("ssh://nix-ssh@stage.test", "substituter URL"); // ok
+ * assertConfigToken("ssh://x#y", "substituter URL"); // throws
+ * ```
+ */
+export function assertConfigToken(value: string, what: string): void {
+  // eslint-disable-next-line no-control-regex -- control characters are what this refuses
+  if (typeof value !== "string" || value === "" || /[\s"'\\$`#\0-\x1f\x7f]/.test(value)) {
+    throw new Error(
+      `${what} must be non-empty without whitespace, quotes, "\\", "$", "\`", "#" or control characters, got ${JSON.stringify(value)}`,
+    );
+  }
+}
+
+/** A DNS name (letters, digits, `-`, `.`), an IPv4 address, or an IPv6 address (bracketed or not). */
+const HOST_NAME =
+  /^(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9.])?|\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*)$/;
+
+/**
+ * Throws unless `value` looks like a host name or address: letters, digits, `-` and `.` (not
+ * starting with `-`), or an IPv6 address. A host name is written into `Host` and `Match`
+ * patterns and known_hosts lines, where `*`, `?`, `!`, `,` and whitespace have meanings of
+ * their own (`Host *` would apply to every host). The full check (RFC 1123 labels) is the
+ * input validation's; this one keeps a renderer from writing a pattern.
+ *
+ * @param what - names the value in the error message, e.g. `"stagingHostName"`
+ */
+export function assertHostName(value: string, what: string): void {
+  if (typeof value !== "string" || value.length > 253 || !HOST_NAME.test(value)) {
+    throw new Error(
+      `${what} must be a host name or IP address (letters, digits, "-", "."), got ${JSON.stringify(value)}`,
+    );
+  }
+}
+
+/**
+ * Throws unless `value` is a TCP port: an integer from 1 to 65535 (a number, not a string: a
+ * string could carry a line break into a config file).
+ *
+ * @param what - names the value in the error message, e.g. `"ssh Port"`
+ */
+export function assertPort(value: unknown, what: string): asserts value is number {
+  if (typeof value !== "number" || !Number.isInteger(value) || value < 1 || value > 65535) {
+    throw new Error(
+      `${what} must be an integer from 1 to 65535, got ${typeof value === "string" ? JSON.stringify(value) : String(value)}`,
+    );
+  }
+}

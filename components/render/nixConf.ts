@@ -2,7 +2,7 @@
  * nix.conf fragments for non-NixOS hosts, meant to be `!include`d from `/etc/nix/nix.conf`.
  * @packageDocumentation
  */
-import { assertToken, sortedUnique } from "./nix";
+import { assertConfigToken, sortedUnique } from "./nix";
 
 /** Arguments of {@link renderNixConf}. */
 export interface NixConfArgs {
@@ -32,7 +32,8 @@ export interface NixConfArgs {
  * omitted. Values are sorted, de-duplicated, and may not contain whitespace (nix.conf splits
  * on it). Ends with a newline.
  *
- * @throws Error when a value is empty or contains whitespace or quotes
+ * @throws Error when a value is empty or contains whitespace, quotes, `#`, `$` or control
+ * characters
  * @example
  * ```ts
  * renderNixConf({ substituters: ["ssh://nix-ssh@stage.test"], trustedPublicKeys: ["stage.test:T0x…="] });
@@ -52,7 +53,8 @@ export function renderNixConf(args: NixConfArgs): string {
   ];
   for (const [name, values] of settings) {
     if (!values || values.length === 0) continue;
-    values.forEach((v) => assertToken(v, `nix.conf ${name} value`));
+    // nix.conf splits values on whitespace and ends a line at "#" (a comment, anywhere).
+    values.forEach((v) => assertConfigToken(v, `nix.conf ${name} value`));
     lines.push(`${prefix}${name} = ${sortedUnique(values).join(" ")}`);
   }
   return lines.join("\n") + "\n";

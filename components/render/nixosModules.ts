@@ -8,8 +8,18 @@
  * @packageDocumentation
  */
 import type { Protocol } from "../types";
-import { assertToken, nixAttrName, nixList, nixString, sortedUnique } from "./nix";
+import {
+  assertConfigToken,
+  assertHostName,
+  assertPort,
+  nixAttrName,
+  nixList,
+  nixString,
+  sortedUnique,
+} from "./nix";
 import { parseCachePublicKey, parsePublicKeyLine } from "./publicKey";
+import { serveUserRestrictions } from "./sshd";
+import { knownHostsName } from "./sshClient";
 
 /** Arguments of {@link renderStagingModule}. */
 export interface StagingModuleArgs {
@@ -34,14 +44,20 @@ export interface StagingModuleArgs {
    */
   protocol?: Protocol;
   /**
-   * A file of further authorised keys of the serve user, read by sshd at login (a `Match User
-   * nix-ssh` block in `services.openssh.extraConfig`): keys added there need no rebuild, so the
-   * module does not wait for every production host's key.
+   * A file of further authorised keys of the serve user, read by sshd at login (in the `Match
+   * User nix-ssh` block of `services.openssh.extraConfig`): keys added there need no rebuild, so
+   * the module does not wait for every production host's key.
    * @defaultValue none (only `clientKeys`)
    * @example `"/etc/ssh/nix-ssh-cache/authorized_keys"`
    */
   authorizedKeysFile?: string;
 }
+
+/**
+ * Where NixOS keeps the known-hosts entries of `programs.ssh.knownHosts`
+ * (nixos/modules/programs/ssh.nix): the file the production module pins staging's key with.
+ */
+export const NIXOS_KNOWN_HOSTS_FILE = "/etc/ssh/ssh_known_hosts";
 
 /** Arguments of {@link renderProductionModule}. */
 export interface ProductionModuleArgs {
@@ -54,11 +70,9 @@ export interface ProductionModuleArgs {
   /** Staging's SSH host public key, e.g. `"ssh-ed25519 AAAA…"`; pinned for root's ssh. */
   stagingHostKey: string;
   /**
-   * Staging's SSH port. When not 22 the known-hosts entry is `[name]:port` and
-   * `programs.ssh.extraConfig` gets a `Host` block with `Port` (Nix 2.8 does not take the port
-   * from the substituter URL), closed by `Host *`: `extraConfig` is a `lines` option, an imported
-   * module's text comes before `configuration.nix`'s, so without the reset the user's own
-   * global lines that follow would apply to staging only.
+   * Staging's SSH port. When not 22 the known-hosts entry is `[name]:port` and the `Host` block
+   * of `programs.ssh.extraConfig` gets a `Port` line (Nix 2.8 does not take the port from the
+   * substituter URL).
    * @defaultValue `22`
    */
   stagingPort?: number;
@@ -109,20 +123,38 @@ export function renderStagingModule(args: StagingModuleArgs): string {
     `  nix.sshServe.write = ${args.write ? "true" : "false"};\n` +
     `  nix.sshServe.protocol = ${nixString(args.protocol ?? "ssh")};\n` +
     `  nix.settings.secret-key-files = [ ${[args.secretKeyFile, ...(args.previousSecretKeyFiles ?? [])].map(nixString).join(" ")} ];\n` +
-    keysFileConfig(args.authorizedKeysFile) +
+    serveUserSshdConfig(args.authorizedKeysFile) +
     "}\n"
   );
 }
 
-/** The sshd `Match` block naming the serve user's keys file (see `authorizedKeysFile`). */
-function keysFileConfig(file: string | undefined): string {
-  if (file === undefined) return "";
-  assertToken(file, "authorizedKeysFile");
+/**
+ * The serve user's sshd `Match` block in `services.openssh.extraConfig`: its keys file (see
+ * `authorizedKeysFile`) and {@link serveUserRestrictions}, closed by `Match All`.
+ *
+ * `extraConfig` is a `lines` option that nixpkgs' sshd module writes after the settings it
+ * generates itself (`services.openssh.settings`, then its own `extraConfig` lines at
+ * `mkOrder 0`: `Port`, `HostKey`, `AuthorizedKeysFile`, ...; in older releases the whole file
+ * was `extraConfig`, those lines first), and an imported module's text comes before
+ * `configuration.nix`'s. Without `Match All` the administrator's own global lines that follow
+ * (`AllowTcpForwarding no`, `MaxAuthTries`, `DenyUsers`) would apply to `nix-ssh` only, and
+ * one sshd refuses inside `Match` (`MaxStartups`) would fail the system build.
+ * nixpkgs pastes the text into an unquoted shell here-document (`cat … <<EOL`): no `$`, `\`
+ * or backtick may appear in it (the keys file is checked for those).
+ */
+function serveUserSshdConfig(file: string | undefined): string {
+  if (file !== undefined) assertConfigToken(file, "authorizedKeysFile");
+  const lines = [
+    "Match User nix-ssh",
+    ...(file === undefined ? [] : [`  AuthorizedKeysFile ${file}`]),
+    ...serveUserRestrictions(),
+    "Match All",
+  ];
   return (
-    "  # Each production host's key is authorised on its own in this file (nix-ssh-cache).\n" +
+    "  # The serve user, confined (nix-ssh-cache); each production host's key is authorised on\n" +
+    "  # its own in the keys file. `Match All` ends the block: the lines that follow stay global.\n" +
     "  services.openssh.extraConfig = ''\n" +
-    "    Match User nix-ssh\n" +
-    `      AuthorizedKeysFile ${file}\n` +
+    lines.map((l) => `    ${l}\n`).join("") +
     "  '';\n"
   );
 }
@@ -130,14 +162,21 @@ function keysFileConfig(file: string | undefined): string {
 /**
  * Renders a production module: the staging substituter, its trusted cache key, and staging's
  * pinned SSH host key (`programs.ssh.knownHosts."nix-ssh-cache-<name>"`), so root's ssh never
- * prompts (replacing the seed's "ssh once and type yes" step).
+ * prompts (replacing the seed's "ssh once and type yes" step). A `Host <staging>` block in
+ * `programs.ssh.extraConfig` makes root's ssh check staging against that file only, with
+ * `StrictHostKeyChecking yes` and `BatchMode yes` (a changed key fails "Host key verification
+ * failed", never a prompt or trust on first use), and sets `Port` when not 22. It ends with
+ * `Host *`: `extraConfig` is a `lines` option and an imported module's text comes before
+ * `configuration.nix`'s, so without the reset the user's own global lines that follow would
+ * apply to staging only.
  *
  * NixOS merges `nix.settings.substituters` and `nix.settings.trusted-public-keys` from all
  * modules, so values set elsewhere in the user's configuration are kept.
  *
  * Output is deterministic (keys sorted and de-duplicated) and ends with a newline.
  *
- * @throws Error when a trusted key or the host key is malformed
+ * @throws Error when a trusted key or the host key is malformed, or the URL, host name or port
+ * could break out of its line (whitespace, quotes, `#`, `$`, a pattern, a non-integer port)
  * @example
  * ```ts
  * renderProductionModule({
@@ -150,12 +189,19 @@ function keysFileConfig(file: string | undefined): string {
  */
 export function renderProductionModule(args: ProductionModuleArgs): string {
   const trusted = sortedUnique(args.trustedPublicKeys.map((k) => k.trim()));
-  trusted.forEach((k) => parseCachePublicKey(k));
+  trusted.forEach((k) => {
+    parseCachePublicKey(k);
+    // NixOS writes the list into nix.conf, space-separated, where "#" starts a comment.
+    assertConfigToken(k, "trusted public key");
+  });
+  // NixOS writes the substituters into nix.conf space-separated: whitespace would add another.
+  assertConfigToken(args.substituterUrl, "substituterUrl");
   const hostKey = parsePublicKeyLine(args.stagingHostKey);
   const port = args.stagingPort ?? 22;
+  assertPort(port, "stagingPort");
   const name = args.stagingHostName;
-  assertToken(name, "stagingHostName");
-  const knownHostName = port === 22 ? name : `[${name}]:${port}`;
+  assertHostName(name, "stagingHostName");
+  const knownHostName = knownHostsName(name, port);
   const lines = [
     "{ config, lib, pkgs, ... }:",
     "{",
@@ -166,12 +212,16 @@ export function renderProductionModule(args: ProductionModuleArgs): string {
     `    publicKey = ${nixString(`${hostKey.type} ${hostKey.base64}`)};`,
     "  };",
   ];
-  if (port !== 22) {
-    // `Host *` ends the block: text merged after it (the user's own extraConfig) stays global.
-    lines.push(
-      `  programs.ssh.extraConfig = ${nixString(`Host ${name}\n  Port ${port}\nHost *\n`)};`,
-    );
-  }
-  lines.push("}");
+  // `Host *` ends the block: text merged after it (the user's own extraConfig) stays global.
+  const sshConfig = [
+    `Host ${name}`,
+    ...(port === 22 ? [] : [`  Port ${port}`]),
+    `  UserKnownHostsFile ${NIXOS_KNOWN_HOSTS_FILE}`,
+    "  StrictHostKeyChecking yes",
+    "  BatchMode yes",
+    "Host *",
+    "",
+  ].join("\n");
+  lines.push(`  programs.ssh.extraConfig = ${nixString(sshConfig)};`, "}");
   return HEADER("production") + lines.join("\n") + "\n";
 }

@@ -3,6 +3,7 @@
  * @packageDocumentation
  */
 import type { Protocol } from "../types";
+import { assertConfigToken, assertHostName } from "./nix";
 import { parsePublicKeyLine } from "./publicKey";
 
 /** Optional query parameters of an SSH substituter URL (Nix store settings). */
@@ -75,7 +76,9 @@ export function substituterUrl(args: SubstituterUrlArgs): string {
   if (!/^[a-z_][a-z0-9_-]*$/.test(user)) {
     throw new Error(`substituter user ${JSON.stringify(user)} is not a valid user name`);
   }
-  if (host === "" || /[\s/?#@"'\\]/.test(host)) {
+  try {
+    assertHostName(host, "substituter host");
+  } catch {
     throw new Error(`substituter host ${JSON.stringify(args.host)} is not a valid host name`);
   }
   const p = args.params ?? {};
@@ -118,7 +121,8 @@ export function base64HostKey(hostKeyLine: string): string {
  * Adds (or replaces) one query parameter of a substituter URL, e.g. a production host's own
  * `ssh-key=` on the URL a cache exported.
  *
- * @throws Error when `name` is not a lower-case parameter name
+ * @throws Error when `name` is not a lower-case parameter name, or `url` is not a plain token
+ * (whitespace, quotes, `#`, `$`: it is written into nix.conf)
  * @example
  * ```ts
  * withUrlParam("ssh://nix-ssh@stage.test?priority=30", "ssh-key", "/etc/nix/nix-ssh-cache/id_ed25519");
@@ -129,6 +133,7 @@ export function withUrlParam(url: string, name: string, value: string): string {
   if (!/^[a-z][a-z0-9-]*$/.test(name)) {
     throw new Error(`substituter URL parameter name ${JSON.stringify(name)} is not valid`);
   }
+  assertConfigToken(url, "substituter URL");
   const [base, query = ""] = url.split("?", 2);
   const kept = query === "" ? [] : query.split("&").filter((p) => !p.startsWith(`${name}=`));
   return `${base}?${[...kept, `${name}=${encodeParam(value)}`].join("&")}`;

@@ -33,6 +33,26 @@ const SYSTEM_FILES = [
   "/run/current-system/configuration.json",
 ];
 
+/** The administrator's own global sshd lines in staging's configuration.nix. */
+const USER_SSHD_LINES = ["AllowTcpForwarding no", "MaxAuthTries 3", "MaxStartups 5:30:10"];
+
+/** What `sshd -T -C user=nix-ssh` must show on staging: the serve user confined. */
+const SERVE_USER_EFFECTIVE = [
+  "disableforwarding yes",
+  "allowtcpforwarding no",
+  "allowagentforwarding no",
+  "allowstreamlocalforwarding no",
+  "x11forwarding no",
+  "permittunnel no",
+  "permittty no",
+  "permituserrc no",
+  "authenticationmethods publickey",
+  "passwordauthentication no",
+  "kbdinteractiveauthentication no",
+  "permituserenvironment no",
+  "acceptenv NIX_SSH_CACHE_ACCEPTS_NO_CLIENT_ENVIRONMENT",
+];
+
 /** configuration.nix with `lines` put before its `system.stateVersion` line. */
 function withLines(configuration: string, lines: string[]): string {
   return configuration.replace(/^ {2}system\.stateVersion/m, (m) => [...lines, ""].join("\n") + m);
@@ -139,7 +159,15 @@ describe("NixOS: staging and prod1 NixOS-flavoured, prod2 plain Linux", { skip }
   });
 
   it("without left-overs up succeeds: NixOS applied the modules, production verified", async () => {
-    await stage.exec(`cat > ${CONFIG}`, { input: stageConfiguration });
+    // The administrator's own global sshd lines, after the imported module's block (finding 2
+    // of issue 21: an unclosed Match User nix-ssh captured them; MaxStartups failed sshd -t).
+    await stage.exec(`cat > ${CONFIG}`, {
+      input: withLines(stageConfiguration, [
+        "  services.openssh.extraConfig = ''",
+        ...USER_SSHD_LINES.map((l) => `    ${l}`),
+        "  '';",
+      ]),
+    });
     const up = await stack.up();
     assert.equal(up.code, 0, up.output);
     const out = await stack.outputs();
@@ -155,13 +183,30 @@ describe("NixOS: staging and prod1 NixOS-flavoured, prod2 plain Linux", { skip }
     );
     const sshd = await stage.exec("sshd -T -C user=nix-ssh,host=prod1.test,addr=127.0.0.1");
     assert.match(sshd.stdout, /^forcecommand nix-store --serve$/m);
+    // the serve user is confined; the administrator's lines stay global
+    for (const line of SERVE_USER_EFFECTIVE) {
+      assert.match(sshd.stdout, new RegExp(`^${line}$`, "m"), `nix-ssh: ${line}`);
+    }
+    const global = await stage.exec("sshd -T -C user=root,host=prod1.test,addr=127.0.0.1");
+    for (const line of ["allowtcpforwarding no", "maxauthtries 3", "maxstartups 5:30:10"]) {
+      assert.match(global.stdout, new RegExp(`^${line}$`, "m"), `global: ${line}`);
+    }
+    assert.match(global.stdout, /^disableforwarding no$/m, "the serve user's block stays its own");
     assert.equal((await show(prod1, "substituters")).stdout.trim(), "ssh://nix-ssh@stage.test");
     assert.match(
       (await prod1.exec("cat /etc/ssh/ssh_known_hosts")).stdout,
       /^stage\.test ssh-ed25519 /,
     );
     // the user's own global ssh option is still global
-    assert.match((await prod1.exec("ssh -G other.test")).stdout, /^serveraliveinterval 30$/m);
+    const other = (await prod1.exec("ssh -G other.test")).stdout;
+    assert.match(other, /^serveraliveinterval 30$/m);
+    assert.doesNotMatch(other, /^stricthostkeychecking true$/m);
+    // root's ssh checks staging against the pinned key only, never asks (README's promise)
+    const toStaging = (await prod1.exec("ssh -G stage.test")).stdout;
+    assert.match(toStaging, /^stricthostkeychecking true$/m);
+    assert.match(toStaging, /^userknownhostsfile \/etc\/ssh\/ssh_known_hosts$/m);
+    assert.match(toStaging, /^batchmode yes$/m);
+    assert.match(toStaging, /^serveraliveinterval 30$/m);
   });
 
   it("a path built on staging before up and one built after are substituted, signed", async () => {

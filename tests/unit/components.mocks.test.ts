@@ -41,7 +41,8 @@ function stepResult(inputs: Record<string, unknown>): Record<string, unknown> {
   if (step === "probe") return { os: "linux", hostKey: HOST_KEY, daemonRunning: true };
   if (step.startsWith("signing key")) return { publicKey: CACHE_KEY(env.KEY_NAME) };
   if (step === "root SSH key") return { publicKey: ED25519_KEY };
-  if (step === "canary build") return { path: `/nix/store/abc-nix-ssh-cache-canary-${env.NONCE}` };
+  if (step === "canary build")
+    return { path: `/nix/store/${"a".repeat(32)}-nix-ssh-cache-canary-${env.NONCE}` };
   if (step.startsWith("verify")) return { verified: true };
   if (step.startsWith("sign ")) return { keyName: "stage.test", paths: 5, signed: 3 };
   return { exists: true, sha256: "0" };
@@ -346,7 +347,7 @@ describe("CacheClient fetcher (mocks)", () => {
       hostName: "stage.test",
       port: 22,
       hostKey: HOST_KEY,
-      canaryPath: "/nix/store/abc-nix-ssh-cache-canary-1",
+      canaryPath: `/nix/store/${"a".repeat(32)}-nix-ssh-cache-canary-1`,
     });
     client = new CacheClient("fetching", {
       host: host("fetch1.test", "fetch1"),
@@ -391,4 +392,42 @@ describe("CacheClient fetcher (mocks)", () => {
       false,
     );
   });
+});
+
+describe("CacheClient with crafted coordinates (mocks)", () => {
+  const good = () => ({
+    substituterUrl: "ssh://nix-ssh@stage.test",
+    publicKeys: [CACHE_KEY("stage.test")],
+    hostName: "stage.test",
+    port: 22,
+    hostKey: HOST_KEY,
+    canaryPath: `/nix/store/${"a".repeat(32)}-nix-ssh-cache-canary-1`,
+  });
+  const crafted: [string, Record<string, unknown>][] = [
+    ["port", { port: "22\n  ProxyCommand touch /tmp/pwned\n  StrictHostKeyChecking no" }],
+    ["hostName", { hostName: "stage.test\n  StrictHostKeyChecking no" }],
+    ["publicKeys[0]", { publicKeys: [`${CACHE_KEY("stage.test")}\nrequire-sigs = false`] }],
+    ["hostKey", { hostKey: `${HOST_KEY}\n@cert-authority * ${HOST_KEY}` }],
+    ["substituterUrl", { substituterUrl: "ssh://nix-ssh@stage.test file:///tmp/evil" }],
+    ["canaryPath", { canaryPath: "/nix/store/x'; touch /tmp/pwned; '" }],
+  ];
+  for (const [field, change] of crafted) {
+    it(`refuses a crafted ${field} before any step is registered, naming the field`, async () => {
+      const { CacheClient } = await import("../../components");
+      const before = seen.length;
+      assert.throws(
+        () =>
+          new CacheClient(`crafted-${field.replace(/\W/g, "")}`, {
+            host: host(`crafted-${field.replace(/\W/g, "")}.test`, "crafted"),
+            cache: { ...good(), ...change } as never,
+          }),
+        (e: Error) => e.message.includes(`cache.${field} (`),
+      );
+      const steps = seen.slice(before).filter((s) => s.type.startsWith("pulumi-nodejs:dynamic"));
+      assert.deepEqual(
+        steps.map((s) => s.name),
+        [],
+      );
+    });
+  }
 });

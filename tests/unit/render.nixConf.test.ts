@@ -105,3 +105,19 @@ describe("renderNixConf", () => {
     },
   );
 });
+
+describe("renderNixConf with crafted coordinates", () => {
+  it("refuses values that would add a setting, a substituter or cut a value short", () => {
+    const key = SEED_CACHE_PUBLIC_KEY;
+    for (const [what, args] of [
+      ["a second line", { substituters: ["ssh://nix-ssh@stage.test\nrequire-sigs = false"] }],
+      ["a second substituter", { substituters: ["ssh://nix-ssh@stage.test file:///tmp/x"] }],
+      ["a comment", { substituters: ["ssh://nix-ssh@stage.test#"] }],
+      ["a key with a line", { trustedPublicKeys: [`${key}\nrequire-sigs = false`] }],
+      ["a key with a comment", { trustedPublicKeys: [`a#b:${key.split(":")[1]}`] }],
+      ["a key file with $", { secretKeyFiles: ["/k$(id).pem"] }],
+    ] as const) {
+      assert.throws(() => renderNixConf(args), /nix\.conf/, what);
+    }
+  });
+});

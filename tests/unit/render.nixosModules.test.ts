@@ -4,6 +4,7 @@ import { execFileSync } from "node:child_process";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { renderProductionModule, renderStagingModule } from "../../components/render/nixosModules";
+import { serveUserRestrictions } from "../../components/render/sshd";
 import { substituterUrl } from "../../components/render/url";
 import {
   ED25519_KEY,
@@ -144,9 +145,69 @@ describe("renderStagingModule", () => {
         },
         settings: { "secret-key-files": [SEED_SECRET_KEY_FILE] },
       },
+      services: { openssh: { extraConfig: SERVE_USER_BLOCK() } },
     });
   });
+
+  it("confines nix-ssh in a Match block that Match All closes", () => {
+    const text = renderStagingModule({
+      clientKeys: [],
+      secretKeyFile: "/k.pem",
+      authorizedKeysFile: "/etc/ssh/nix-ssh-cache/authorized_keys",
+    });
+    const block = SERVE_USER_BLOCK("/etc/ssh/nix-ssh-cache/authorized_keys");
+    assert.ok(
+      text.includes(
+        "  services.openssh.extraConfig = ''\n" +
+          block
+            .split("\n")
+            .filter((l) => l !== "")
+            .map((l) => `    ${l}\n`)
+            .join("") +
+          "  '';\n",
+      ),
+      text,
+    );
+    const lines = block.trimEnd().split("\n");
+    assert.equal(lines[0], "Match User nix-ssh");
+    assert.equal(lines[lines.length - 1], "Match All");
+  });
+
+  it("refuses a keys file that would break out of sshd_config, Nix or nixpkgs' here-document", () => {
+    for (const file of ["/a\nMatch All", "/a${x}", "/a$(id)", "/a`id`", "/a''b", "/a#b", "/a b"]) {
+      assert.throws(
+        () =>
+          renderStagingModule({ clientKeys: [], secretKeyFile: "/k", authorizedKeysFile: file }),
+        /authorizedKeysFile/,
+        file,
+      );
+    }
+  });
 });
+
+/** The serve user's sshd block the staging module renders (without Nix indentation). */
+function SERVE_USER_BLOCK(keysFile?: string): string {
+  return [
+    "Match User nix-ssh",
+    ...(keysFile ? [`  AuthorizedKeysFile ${keysFile}`] : []),
+    ...serveUserRestrictions(),
+    "Match All",
+    "",
+  ].join("\n");
+}
+
+/** The ssh client block the production module renders for staging. */
+function SSH_BLOCK(host: string, port = 22): string {
+  return [
+    `Host ${host}`,
+    ...(port === 22 ? [] : [`  Port ${port}`]),
+    "  UserKnownHostsFile /etc/ssh/ssh_known_hosts",
+    "  StrictHostKeyChecking yes",
+    "  BatchMode yes",
+    "Host *",
+    "",
+  ].join("\n");
+}
 
 describe("renderProductionModule", () => {
   const seedProduction = () =>
@@ -165,7 +226,13 @@ describe("renderProductionModule", () => {
     assert.ok(text.includes(`programs.ssh.knownHosts."nix-ssh-cache-${SEED_STAGING_HOST}" = {`));
     assert.ok(text.includes(`hostNames = [ "${SEED_STAGING_HOST}" ];`));
     assert.ok(text.includes(`publicKey = "${HOST_KEY_NO_COMMENT}";`));
-    assert.doesNotMatch(text, /extraConfig/);
+    // root's ssh checks staging against the pinned key only, never prompts (no port line on 22)
+    assert.ok(
+      text.includes(
+        `  programs.ssh.extraConfig = ${JSON.stringify(SSH_BLOCK(SEED_STAGING_HOST))};`,
+      ),
+      text,
+    );
     assert.ok(text.endsWith("}\n"));
   });
 
@@ -185,6 +252,7 @@ describe("renderProductionModule", () => {
               publicKey: HOST_KEY_NO_COMMENT,
             },
           },
+          extraConfig: SSH_BLOCK(SEED_STAGING_HOST),
         },
       },
     });
@@ -207,7 +275,7 @@ describe("renderProductionModule", () => {
       hostNames: ["[stage.test]:2222"],
       publicKey: HOST_KEY_NO_COMMENT,
     });
-    assert.equal(value.programs.ssh.extraConfig, "Host stage.test\n  Port 2222\nHost *\n");
+    assert.equal(value.programs.ssh.extraConfig, SSH_BLOCK("stage.test", 2222));
   });
 
   it(
@@ -261,26 +329,89 @@ describe("renderProductionModule", () => {
         const other = sshG("other.test");
         assert.match(other, /^serveraliveinterval 30$/m, "the user's global line stays global");
         assert.match(other, /^port 22$/m);
+        assert.doesNotMatch(other, /^stricthostkeychecking true$/m, "only staging is strict");
         const staging = sshG("stage.test");
         assert.match(staging, /^port 2222$/m);
         assert.match(staging, /^serveraliveinterval 30$/m);
+        assert.match(staging, /^stricthostkeychecking true$/m);
+        assert.match(staging, /^batchmode yes$/m);
+        assert.match(staging, /^userknownhostsfile \/etc\/ssh\/ssh_known_hosts$/m);
         // Without the reset the same text would capture the user's line (what this prevents).
-        writeFileSync(file, sshConfig.replace("  Port 2222\nHost *\n", "  Port 2222\n"));
+        writeFileSync(file, sshConfig.replace("  BatchMode yes\nHost *\n", "  BatchMode yes\n"));
         assert.match(sshG("other.test"), /^serveraliveinterval 0$/m);
       });
     },
   );
 
-  it("escapes a hostile substituter URL so Nix reads it back verbatim", { skip: NO_NIX }, () => {
-    const url = 'ssh://nix-ssh@stage.test?x="${builtins.abort "pwned"}\\';
-    const text = renderProductionModule({
-      substituterUrl: url,
+  it("refuses a substituter URL that would break out of nix.conf (NixOS joins with spaces)", () => {
+    const base = {
       trustedPublicKeys: [SEED_CACHE_PUBLIC_KEY],
       stagingHostName: "stage.test",
       stagingHostKey: HOST_KEY,
-    });
-    const value = evalModule(text) as { nix: { settings: { substituters: string[] } } };
-    assert.deepEqual(value.nix.settings.substituters, [url]);
+    };
+    for (const url of [
+      'ssh://nix-ssh@stage.test?x="${builtins.abort "pwned"}\\',
+      "ssh://nix-ssh@stage.test file:///tmp/evil",
+      "ssh://nix-ssh@stage.test\nrequire-sigs = false",
+      "ssh://nix-ssh@stage.test#",
+    ]) {
+      assert.throws(
+        () => renderProductionModule({ ...base, substituterUrl: url }),
+        /substituterUrl/,
+        url,
+      );
+    }
+  });
+
+  it("refuses a port, host name or trusted key that would break out of ssh_config or nix.conf", () => {
+    const base = {
+      substituterUrl: "ssh://nix-ssh@stage.test",
+      trustedPublicKeys: [SEED_CACHE_PUBLIC_KEY],
+      stagingHostName: "stage.test",
+      stagingHostKey: HOST_KEY,
+    };
+    // what the review's crafted port did: a ProxyCommand run by root, no host key checking
+    const port = "22\n  ProxyCommand touch /tmp/pwned\n  StrictHostKeyChecking no";
+    for (const stagingPort of [
+      port as unknown as number,
+      0,
+      65536,
+      22.5,
+      "2222" as unknown as number,
+    ]) {
+      assert.throws(
+        () => renderProductionModule({ ...base, stagingPort }),
+        /stagingPort/,
+        String(stagingPort),
+      );
+    }
+    for (const stagingHostName of [
+      "stage.test\n  StrictHostKeyChecking no",
+      "*",
+      "a,b",
+      "!x",
+      "a b",
+      "",
+    ]) {
+      assert.throws(
+        () => renderProductionModule({ ...base, stagingHostName }),
+        /stagingHostName/,
+        stagingHostName,
+      );
+    }
+    const key = SEED_CACHE_PUBLIC_KEY.split(":")[1];
+    for (const trusted of [
+      `a#b:${key}`,
+      `a$b:${key}`,
+      `a"b:${key}`,
+      `${SEED_CACHE_PUBLIC_KEY}\nx`,
+    ]) {
+      assert.throws(
+        () => renderProductionModule({ ...base, trustedPublicKeys: [trusted] }),
+        /trusted public key|Nix cache public key/,
+        trusted,
+      );
+    }
   });
 
   it("rejects a malformed trusted key or host key", () => {

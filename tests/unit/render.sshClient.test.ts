@@ -134,3 +134,63 @@ describe("renderSshClientConfig", () => {
     },
   );
 });
+
+describe("the ssh client renderers with crafted coordinates", () => {
+  const base = { hostName: "stage.test", knownHostsFile: "/etc/nix-ssh-cache/known_hosts" };
+  it("refuse a port that is not an integer 1..65535 (a string could carry lines)", () => {
+    for (const port of [
+      "22\n  ProxyCommand touch /tmp/pwned\n  StrictHostKeyChecking no",
+      "2222",
+      0,
+      65536,
+      22.5,
+      NaN,
+    ]) {
+      assert.throws(
+        () => renderSshClientConfig({ ...base, port: port as number }),
+        /ssh Port/,
+        String(port),
+      );
+      assert.throws(() => knownHostsName("stage.test", port as number), /port/, String(port));
+    }
+  });
+
+  it("refuse a host name that is a pattern or carries a line", () => {
+    for (const hostName of [
+      "stage.test\n  StrictHostKeyChecking no",
+      "*",
+      "!x",
+      "a,b",
+      "a b",
+      "?",
+    ]) {
+      assert.throws(() => renderSshClientConfig({ ...base, hostName }), /ssh Host/, hostName);
+      assert.throws(() => renderKnownHosts([hostName], HOST_KEY), /host name/, hostName);
+    }
+    assert.throws(() => renderKnownHosts(["[stage.test]:22\nx"], HOST_KEY), /host name/);
+    assert.throws(() => renderKnownHosts(["[stage.test]:0"], HOST_KEY), /port/);
+  });
+
+  it("refuse a host key with a second line", () => {
+    assert.throws(() => renderKnownHosts(["stage.test"], `${HOST_KEY}\n* ${HOST_KEY}`));
+  });
+
+  it("refuse file names and ciphers that would break the line", () => {
+    assert.throws(() => renderSshClientConfig({ ...base, knownHostsFile: "/a b" }));
+    assert.throws(() => renderSshClientConfig({ ...base, knownHostsFile: "/a#b" }));
+    assert.throws(() => renderSshClientConfig({ ...base, identityFile: "/a\nProxyCommand x" }));
+    assert.throws(() =>
+      renderSshClientConfig({ ...base, ciphers: ["aes128-ctr\nProxyCommand x"] }),
+    );
+    assert.throws(() => renderSshClientConfig({ ...base, ciphers: ["a,b"] }));
+  });
+
+  it("accept IPv4, IPv6 and bracketed IPv6 hosts", () => {
+    assert.match(renderSshClientConfig({ ...base, hostName: "127.0.0.1" }), /^Host 127\.0\.0\.1$/m);
+    assert.match(renderSshClientConfig({ ...base, hostName: "::1" }), /^Host ::1$/m);
+    assert.equal(
+      renderKnownHosts([knownHostsName("[::1]", 2222)], HOST_KEY).split(" ")[0],
+      "[::1]:2222",
+    );
+  });
+});

@@ -135,3 +135,19 @@ describe("withUrlParam", () => {
     assert.throws(() => withUrlParam("ssh://x@y", "a&b", "1"), /not valid/);
   });
 });
+
+describe("withUrlParam and substituterUrl with crafted coordinates", () => {
+  it("refuse a URL or host that would break out of nix.conf or name a pattern", () => {
+    for (const url of [
+      "ssh://nix-ssh@stage.test file:///tmp/x",
+      "ssh://nix-ssh@stage.test\nrequire-sigs = false",
+      "ssh://nix-ssh@stage.test#",
+      "ssh://nix-ssh@$(id)",
+    ]) {
+      assert.throws(() => withUrlParam(url, "ssh-key", "/k"), /substituter URL/, url);
+    }
+    for (const host of ["stage.test\nx", "*", "a,b", "a b", "x$y"]) {
+      assert.throws(() => substituterUrl({ protocol: "ssh", host }), /host/, host);
+    }
+  });
+});

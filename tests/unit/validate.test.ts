@@ -171,6 +171,13 @@ const BAD: Case[] = [
   ["keyName with colon", (a) => (a.keyName = "stage:1"), "keyName", '"stage.test"'],
   ["keyName with space", (a) => (a.keyName = "stage 1"), "keyName", '"stage.test"'],
   ["empty keyName", (a) => (a.keyName = ""), "keyName", '"stage.test"'],
+  [
+    "keyName with # (a nix.conf comment: production would trust a cut key)",
+    (a) => (a.keyName = "stage#1"),
+    "keyName",
+    '"stage.test"',
+  ],
+  ["keyName with $", (a) => (a.keyName = "stage$1"), "keyName", '"stage.test"'],
   ["relative keyDirectory", (a) => (a.keyDirectory = "etc/keys"), "keyDirectory", '"stage.test"'],
   ["keyDirectory with ..", (a) => (a.keyDirectory = "/etc/../tmp"), "keyDirectory", '"stage.test"'],
   [
@@ -312,14 +319,20 @@ const BAD: Case[] = [
   ],
   [
     "maxConnections above 1 on ssh-ng:// (hung on Nix 2.8 too)",
-    (a) => ((a.protocol = "ssh-ng"), (a.maxConnections = 8)),
+    (a) => ((a.protocol = "ssh-ng"), (a.write = undefined), (a.maxConnections = 8)),
     "maxConnections",
     '"stage.test"',
   ],
   [
     "maxConnections 0",
-    (a) => ((a.protocol = "ssh-ng"), (a.maxConnections = 0)),
+    (a) => ((a.protocol = "ssh-ng"), (a.write = undefined), (a.maxConnections = 0)),
     "maxConnections",
+    '"stage.test"',
+  ],
+  [
+    "ssh-ng with write: false (every authorised key could build and have it signed)",
+    (a) => ((a.protocol = "ssh-ng"), (a.write = false)),
+    "write",
     '"stage.test"',
   ],
   ["negative priority", (a) => (a.priority = -1), "priority", '"stage.test"'],
@@ -467,7 +480,7 @@ describe("validateArgs: good inputs", () => {
     ["user with _ and -", (a) => (a.production[0].user = "_nix-deploy")],
     [
       "one connection on ssh-ng",
-      (a) => Object.assign(a, { protocol: "ssh-ng", maxConnections: 1 }),
+      (a) => Object.assign(a, { protocol: "ssh-ng", write: undefined, maxConnections: 1 }),
     ],
     ["generation 0 with no previous generations", (a) => (a.signingKey = { generation: 0 })],
     [
