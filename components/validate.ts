@@ -86,7 +86,7 @@ export interface PlainServerOptions extends PlainRoleOptions {
   /** Let production upload to staging. */
   write?: boolean;
   /** Signing key generation and the older generations still trusted. */
-  signingKey?: { generation?: number; previousGenerations?: number[] };
+  signingKey?: { generation?: number; previousGenerations?: number[]; adoptExisting?: boolean };
   /** Substituter URL `compress=`. */
   compress?: boolean;
   /** Substituter URL `max-connections=`. */
@@ -390,6 +390,7 @@ function checkSigningKey(
     );
     return;
   }
+  checkBoolean(signingKey.adoptExisting, "signingKey.adoptExisting", where, problems);
   const generation = signingKey.generation ?? 0;
   if (!isInt(generation, 0, MAX_GENERATION)) {
     problems.push(

@@ -153,6 +153,12 @@ const BAD: Case[] = [
     "production[0].user",
     '"prod1.test"',
   ],
+  [
+    "signingKey.adoptExisting not a boolean",
+    (a) => (a.signingKey = { adoptExisting: "yes" as unknown as boolean }),
+    "signingKey.adoptExisting",
+    '"stage.test"',
+  ],
   ["keyName with colon", (a) => (a.keyName = "stage:1"), "keyName", '"stage.test"'],
   ["keyName with space", (a) => (a.keyName = "stage 1"), "keyName", '"stage.test"'],
   ["empty keyName", (a) => (a.keyName = ""), "keyName", '"stage.test"'],
@@ -565,6 +571,7 @@ describe("validateArgs: good inputs", () => {
       (a) => (a.signingKey = { generation: 1, previousGenerations: [2, 0] }),
     ],
     ["a dedicated client identity", (a) => (a.clientIdentity = "dedicated")],
+    ["signingKey.adoptExisting", (a) => (a.signingKey = { generation: 1, adoptExisting: true })],
     [
       "keyDirectory /etc/shipnix/binary (the default)",
       (a) => (a.keyDirectory = "/etc/shipnix/binary"),
