@@ -74,10 +74,11 @@ nsc_lock "file"
 
 case "$ACTION" in
 read)
-  if [ -f "$FILE_PATH" ]; then
+  # (a file deleted while it is read is reported missing)
+  if [ -f "$FILE_PATH" ] && sha=$(sha_of "$FILE_PATH") && size=$(stat -L -c '%s' -- "$FILE_PATH") &&
+    mode=$(nsc_file_mode "$FILE_PATH") && owner=$(nsc_file_owner "$FILE_PATH"); then
     printf '{"exists":true,"sha256":%s,"size":%s,"mode":%s,"owner":%s}\n' \
-      "$(nsc_json_string "$(sha_of "$FILE_PATH")")" "$(stat -L -c '%s' -- "$FILE_PATH")" \
-      "$(nsc_json_string "$(nsc_file_mode "$FILE_PATH")")" "$(nsc_json_string "$(nsc_file_owner "$FILE_PATH")")"
+      "$(nsc_json_string "$sha")" "$size" "$(nsc_json_string "$mode")" "$(nsc_json_string "$owner")"
   else
     printf '{"exists":false}\n'
   fi

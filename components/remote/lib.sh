@@ -512,6 +512,8 @@ nsc_respawn_nix_daemon() {
     nsc_die "nix-daemon did not come back after its restart ($(printf '%q ' "${argv[@]}")); see ${log}; start it by hand and run pulumi up again"
   for f in /run/*.pid /run/*/*.pid /var/run/*.pid; do
     if [ ! -f "$f" ] || [ -L "$f" ] || [ "$(tr -dc '0-9' <"$f")" != "$old" ]; then continue; fi
+    # never in a directory another user can write (e.g. /run/lock): not the daemon's pid file
+    [ -z "$(nsc_unsafe_dir "$(dirname -- "$f")")" ] || continue
     printf '%s\n' "$new" | nsc_atomic_write "$f" "$(stat -c '%a' -- "$f")" "$(stat -c '%u:%g' -- "$f")"
   done
   nsc_log "restarted nix-daemon (pid ${old} -> ${new}, same command line and environment)"

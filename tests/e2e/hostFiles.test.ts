@@ -139,6 +139,30 @@ describe("root's files on a host with local users", { skip }, () => {
     assert.equal(await out(h, "cat /etc/nsc-lock-test.conf"), "c");
   });
 
+  it("a nix-daemon restart rewrites its own pid file, never one a user planted in /run/lock", async () => {
+    const pid = await out(h, "bash /run/nsc/host-services.sh nix-daemon-pid");
+    assert.match(pid, /^\d+$/);
+    await asNobody(h, `echo ${pid} > /run/lock/nix-daemon.pid`);
+    const r = await lib(h, 'nsc_restart_nix_daemon\necho "{}"');
+    assert.equal(r.code, 0, r.stderr);
+    const pid2 = await out(h, "bash /run/nsc/host-services.sh nix-daemon-pid");
+    assert.notEqual(pid2, pid);
+    assert.equal(
+      await out(h, "cat /run/nix-daemon.pid"),
+      pid2,
+      "the daemon's own pid file is updated",
+    );
+    assert.equal(
+      await out(h, "stat -c '%U' /run/lock/nix-daemon.pid; cat /run/lock/nix-daemon.pid"),
+      `nobody\n${pid}`,
+    );
+    assert.equal(
+      await out(h, "ls -A /run/lock | grep -c nsc || true"),
+      "0",
+      "no temp file left there",
+    );
+  });
+
   it("keyDirectory: a directory a non-root user could change is refused, and nothing is changed (finding 9)", async () => {
     await h.exec(`set -e
       install -d -m 0777 /etc/nsc-ww
