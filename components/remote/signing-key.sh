@@ -1,7 +1,8 @@
 # shellcheck shell=bash
 # signing-key.sh (staging): the binary-cache signing key pair.
 # Inputs: ACTION=apply|read|remove, KEY_NAME (apply), KEY_DIR, REMOVE_KEY=0|1 (remove),
-#   KEY_GENERATION (optional; N > 0 uses cache-priv-key-N.pem / cache-pub-key-N.pem).
+#   KEY_GENERATION (optional; N > 0 uses cache-priv-key-N.pem / cache-pub-key-N.pem),
+#   ADOPT_KEY=1 (optional, apply: use a private key found there that this step did not generate).
 # Output (apply/read): {"publicKey":"NAME:BASE64"|null,"keyName":"NAME"|null,"keyFile":".../cache-priv-key.pem",
 #                       "publicKeyFile":".../cache-pub-key.pem","created":bool,"nameMatches":bool}
 # Output (remove): {"removed":bool}
@@ -54,18 +55,25 @@ make_dir() {
     mkdir -m 0755 -- "$d"
     chown root:root -- "$d"
   done
-  for d in "${missing[@]}"; do record_set "dir $d" "dir $d"; done
+  for d in "${missing[@]}"; do record_put dir "$d"; done
 }
 
 sha_of() { sha256sum -- "$1" | awk '{print $1}'; }
 
-# record_set PREFIX LINE: in the record, replace the lines starting with PREFIX by LINE (none: "").
-record_set() {
-  local prefix=$1 line=$2
+# record_put TYPE NAME [VALUE]: the record's line for TYPE NAME becomes `TYPE NAME[ VALUE]`.
+# record_drop TYPE NAME: the record has no line for TYPE NAME.
+record_put() {
   {
-    [ -f "$record" ] && awk -v p="$prefix" 'substr($0, 1, length(p)) != p' "$record"
-    [ -z "$line" ] || printf '%s\n' "$line"
+    record_others "$1" "$2"
+    printf '%s\n' "$*"
   } | nsc_atomic_write "$record" 0600 root:root
+}
+record_drop() { record_others "$1" "$2" | nsc_atomic_write "$record" 0600 root:root; }
+# record_others TYPE NAME: the record's lines for anything but TYPE NAME.
+record_others() {
+  if [ -f "$record" ] && [ ! -L "$record" ]; then
+    awk -v t="$1" -v n="$2" '!($1 == t && $2 == n)' "$record"
+  fi
 }
 
 # generated_here: true when the record lists the private key with its current digest.
@@ -94,7 +102,7 @@ emit() {
 remove_record_and_dirs() {
   local d
   [ -f "$record" ] && [ ! -L "$record" ] || return 0
-  record_set "key $(basename -- "$priv") " ""
+  record_drop key "$(basename -- "$priv")"
   grep -q '^key ' "$record" && return 0
   local -a dirs=()
   mapfile -t dirs < <(sed -n 's/^dir //p' "$record" | sort -r)
@@ -133,7 +141,7 @@ apply)
     if [ "${ADOPT_KEY:-0}" != 1 ]; then
       nsc_die "${priv} holds a signing key that nix-ssh-cache did not generate (key '$(key_name_of_priv)'; not in ${record}); production would trust everything it signs. If it is yours and you want the cache to use it, set signingKey.adoptExisting: true; else move it away (e.g. mv ${priv} ${priv}.old) so that a new key is generated, and run pulumi up again"
     fi
-    record_set "key $(basename -- "$priv") " "key $(basename -- "$priv") $(sha_of "$priv")"
+    record_put key "$(basename -- "$priv")" "$(sha_of "$priv")"
     nsc_log "adopted the existing signing key ${priv} (signingKey.adoptExisting)"
   fi
   if [ ! -e "$priv" ]; then
@@ -148,7 +156,7 @@ apply)
     chmod 0600 "$tmp_priv"
     chmod 0644 "$tmp_pub"
     mv -f "$tmp_pub" "$pub"
-    record_set "key $(basename -- "$priv") " "key $(basename -- "$priv") $(sha_of "$tmp_priv")"
+    record_put key "$(basename -- "$priv")" "$(sha_of "$tmp_priv")"
     mv -f "$tmp_priv" "$priv"
     created=true
     nsc_log "generated signing key ${KEY_NAME} in ${KEY_DIR}"

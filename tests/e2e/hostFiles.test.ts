@@ -280,6 +280,10 @@ describe("root's files on a host with local users", { skip }, () => {
       await out(h, "stat -c '%n %a %U:%G' /etc/nsc-gen /etc/nsc-gen/keys"),
       "/etc/nsc-gen 755 root:root\n/etc/nsc-gen/keys 755 root:root",
     );
+    assert.equal(
+      await out(h, `cat ${dir}/.nix-ssh-cache`),
+      `dir /etc/nsc-gen\ndir /etc/nsc-gen/keys\nkey cache-priv-key.pem ${await out(h, `sha256sum < ${dir}/cache-priv-key.pem | cut -d' ' -f1`)}`,
+    );
     const second = await signingKey(h, dir);
     assert.equal(second.code, 0, second.stderr);
     assert.deepEqual([lastJson(second).created, lastJson(second).publicKey], [false, key0]);
