@@ -359,6 +359,8 @@ interface ServerSettings {
   protocol: Protocol;
   write: boolean;
   removeSigningKeyOnDestroy: boolean;
+  /** `signingKey.adoptExisting`. */
+  adoptExistingKey: boolean;
   signExistingPaths: boolean;
   fragments: ResolvedFragmentOptions;
 }
@@ -381,6 +383,7 @@ function serverSettings(name: string, args: CacheServerArgs, host: ResolvedHost)
     protocol: args.protocol ?? "ssh",
     write: args.write ?? false,
     removeSigningKeyOnDestroy: args.removeSigningKeyOnDestroy ?? false,
+    adoptExistingKey: args.signingKey?.adoptExisting ?? false,
     signExistingPaths: args.signExistingPaths ?? true,
     fragments: fragmentDefaults(args),
   };
@@ -394,6 +397,7 @@ function signingKeys(s: ServerSettings, at: StepContext): HostStep<SigningKeyRes
       keyDirectory: s.keyDirectory,
       generation: g,
       removeOnDestroy: s.removeSigningKeyOnDestroy,
+      adoptExisting: s.adoptExistingKey,
     }),
   );
 }

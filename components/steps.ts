@@ -178,6 +178,8 @@ export interface SigningKeyStepArgs {
   generation: number;
   /** Delete the key on destroy. */
   removeOnDestroy: boolean;
+  /** Use a private key found in the directory that nix-ssh-cache did not generate. */
+  adoptExisting?: boolean;
 }
 
 /**
@@ -191,13 +193,12 @@ export function signingKeyStep(
   at: StepContext,
   a: SigningKeyStepArgs,
 ): HostStep<SigningKeyResult> {
-  const env = pulumi
-    .output(a.keyName)
-    .apply((k): Record<string, string> =>
-      a.generation > 0
-        ? { KEY_NAME: k, KEY_DIR: a.keyDirectory, KEY_GENERATION: `${a.generation}` }
-        : { KEY_NAME: k, KEY_DIR: a.keyDirectory },
-    );
+  const env = pulumi.output(a.keyName).apply((k): Record<string, string> => {
+    const e: Record<string, string> = { KEY_NAME: k, KEY_DIR: a.keyDirectory };
+    if (a.generation > 0) e.KEY_GENERATION = `${a.generation}`;
+    if (a.adoptExisting) e.ADOPT_KEY = "1";
+    return e;
+  });
   return new HostStep<SigningKeyResult>(
     name,
     {

@@ -87,7 +87,7 @@ export interface PlainServerOptions extends PlainRoleOptions {
   /** Let production upload to staging. */
   write?: boolean;
   /** Signing key generation and the older generations still trusted. */
-  signingKey?: { generation?: number; previousGenerations?: number[] };
+  signingKey?: { generation?: number; previousGenerations?: number[]; adoptExisting?: boolean };
   /** Substituter URL `compress=`. */
   compress?: boolean;
   /** Substituter URL `max-connections=`. */
@@ -411,6 +411,7 @@ function checkSigningKey(
     );
     return;
   }
+  checkBoolean(signingKey.adoptExisting, "signingKey.adoptExisting", where, problems);
   const generation = signingKey.generation ?? 0;
   if (!isInt(generation, 0, MAX_GENERATION)) {
     problems.push(
@@ -522,6 +523,96 @@ function checkAuthorizedKeys(
   }
 }
 
+/**
+ * Directories shared by users or managed by something else, refused as `keyDirectory` with
+ * everything under them: world-writable temporary directories (`/tmp`, `/var/tmp`, `/dev/shm`,
+ * `/run/shm`, `/run/lock`, `/var/lock`: anyone can add names there), per-user directories
+ * (`/run/user/<uid>`, `/home`: their owners can replace what they hold), virtual filesystems
+ * (`/dev`, `/proc`, `/sys`), and `/nix` (the store is readable by every user, the rest is Nix's).
+ */
+export const SHARED_KEY_DIRECTORY_TREES = [
+  "/tmp",
+  "/var/tmp",
+  "/dev",
+  "/run/shm",
+  "/run/lock",
+  "/var/lock",
+  "/run/user",
+  "/home",
+  "/proc",
+  "/sys",
+  "/nix",
+];
+
+/**
+ * System directories refused as `keyDirectory` themselves (a subdirectory is fine, e.g. the
+ * default `/etc/shipnix/binary`): the key files and their record would sit among the host's own
+ * files, in a directory many tools write.
+ */
+export const SHARED_KEY_DIRECTORIES = [
+  "/",
+  "/etc",
+  "/usr",
+  "/usr/local",
+  "/var",
+  "/var/lib",
+  "/var/cache",
+  "/run",
+  "/root",
+  "/bin",
+  "/sbin",
+  "/lib",
+  "/boot",
+  "/opt",
+  "/srv",
+  "/mnt",
+  "/media",
+];
+
+/**
+ * Checks `keyDirectory`, the signing key's directory on staging: an absolute path of safe
+ * characters (letters, digits, `.`, `_`, `-`, `+`, `@`, `/`: the path goes into nix.conf's
+ * space-separated `secret-key-files`, a Nix string and shell messages), without `.`, `..` or
+ * empty segments, and not a shared directory ({@link SHARED_KEY_DIRECTORY_TREES},
+ * {@link SHARED_KEY_DIRECTORIES}). The host script also refuses a directory that a non-root
+ * user could change.
+ */
+function checkKeyDirectory(value: unknown, where: string, problems: string[]): void {
+  if (value === undefined || value === LATER) return;
+  const at = `keyDirectory (${show(value)}${where})`;
+  const example = 'e.g. "/etc/nix-ssh-cache" (the default is "/etc/shipnix/binary")';
+  if (typeof value !== "string" || value === "") {
+    problems.push(`${at}: must be a non-empty path string, ${example}`);
+    return;
+  }
+  if (!value.startsWith("/")) {
+    problems.push(`${at}: must be an absolute path, ${example}`);
+    return;
+  }
+  if (/[^A-Za-z0-9._+@/-]/.test(value)) {
+    problems.push(
+      `${at}: may only contain letters, digits, ".", "_", "-", "+", "@" and "/" (no whitespace, "#", quotes, "$" or control characters), ${example}`,
+    );
+    return;
+  }
+  const segments = value.replace(/\/+$/, "").split("/").slice(1);
+  if (value !== "/" && segments.some((s) => s === "" || s === "." || s === "..")) {
+    problems.push(`${at}: must not contain ".", ".." or empty segments; give the resolved path`);
+    return;
+  }
+  const dir = value === "/" ? "/" : `/${segments.join("/")}`;
+  const tree = SHARED_KEY_DIRECTORY_TREES.find((t) => dir === t || dir.startsWith(`${t}/`));
+  if (tree) {
+    problems.push(
+      `${at}: is ${dir === tree ? "" : "under "}${tree}, a directory other users (or the system) share; the signing key needs a directory only root can change, ${example}`,
+    );
+  } else if (SHARED_KEY_DIRECTORIES.includes(dir)) {
+    problems.push(
+      `${at}: is a system directory shared with the host's own files; use a directory of its own, ${example}`,
+    );
+  }
+}
+
 /** Checks staging's options (`CacheServer`'s, and `NixSshCache`'s of staging). */
 function checkServerOptions(args: PlainServerOptions, where: string, problems: string[]): void {
   if (
@@ -532,7 +623,7 @@ function checkServerOptions(args: PlainServerOptions, where: string, problems: s
       `keyName (${show(args.keyName)}${where}): ${CACHE_KEY_NAME_RULE}, e.g. "stage.example.com-1"`,
     );
   }
-  checkAbsolutePath(args?.keyDirectory, "keyDirectory", where, problems);
+  checkKeyDirectory(args?.keyDirectory, where, problems);
   checkRoleOptions(args, where, problems);
   checkEnum(args?.protocol, "protocol", PROTOCOLS, where, problems);
   checkBoolean(args?.write, "write", where, problems);

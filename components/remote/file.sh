@@ -6,8 +6,10 @@
 # A symlink at FILE_PATH (or at /etc/nix/nix.conf) is never replaced: writes go through to its
 # target when that is writable, else the step fails before changing anything.
 # Output (apply):  {"exists":true,"sha256":"<hex>","changed":bool}
-# Output (read):   {"exists":true,"contentB64":"...","sha256":"...","mode":"644","owner":"root:root"}
+# Output (read):   {"exists":true,"sha256":"...","size":N,"mode":"644","owner":"root:root"}
 #                  or {"exists":false}
+# read never sends the content: a managed file may be a secret (a dedicated client's private key),
+# and drift is seen in its digest.
 # Output (remove): {"exists":false,"changed":bool}
 
 nsc_require_env ACTION FILE_PATH
@@ -72,10 +74,11 @@ nsc_lock "file"
 
 case "$ACTION" in
 read)
-  if [ -f "$FILE_PATH" ]; then
-    printf '{"exists":true,"contentB64":%s,"sha256":%s,"mode":%s,"owner":%s}\n' \
-      "$(nsc_json_string "$(base64 -w 0 -- "$FILE_PATH")")" "$(nsc_json_string "$(sha_of "$FILE_PATH")")" \
-      "$(nsc_json_string "$(nsc_file_mode "$FILE_PATH")")" "$(nsc_json_string "$(nsc_file_owner "$FILE_PATH")")"
+  # (a file deleted while it is read is reported missing)
+  if [ -f "$FILE_PATH" ] && sha=$(sha_of "$FILE_PATH") && size=$(stat -L -c '%s' -- "$FILE_PATH") &&
+    mode=$(nsc_file_mode "$FILE_PATH") && owner=$(nsc_file_owner "$FILE_PATH"); then
+    printf '{"exists":true,"sha256":%s,"size":%s,"mode":%s,"owner":%s}\n' \
+      "$(nsc_json_string "$sha")" "$size" "$(nsc_json_string "$mode")" "$(nsc_json_string "$owner")"
   else
     printf '{"exists":false}\n'
   fi

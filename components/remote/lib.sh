@@ -14,6 +14,10 @@ NSC_ROOT_HOME=~root
 PATH="/run/wrappers/bin:/run/current-system/sw/bin:/nix/var/nix/profiles/default/bin:${NSC_ROOT_HOME}/.nix-profile/bin:/nix/var/nix/profiles/per-user/root/profile/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin${PATH:+:$PATH}"
 export PATH
 umask 022
+# Temporary files in /tmp (sticky; mktemp creates each one 0600 with O_EXCL), never in a TMPDIR
+# inherited from a login or sudo: its owner could swap a file root writes there and reads back.
+TMPDIR=/tmp
+export TMPDIR
 
 NSC_NIX_DAEMON_SOCKET=/nix/var/nix/daemon-socket/socket
 # shellcheck disable=SC2034 # used by the step scripts
@@ -508,6 +512,8 @@ nsc_respawn_nix_daemon() {
     nsc_die "nix-daemon did not come back after its restart ($(printf '%q ' "${argv[@]}")); see ${log}; start it by hand and run pulumi up again"
   for f in /run/*.pid /run/*/*.pid /var/run/*.pid; do
     if [ ! -f "$f" ] || [ -L "$f" ] || [ "$(tr -dc '0-9' <"$f")" != "$old" ]; then continue; fi
+    # never in a directory another user can write (e.g. /run/lock): not the daemon's pid file
+    [ -z "$(nsc_unsafe_dir "$(dirname -- "$f")")" ] || continue
     printf '%s\n' "$new" | nsc_atomic_write "$f" "$(stat -c '%a' -- "$f")" "$(stat -c '%u:%g' -- "$f")"
   done
   nsc_log "restarted nix-daemon (pid ${old} -> ${new}, same command line and environment)"
@@ -794,12 +800,72 @@ nsc_ssh_option_origin() {
   printf 'another setting (root'"'"'s ~/.ssh/config or /etc/ssh/ssh_config, or an Include they name)'
 }
 
+# nsc_unsafe_dir DIR: why a non-root user could change what DIR holds (nothing when none can):
+# DIR is a symlink or not a directory, or DIR or a directory above it (through symlinks: the
+# directory each path component resolves to, and every parent of DIR's real path) is not owned by
+# root or is writable by its group or others (a sticky bit does not count: such a user could still
+# add names there).
+nsc_unsafe_dir() {
+  local dir=$1 p prefix="" comp uid mode
+  local -a check=() parts=()
+  if [ -L "$dir" ]; then
+    printf '%s is a symlink (to %s)' "$dir" "$(readlink -- "$dir")"
+    return 0
+  fi
+  if [ ! -d "$dir" ]; then
+    printf '%s is not a directory' "$dir"
+    return 0
+  fi
+  check+=("$dir")
+  # each directory the lexical path goes through, resolved (a symlinked component is replaceable
+  # by whoever can write the directory it sits in)
+  IFS=/ read -r -a parts <<<"${dir#/}"
+  for comp in "${parts[@]}"; do
+    check+=("$(readlink -f -- "${prefix:-/}")")
+    prefix=$prefix/$comp
+  done
+  p=$(readlink -f -- "$dir")
+  while :; do
+    check+=("$p")
+    [ "$p" = / ] && break
+    p=$(dirname -- "$p")
+  done
+  for p in "${check[@]}"; do
+    read -r uid mode < <(stat -c '%u %a' -- "$p") || {
+      printf 'cannot stat %s' "$p"
+      return 0
+    }
+    if [ "$uid" != 0 ]; then
+      printf '%s is owned by %s, not root' "$p" "$(stat -c '%U' -- "$p")"
+      return 0
+    fi
+    if (((8#$mode & 8#022) != 0)); then
+      printf '%s is writable by its group or by others (mode %s)' "$p" "$mode"
+      return 0
+    fi
+  done
+}
+
 # nsc_lock NAME: take an exclusive lock (fd 9) for the rest of the script, waiting up to 120 s.
+# The lock files live in a root-only directory (/run/nix-ssh-cache, 0700 root:root; without
+# /run, /var/lib/nix-ssh-cache/locks), never in the world-writable /run/lock: there any local
+# user could hold our lock, or plant a symlink for root to open.
 nsc_lock() {
-  local dir=/run/lock
-  [ -d "$dir" ] || mkdir -p "$dir"
-  exec 9>"$dir/nix-ssh-cache-$1.lock"
-  flock -w 120 9 || nsc_die "another nix-ssh-cache run holds ${dir}/nix-ssh-cache-$1.lock for over 120 s; retry later"
+  local dir=/run/nix-ssh-cache file problem
+  if [ ! -d /run ] || [ -L /run ]; then dir=$NSC_STATE_DIR/locks; fi
+  if [ ! -e "$dir" ] && [ ! -L "$dir" ]; then
+    mkdir -p -- "$(dirname -- "$dir")"
+    mkdir -m 0700 -- "$dir" 2>/dev/null || [ -d "$dir" ] ||
+      nsc_die "cannot create the lock directory ${dir}"
+  fi
+  problem=$(nsc_unsafe_dir "$dir")
+  [ -z "$problem" ] ||
+    nsc_die "the lock directory ${dir} is not root-only: ${problem}; remove ${dir} (nix-ssh-cache creates it again, 0700 root:root) and run pulumi up again"
+  file=$dir/$1.lock
+  # the directory is root's alone: nothing else can have put a symlink there, but say so if one is
+  [ ! -L "$file" ] || nsc_die "${file} is a symlink (to $(readlink -- "$file")); remove it and run pulumi up again"
+  exec 9>>"$file"
+  flock -w 120 9 || nsc_die "another nix-ssh-cache run holds ${file} for over 120 s; retry later"
 }
 
 # nsc_signatures PATH [STORE-ARGS...]: PATH's signatures (NAME:BASE64), one a line.

@@ -7,6 +7,7 @@
  */
 import { after, before, describe, it } from "node:test";
 import * as assert from "node:assert/strict";
+import { createHash } from "crypto";
 import { hostScript, remoteScriptText } from "../../components/host";
 import { assembleScript } from "../../components/ssh";
 import { e2eSkipReason, ExecResult, startHosts, TestHost, TestHosts } from "../hosts/harness";
@@ -390,7 +391,9 @@ describe("host scripts on flavoured hosts", { skip }, () => {
     const read = lastJson(
       await step(plain, "file", { ACTION: "read", FILE_PATH: "/etc/nsc-plain.txt" }),
     );
-    assert.equal(Buffer.from(String(read.contentB64), "base64").toString("utf8"), content);
+    const onHost = await out(plain, "base64 -w 0 /etc/nsc-plain.txt");
+    assert.equal(Buffer.from(onHost, "base64").toString("utf8"), content);
+    assert.equal(read.sha256, createHash("sha256").update(content).digest("hex"));
     assert.equal(read.mode, "600");
   });
 });

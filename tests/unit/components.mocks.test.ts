@@ -335,6 +335,28 @@ describe("CacheServer signExistingPaths (mocks)", () => {
   });
 });
 
+describe("CacheServer signingKey.adoptExisting (mocks)", () => {
+  before(async () => {
+    const { CacheServer } = await import("../../components");
+    const server = new CacheServer("adopt", {
+      host: { connection: { host: "stage3.test", privateKey: FAKE_PRIVATE_KEY } },
+      authorizedKeys: [ED25519_KEY],
+      signingKey: { generation: 1, previousGenerations: [0], adoptExisting: true },
+    });
+    await promiseOf(server.coordinates);
+  });
+
+  it("lets every generation's step use a key it did not generate (ADOPT_KEY=1); by default none does", () => {
+    for (const name of ["adopt-signing-key", "adopt-signing-key-1"]) {
+      const step = seen.find((s) => s.name === name)!;
+      assert.equal((step.inputs.env as Record<string, string>).ADOPT_KEY, "1", name);
+    }
+    const plain = seen.filter((s) => /^(gen|first)-signing-key/.test(s.name));
+    assert.ok(plain.length >= 2);
+    for (const step of plain) assert.equal("ADOPT_KEY" in (step.inputs.env as object), false);
+  });
+});
+
 describe("CacheClient fetcher (mocks)", () => {
   let client: import("../../components").CacheClient;
   let ngClient: import("../../components").CacheClient;

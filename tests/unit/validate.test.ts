@@ -168,6 +168,12 @@ const BAD: Case[] = [
     "production[0].user",
     '"prod1.test"',
   ],
+  [
+    "signingKey.adoptExisting not a boolean",
+    (a) => (a.signingKey = { adoptExisting: "yes" as unknown as boolean }),
+    "signingKey.adoptExisting",
+    '"stage.test"',
+  ],
   ["keyName with colon", (a) => (a.keyName = "stage:1"), "keyName", '"stage.test"'],
   ["keyName with space", (a) => (a.keyName = "stage 1"), "keyName", '"stage.test"'],
   ["empty keyName", (a) => (a.keyName = ""), "keyName", '"stage.test"'],
@@ -180,6 +186,101 @@ const BAD: Case[] = [
   ["keyName with $", (a) => (a.keyName = "stage$1"), "keyName", '"stage.test"'],
   ["relative keyDirectory", (a) => (a.keyDirectory = "etc/keys"), "keyDirectory", '"stage.test"'],
   ["keyDirectory with ..", (a) => (a.keyDirectory = "/etc/../tmp"), "keyDirectory", '"stage.test"'],
+  [
+    "keyDirectory /tmp (world-writable)",
+    (a) => (a.keyDirectory = "/tmp"),
+    "keyDirectory",
+    '"stage.test"',
+  ],
+  [
+    "keyDirectory under /tmp",
+    (a) => (a.keyDirectory = "/tmp/nix-keys"),
+    "keyDirectory",
+    '"stage.test"',
+  ],
+  [
+    "keyDirectory under /var/tmp",
+    (a) => (a.keyDirectory = "/var/tmp/keys"),
+    "keyDirectory",
+    '"stage.test"',
+  ],
+  [
+    "keyDirectory under /dev/shm",
+    (a) => (a.keyDirectory = "/dev/shm/keys"),
+    "keyDirectory",
+    '"stage.test"',
+  ],
+  [
+    "keyDirectory under /run/user",
+    (a) => (a.keyDirectory = "/run/user/1000/keys"),
+    "keyDirectory",
+    '"stage.test"',
+  ],
+  ["keyDirectory /run/lock", (a) => (a.keyDirectory = "/run/lock"), "keyDirectory", '"stage.test"'],
+  [
+    "keyDirectory in a user's home",
+    (a) => (a.keyDirectory = "/home/alice/keys"),
+    "keyDirectory",
+    '"stage.test"',
+  ],
+  [
+    "keyDirectory in the Nix store",
+    (a) => (a.keyDirectory = "/nix/store/keys"),
+    "keyDirectory",
+    '"stage.test"',
+  ],
+  ["keyDirectory /", (a) => (a.keyDirectory = "/"), "keyDirectory", '"stage.test"'],
+  ["keyDirectory /etc", (a) => (a.keyDirectory = "/etc"), "keyDirectory", '"stage.test"'],
+  [
+    "keyDirectory /etc/ (trailing slash)",
+    (a) => (a.keyDirectory = "/etc/"),
+    "keyDirectory",
+    '"stage.test"',
+  ],
+  ["keyDirectory /var/lib", (a) => (a.keyDirectory = "/var/lib"), "keyDirectory", '"stage.test"'],
+  ["keyDirectory with #", (a) => (a.keyDirectory = "/etc/keys#1"), "keyDirectory", '"stage.test"'],
+  [
+    "keyDirectory with a space",
+    (a) => (a.keyDirectory = "/etc/my keys"),
+    "keyDirectory",
+    '"stage.test"',
+  ],
+  [
+    "keyDirectory with a tab",
+    (a) => (a.keyDirectory = "/etc/keys\tx"),
+    "keyDirectory",
+    '"stage.test"',
+  ],
+  [
+    "keyDirectory with a control character",
+    (a) => (a.keyDirectory = "/etc/keys\u0007"),
+    "keyDirectory",
+    '"stage.test"',
+  ],
+  [
+    "keyDirectory with a non-ASCII letter",
+    (a) => (a.keyDirectory = "/etc/k\u00e9ys"),
+    "keyDirectory",
+    '"stage.test"',
+  ],
+  [
+    "keyDirectory with a . segment",
+    (a) => (a.keyDirectory = "/etc/./keys"),
+    "keyDirectory",
+    '"stage.test"',
+  ],
+  [
+    "keyDirectory with an empty segment",
+    (a) => (a.keyDirectory = "/etc//keys"),
+    "keyDirectory",
+    '"stage.test"',
+  ],
+  [
+    "keyDirectory ending in ..",
+    (a) => (a.keyDirectory = "/etc/keys/.."),
+    "keyDirectory",
+    '"stage.test"',
+  ],
   [
     "fragmentPath with space",
     (a) => (a.fragmentPath = "/etc/nixos/my file"),
@@ -416,6 +517,17 @@ describe("validateArgs: bad inputs", () => {
     );
   });
 
+  it("says why a shared keyDirectory is refused and what to use instead", () => {
+    const args = good();
+    args.keyDirectory = "/tmp";
+    assert.equal(
+      problemsOf(args)[0],
+      'keyDirectory ("/tmp", staging host "stage.test"): is /tmp, a directory other users (or the system) share; the signing key needs a directory only root can change, e.g. "/etc/nix-ssh-cache" (the default is "/etc/shipnix/binary")',
+    );
+    args.keyDirectory = "/etc/keys#1";
+    assert.match(problemsOf(args)[0], /may only contain letters, digits.*no whitespace, "#"/);
+  });
+
   it("never echoes secrets", () => {
     const args = good();
     args.production[0].privateKey = "-----BEGIN NOT A KEY sup3rs3cret";
@@ -488,6 +600,16 @@ describe("validateArgs: good inputs", () => {
       (a) => (a.signingKey = { generation: 1, previousGenerations: [2, 0] }),
     ],
     ["a dedicated client identity", (a) => (a.clientIdentity = "dedicated")],
+    ["signingKey.adoptExisting", (a) => (a.signingKey = { generation: 1, adoptExisting: true })],
+    [
+      "keyDirectory /etc/shipnix/binary (the default)",
+      (a) => (a.keyDirectory = "/etc/shipnix/binary"),
+    ],
+    ["keyDirectory with a trailing slash", (a) => (a.keyDirectory = "/etc/nix-ssh-cache/")],
+    ["keyDirectory /etc/nix", (a) => (a.keyDirectory = "/etc/nix")],
+    ["keyDirectory under /var/lib", (a) => (a.keyDirectory = "/var/lib/nix-ssh-cache/keys")],
+    ["keyDirectory with +, @, _ and -", (a) => (a.keyDirectory = "/srv/cache_keys/k+1@stage-a")],
+    ["keyDirectory /tmpfiles (not /tmp)", (a) => (a.keyDirectory = "/tmpfiles/keys")],
     ["priority 0", (a) => (a.priority = 0)],
   ];
   for (const [title, mutate] of GOOD) {
