@@ -26,6 +26,7 @@ import { after, before, describe, it } from "node:test";
 import * as assert from "node:assert/strict";
 import { spawnSync } from "child_process";
 import * as fs from "fs";
+import * as os from "os";
 import * as path from "path";
 import { e2eSkipReason, startHosts, TestHost, TestHosts } from "../hosts/harness";
 import { buildOnStaging, NIX, signaturesOf, substitute } from "./helpers";
@@ -223,8 +224,12 @@ describe(
     let conflict: PulumiStack;
     const sdStacks: Record<string, PulumiStack> = {};
     const t0: Record<string, number> = {};
+    // a file in the machine's /tmp: booting systemd in a host must not reach it (systemd-tmpfiles'
+    // `D /tmp` empties /tmp at boot; the host's /tmp is its own, the machine's root read-only)
+    let machineMarker = "";
 
     before(async () => {
+      machineMarker = fs.mkdtempSync(path.join(os.tmpdir(), "nsc-matrix-marker-"));
       const started = Date.now();
       [fleetHosts, conflictHosts, systemdHosts] = await Promise.all([
         startHosts(
@@ -280,6 +285,9 @@ describe(
         conflictHosts?.teardown(),
         systemdHosts?.teardown(),
       ]);
+      // teardown throws when a PID or a cgroup of a host is left; the machine's /tmp is intact
+      assert.ok(machineMarker && fs.existsSync(machineMarker), `${machineMarker} is gone`);
+      fs.rmSync(machineMarker, { recursive: true, force: true });
       console.log(
         "# matrix | flavour | host | stack | result | host steps in the converging up (s)",
       );

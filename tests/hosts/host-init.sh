@@ -89,11 +89,12 @@ log "mounted"
 # way systemd-nspawn starts a container: a private /dev (tmpfs with the device nodes a server
 # needs, its own devpts; /dev/console is init.log), the host's own cgroup2 tree at
 # /sys/fs/cgroup (the harness put this namespace into a cgroup of its own and a cgroup
-# namespace), /sys, /proc/sys and the machine's root read-only (only the host's own bind mounts
-# stay writable: systemd's boot units, e.g. systemd-tmpfiles' `D /tmp`, must never reach the
-# machine), `container=` set. It boots multi-user.target with only the units the flavour enabled;
-# units that touch the kernel or machine-wide state (sysctl, binfmt, modules, clock, tmpfiles,
-# timers) are masked in the host's own /etc.
+# namespace), its own empty /usr/local/sbin, and /sys, /proc/sys and the machine's root
+# read-only: only the host's own bind mounts stay writable, so systemd's boot units (e.g.
+# systemd-tmpfiles' `D /tmp`, which empties /tmp) never reach the machine. `container=` is set.
+# It boots multi-user.target with only the units the flavour enabled; units that touch the kernel
+# or machine-wide state (sysctl, binfmt, modules, clock, tmpfiles, fstab, timers) are masked in
+# the host's own /etc.
 exec_systemd() {
   local unit target wants dev=/run/nsc/dev node
   # units: nothing the machine's /etc enabled; only what the flavour enables
@@ -145,6 +146,9 @@ exec_systemd() {
   mount --move "$dev" /dev
   # cgroup2: this namespace's own subtree (the harness made it its root)
   mount -t cgroup2 -o nsdelegate nsc-cgroup /sys/fs/cgroup
+  # /usr/local/sbin: the host's own, empty (where nix-ssh-cache installs its closure fetcher)
+  install -d -m 0755 /run/nsc/usr-local-sbin
+  mount --bind /run/nsc/usr-local-sbin /usr/local/sbin
   # the kernel's and the machine's state stay out of reach
   mount -o remount,bind,ro /sys
   mount --bind /proc/sys /proc/sys
