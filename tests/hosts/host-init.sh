@@ -144,6 +144,13 @@ exec_systemd() {
   touch "$dev/console"
   mount --bind /run/nsc/console "$dev/console"
   mount --move "$dev" /dev
+  # /run: a tmpfs, as systemd expects (systemd-user-runtime-dir refuses to remove /run/user/UID
+  # from a disk file system), holding what this script put into the host's /run so far
+  mount -t tmpfs -o mode=0755,nosuid,nodev,size=64m nsc-run /tmp/.nsc-run 2>/dev/null ||
+    { install -d -m 0700 /tmp/.nsc-run && mount -t tmpfs -o mode=0755,nosuid,nodev,size=64m nsc-run /tmp/.nsc-run; }
+  cp -a /run/. /tmp/.nsc-run/
+  mount --move /tmp/.nsc-run /run
+  rmdir /tmp/.nsc-run
   # cgroup2: this namespace's own subtree (the harness made it its root)
   mount -t cgroup2 -o nsdelegate nsc-cgroup /sys/fs/cgroup
   # /usr/local/sbin: the host's own, empty (where nix-ssh-cache installs its closure fetcher)
