@@ -158,7 +158,8 @@ async function sftpSshdState(h: TestHost): Promise<string> {
  */
 function connects(h: TestHost, port: number, tool: "ssh" | "sftp"): string {
   const known = path.join(path.dirname(h.privateKeyPath), `known_hosts_${h.name}_${port}`);
-  fs.writeFileSync(known, `[${h.address}]:${port} ${h.hostKey}\n`);
+  const name = port === 22 ? h.address : `[${h.address}]:${port}`;
+  fs.writeFileSync(known, `${name} ${h.hostKey}\n`);
   const common = [
     "-i",
     h.privateKeyPath,
