@@ -151,7 +151,7 @@ apply)
   case "$after" in
   sshd)
     if [ "$content_changed" = true ]; then
-      sshd_config=$(nsc_sshd_config_of "$(nsc_sshd_listeners | sed -n 1p)")
+      sshd_config=$(nsc_sshd_our_config)
       problem=""
       if ! msg=$("$(nsc_sshd_bin)" -t -f "$sshd_config" 2>&1); then
         problem="sshd rejects the configuration with the new ${FILE_PATH}: $(printf '%s' "$msg" | tr '\n' ' ')"

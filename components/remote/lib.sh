@@ -302,12 +302,19 @@ nsc_listen_state() {
 }
 
 # nsc_sshd_config_of PID: the configuration file an sshd process reads (its -f, else the default).
+# A running sshd overwrites its argv with a process title ("sshd: /usr/sbin/sshd -f CONFIG
+# [listener] 0 of 10-100 startups"): then the words of the title before "[listener]" are read (a
+# -f path with spaces in it cannot be told from the title).
 nsc_sshd_config_of() {
   local -a argv=()
   local i
   [ -n "${1:-}" ] && [ -r "/proc/$1/cmdline" ] && mapfile -d '' -t argv <"/proc/$1/cmdline"
+  if [ "${#argv[@]}" = 1 ] && [[ ${argv[0]} == "sshd: "* ]]; then
+    read -r -a argv <<<"${argv[0]#sshd: }"
+  fi
   for ((i = 0; i < ${#argv[@]}; i++)); do
     case "${argv[i]}" in
+    "[listener]" | "[accepted]") break ;;
     -f) [ $((i + 1)) -lt ${#argv[@]} ] && {
       echo "${argv[i + 1]}"
       return 0
@@ -321,74 +328,205 @@ nsc_sshd_config_of() {
 # nsc_sshd_bin: the sshd executable.
 nsc_sshd_bin() { command -v sshd || echo /usr/sbin/sshd; }
 
+# The configuration file nix-ssh-cache's sshd drop-ins (/etc/ssh/sshd_config.d) belong to.
+NSC_SSHD_CONFIG=/etc/ssh/sshd_config
+
+# nsc_sshd_config_path PID: the configuration an sshd process reads, as an absolute path with its
+# symlinks resolved (a relative -f is relative to the process's working directory).
+nsc_sshd_config_path() {
+  local config
+  config=$(nsc_sshd_config_of "$1")
+  case "$config" in /*) ;; *) config="$(readlink "/proc/$1/cwd" 2>/dev/null || echo /)/$config" ;; esac
+  readlink -f -- "$config" 2>/dev/null || printf '%s\n' "$config"
+}
+
+# nsc_sshd_ours: PIDs of the listening sshd processes (the listeners, not their per-connection
+# children) that read nix-ssh-cache's configuration: their -f (or the default) is
+# /etc/ssh/sshd_config. Another sshd beside it (an SFTP-only or rescue instance with its own -f
+# config and port) is not ours and is left alone. When no listener reads /etc/ssh/sshd_config but
+# exactly one sshd listens, that one (an sshd started with a -f of its own). Nothing when no sshd
+# process listens (socket activation, or sshd not running).
+nsc_sshd_ours() {
+  local want pid
+  local -a masters ours=()
+  mapfile -t masters < <(nsc_sshd_listeners)
+  [ "${#masters[@]}" -gt 0 ] || return 0
+  mapfile -t masters < <(nsc_masters "${masters[@]}")
+  want=$(readlink -f -- "$NSC_SSHD_CONFIG" 2>/dev/null || echo "$NSC_SSHD_CONFIG")
+  for pid in "${masters[@]}"; do
+    if [ "$(nsc_sshd_config_path "$pid")" = "$want" ]; then ours+=("$pid"); fi
+  done
+  if [ "${#ours[@]}" = 0 ] && [ "${#masters[@]}" = 1 ]; then ours=("${masters[0]}"); fi
+  [ "${#ours[@]}" = 0 ] || printf '%s\n' "${ours[@]}"
+}
+
+# nsc_sshd_require_ours: fail when several sshd instances listen and none reads
+# /etc/ssh/sshd_config (nix-ssh-cache cannot tell which one serves its user), naming each.
+nsc_sshd_require_ours() {
+  local pid list=""
+  local -a masters
+  [ -z "$(nsc_sshd_ours)" ] || return 0
+  mapfile -t masters < <(nsc_sshd_listeners)
+  [ "${#masters[@]}" -gt 1 ] || return 0
+  mapfile -t masters < <(nsc_masters "${masters[@]}")
+  for pid in "${masters[@]}"; do list+=" PID ${pid} reads $(nsc_sshd_config_path "$pid");"; done
+  nsc_die "several sshd instances listen on $(hostname 2>/dev/null || echo 'this host') and none reads ${NSC_SSHD_CONFIG}:${list} nix-ssh-cache changes ${NSC_SSHD_CONFIG}.d and cannot tell which one serves its user. Run the serving sshd with -f ${NSC_SSHD_CONFIG} (or without -f), then run pulumi up again"
+}
+
+# nsc_sshd_our_config: the configuration file of our sshd (nsc_sshd_ours), else the default.
+nsc_sshd_our_config() {
+  local pid
+  pid=$(nsc_sshd_ours | sed -n 1p)
+  if [ -n "$pid" ]; then nsc_sshd_config_path "$pid"; else echo "$NSC_SSHD_CONFIG"; fi
+}
+
 # nsc_sshd_effective CONFIG USER: `sshd -T` for a connection of USER (what sshd would apply).
 nsc_sshd_effective() {
   "$(nsc_sshd_bin)" -T -f "$1" -C "user=$2,host=localhost,addr=127.0.0.1,laddr=127.0.0.1,lport=22" 2>&1
 }
 
-# nsc_reload_sshd: make the running sshd re-read its configuration (sessions survive), found
-# the way an administrator would: systemd (ssh/sshd unit), OpenRC / an init script, the PidFile
-# of sshd's effective configuration (`sshd -T`), the sshd process that listens. Then proves it:
-# the listening sshd re-executed itself (new listening sockets), else fails saying what to run.
+# nsc_systemd_unit_of PID: the systemd service whose cgroup holds PID (e.g. ssh.service), from
+# /proc/PID/cgroup; nothing when PID runs outside a service (a login session, no systemd).
+nsc_systemd_unit_of() {
+  local unit
+  unit=$(awk -F: '$1 == "0" || $2 == "name=systemd" {print $3}' "/proc/$1/cgroup" 2>/dev/null |
+    tr '/' '\n' | grep -E '^[A-Za-z0-9@._:-]+\.service$' | sed -n 1p) || unit=""
+  printf '%s' "$unit"
+}
+
+# nsc_systemd_prop UNIT PROPERTY: one property of a unit (`systemctl show -p`), e.g. MainPID.
+nsc_systemd_prop() {
+  systemctl show -p "$2" --value -- "$1" 2>/dev/null || true
+}
+
+# nsc_systemd_socket_activated UNIT: true when an active .socket unit starts UNIT (TriggeredBy):
+# that socket stays with systemd, and UNIT's sshd got it from there (sd_listen_fds).
+nsc_systemd_socket_activated() {
+  local s
+  for s in $(nsc_systemd_prop "$1" TriggeredBy); do
+    case "$s" in *.socket) systemctl is-active --quiet -- "$s" 2>/dev/null && return 0 ;; esac
+  done
+  return 1
+}
+
+# nsc_reload_sshd: make the sshd that reads nix-ssh-cache's configuration (nsc_sshd_ours: the
+# listener whose -f, or default, is /etc/ssh/sshd_config) re-read it, sessions surviving; another
+# sshd beside it (its own -f config and port) is left alone. Found the way an administrator
+# would:
+# - systemd: the service whose cgroup holds that sshd: `systemctl restart` when it is
+#   socket-activated (ssh.socket keeps the listening socket; an sshd re-executed by SIGHUP finds
+#   no LISTEN_FDS, binds the port itself and dies: Debian 12), `systemctl reload` when the unit
+#   has an ExecReload (Debian's ssh.service), else SIGHUP to its main PID (NixOS's sshd.service
+#   has no ExecReload: `systemctl reload` is refused). No listening sshd but an active
+#   ssh.socket/sshd.socket: nothing to do, the next connection starts an sshd that reads the new
+#   configuration.
+# - OpenRC / an init script, the PidFile of our configuration (`sshd -T -f`), our listener.
+# Then proves it: our listener re-executed itself (new listening sockets), or after a restart the
+# unit has a new main PID; else fails saying what to run.
 nsc_reload_sshd() {
-  local listeners before method="" unit pidfile pid i now host
+  local before now method="" unit="" pidfile="" pid i host config main_before="" main_now s
+  local -a ours now_ours
   host=$(hostname 2>/dev/null || echo "this host")
-  mapfile -t listeners < <(nsc_sshd_listeners)
-  before=$(nsc_listen_state "${listeners[@]}")
+  nsc_sshd_require_ours
+  mapfile -t ours < <(nsc_sshd_ours)
+  config=$(nsc_sshd_our_config)
+  before=$(nsc_listen_state "${ours[@]}")
   if nsc_has_systemd; then
-    for unit in ssh.service sshd.service; do
-      if systemctl is-active --quiet "$unit" 2>/dev/null; then
-        systemctl reload "$unit" >&2 || nsc_die "systemctl reload ${unit} failed on ${host}; check 'systemctl status ${unit}'"
+    if [ "${#ours[@]}" -gt 0 ]; then
+      unit=$(nsc_systemd_unit_of "${ours[0]}")
+      if [ -n "$unit" ] && ! systemctl is-active --quiet -- "$unit" 2>/dev/null; then unit=""; fi
+    else
+      for s in ssh.socket sshd.socket; do
+        if systemctl is-active --quiet "$s" 2>/dev/null; then
+          nsc_log "sshd is socket-activated (${s}) and no sshd process listens: the next connection starts one that reads the new configuration"
+          return 0
+        fi
+      done
+      for s in ssh.service sshd.service; do
+        if systemctl is-active --quiet "$s" 2>/dev/null; then
+          unit=$s
+          break
+        fi
+      done
+    fi
+    if [ -n "$unit" ]; then
+      if nsc_systemd_socket_activated "$unit"; then
+        main_before=$(nsc_systemd_prop "$unit" MainPID)
+        systemctl restart -- "$unit" >&2 || nsc_die "systemctl restart ${unit} failed on ${host}; check 'systemctl status ${unit}'"
+        method="systemctl restart ${unit} (socket-activated: the socket stays with systemd)"
+      elif [ "$(nsc_systemd_prop "$unit" CanReload)" = yes ]; then
+        systemctl reload -- "$unit" >&2 || nsc_die "systemctl reload ${unit} failed on ${host}; check 'systemctl status ${unit}'"
         method="systemctl reload ${unit}"
-        break
+      else
+        pid=$(nsc_systemd_prop "$unit" MainPID)
+        case "$pid" in "" | 0 | *[!0-9]*) pid=${ours[0]:-} ;; esac
+        [ -n "$pid" ] || nsc_die "${unit} on ${host} has no ExecReload and no main process to send SIGHUP to; restart it (systemctl restart ${unit}) and run pulumi up again"
+        kill -HUP "$pid"
+        method="kill -HUP ${pid} (the main process of ${unit}, which has no ExecReload)"
       fi
-    done
+    fi
   fi
   if [ -z "$method" ] && nsc_has_openrc; then
-    for unit in sshd ssh; do
-      if rc-service --exists "$unit" 2>/dev/null && rc-service "$unit" status >/dev/null 2>&1; then
-        rc-service "$unit" reload >&2 || nsc_die "rc-service ${unit} reload failed on ${host}"
-        method="rc-service ${unit} reload"
+    for s in sshd ssh; do
+      if rc-service --exists "$s" 2>/dev/null && rc-service "$s" status >/dev/null 2>&1; then
+        rc-service "$s" reload >&2 || nsc_die "rc-service ${s} reload failed on ${host}"
+        method="rc-service ${s} reload"
         break
       fi
     done
   fi
   if [ -z "$method" ] && ! nsc_has_systemd && command -v service >/dev/null 2>&1; then
-    for unit in ssh sshd; do
-      if [ -x "/etc/init.d/$unit" ] && service "$unit" status >/dev/null 2>&1; then
-        service "$unit" reload >&2 || nsc_die "service ${unit} reload failed on ${host}"
-        method="service ${unit} reload"
+    for s in ssh sshd; do
+      if [ -x "/etc/init.d/$s" ] && service "$s" status >/dev/null 2>&1; then
+        service "$s" reload >&2 || nsc_die "service ${s} reload failed on ${host}"
+        method="service ${s} reload"
         break
       fi
     done
   fi
   if [ -z "$method" ]; then
-    pidfile=$("$(nsc_sshd_bin)" -T 2>/dev/null | awk '$1 == "pidfile" && !n++ {print $2}') || pidfile=""
-    if [ -n "$pidfile" ] && [ "$pidfile" != none ] && nsc_pid_alive "$pidfile" &&
-      [ "$(cat "/proc/$(tr -dc '0-9' <"$pidfile")/comm" 2>/dev/null)" = sshd ]; then
-      kill -HUP "$(tr -dc '0-9' <"$pidfile")"
-      method="kill -HUP \$(cat ${pidfile})"
+    # the PidFile of our configuration, when it names our listener (or any sshd when none listens)
+    pidfile=$("$(nsc_sshd_bin)" -T -f "$config" 2>/dev/null | awk '$1 == "pidfile" && !n++ {print $2}') || pidfile=""
+    if [ -n "$pidfile" ] && [ "$pidfile" != none ] && nsc_pid_alive "$pidfile"; then
+      pid=$(tr -dc '0-9' <"$pidfile")
+      if [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = sshd ] &&
+        { [ "${#ours[@]}" = 0 ] || [[ " ${ours[*]} " == *" $pid "* ]]; }; then
+        kill -HUP "$pid"
+        method="kill -HUP \$(cat ${pidfile})"
+      fi
     fi
   fi
-  if [ -z "$method" ] && [ "${#listeners[@]}" -gt 0 ]; then
-    mapfile -t listeners < <(nsc_masters "${listeners[@]}")
-    kill -HUP "${listeners[@]}"
-    method="kill -HUP ${listeners[*]} (the listening sshd)"
+  if [ -z "$method" ] && [ "${#ours[@]}" -gt 0 ]; then
+    kill -HUP "${ours[@]}"
+    method="kill -HUP ${ours[*]} (the listening sshd that reads ${config})"
   fi
   [ -n "$method" ] ||
-    nsc_die "cannot reload sshd on ${host}: no systemd or OpenRC unit or init script runs it, the PidFile of its configuration (${pidfile:-none}) names no live sshd, and no sshd process listens. Start sshd, then run pulumi up again"
-  # Proof: every listening sshd re-executed (its listening sockets are new).
+    nsc_die "cannot reload sshd on ${host}: no systemd or OpenRC unit or init script runs it, the PidFile of ${config} (${pidfile:-none}) names no live sshd, and no sshd process listens. Start sshd, then run pulumi up again"
+  # Proof, for our sshd only: a restarted unit has a new main PID; a reloaded sshd re-executed
+  # itself (its listening sockets are new).
+  if [ -n "$main_before" ]; then
+    for ((i = 0; i < 100; i++)); do
+      main_now=$(nsc_systemd_prop "$unit" MainPID)
+      if [ -n "$main_now" ] && [ "$main_now" != 0 ] && [ "$main_now" != "$main_before" ] &&
+        systemctl is-active --quiet -- "$unit" 2>/dev/null; then
+        nsc_log "reloaded sshd (${method}; main PID ${main_before} -> ${main_now})"
+        return 0
+      fi
+      sleep 0.1
+    done
+    nsc_die "sshd on ${host} did not come back after '${method}' (${unit} has no new active main process within 10 s); check 'systemctl status ${unit}' and run pulumi up again"
+  fi
   if [ -n "$before" ]; then
     for ((i = 0; i < 100; i++)); do
-      mapfile -t listeners < <(nsc_sshd_listeners)
-      now=$(nsc_listen_state "${listeners[@]}")
+      mapfile -t now_ours < <(nsc_sshd_ours)
+      now=$(nsc_listen_state "${now_ours[@]}")
       if [ -n "$now" ] && ! nsc_listen_state_overlap "$before" "$now"; then
         nsc_log "reloaded sshd (${method})"
         return 0
       fi
       sleep 0.1
     done
-    nsc_die "sshd on ${host} did not reload after '${method}' (its listening sockets did not change within 10 s); reload it by hand (e.g. kill -HUP <pid of the listening sshd>, found with: ss -ltnp | grep sshd) and run pulumi up again"
+    nsc_die "sshd on ${host} did not reload after '${method}' (the listening sockets of the sshd that reads ${config}, PID ${ours[*]}, did not change within 10 s); reload it by hand (kill -HUP ${ours[*]}) and run pulumi up again"
   fi
   # No sshd process holds its own listening socket (e.g. socket activation): new connections
   # start an sshd that reads the new configuration.
@@ -417,9 +555,13 @@ nsc_nix_daemon_socket_ok() {
 # listener, not its per-connection children); nothing when no process listens there.
 nsc_nix_daemon_pid() {
   local -a holders inodes
+  local pid
   mapfile -t inodes < <(nsc_unix_listen_inodes "$NSC_NIX_DAEMON_SOCKET")
   [ "${#inodes[@]}" -gt 0 ] || return 0
-  mapfile -t holders < <(nsc_pids_holding "${inodes[@]}")
+  # not systemd, which holds the socket for socket activation (nix-daemon.socket)
+  mapfile -t holders < <(nsc_pids_holding "${inodes[@]}" | while read -r pid; do
+    [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = systemd ] || echo "$pid"
+  done)
   [ "${#holders[@]}" -gt 0 ] || return 0
   nsc_masters "${holders[@]}" | sed -n 1p
 }

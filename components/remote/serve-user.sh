@@ -57,6 +57,19 @@ remove)
   removed=false
   if [ -f "$record" ] && grep -qxF -- "$user" "$record"; then
     if getent passwd "$user" >/dev/null; then
+      # systemd-logind keeps a user manager (user@UID.service) and /run/user/UID for 10 s after the
+      # last session (UserStopDelaySec): userdel refuses while it runs, and its stop fails once the
+      # user is gone. End them first, while the user still exists.
+      uid=$(id -u -- "$user")
+      if nsc_has_systemd && command -v loginctl >/dev/null 2>&1 && loginctl show-user "$uid" >/dev/null 2>&1; then
+        loginctl terminate-user "$uid" >&2 || true
+        for ((i = 0; i < 100; i++)); do
+          systemctl show -p ActiveState --value "user@${uid}.service" "user-runtime-dir@${uid}.service" 2>/dev/null |
+            grep -qvxE 'inactive|failed|' || break
+          sleep 0.1
+        done
+        nsc_log "ended ${user}'s systemd-logind sessions and user manager"
+      fi
       userdel "$user" >&2 || nsc_die "userdel ${user} failed (still logged in? see above); stop its sessions and run pulumi destroy again"
       removed=true
       nsc_log "deleted user ${user}"

@@ -9,7 +9,14 @@
  *   ~/.ssh/config turning host-key checking off. The last two fail the first `up` naming what to
  *   fix, changing nothing there; once an administrator fixes them, everything converges.
  * - "conflict": a staging whose nix.conf already signs with another key (and whose sshd has its
- *   own PidFile): `up` fails naming the file and line, staging unchanged; fixed, it converges.
+ *   own PidFile, and a second, SFTP-only sshd with its own config and port runs beside it): `up`
+ *   fails naming the file and line, staging unchanged; fixed, it converges, reloading only the sshd
+ *   that reads /etc/ssh/sshd_config (the SFTP one keeps its PID, start time and listening socket,
+ *   and still serves).
+ * - "sd-debian", "sd-ubuntu", "sd-nixos": hosts whose PID 1 is systemd, each flavour once as
+ *   staging and once as production: Debian's ssh.service + nix-daemon.service, Ubuntu's
+ *   socket-activated ssh.socket, NixOS-style sshd.service (no ExecReload) + nix-daemon.socket. The
+ *   steps take systemd's reload and restart branches; no unit may fail (`is-system-running`).
  *
  * Each runs the full flow: up -> a path built on staging after up is substituted on production
  * (signature checked) -> no-op preview -> tamper + `up --refresh` -> destroy. The time of each
@@ -17,6 +24,10 @@
  */
 import { after, before, describe, it } from "node:test";
 import * as assert from "node:assert/strict";
+import { spawnSync } from "child_process";
+import * as fs from "fs";
+import * as os from "os";
+import * as path from "path";
 import { e2eSkipReason, startHosts, TestHost, TestHosts } from "../hosts/harness";
 import { buildOnStaging, NIX, signaturesOf, substitute } from "./helpers";
 import { CliResult, pulumiSkipReason, PulumiStack, repoRoot } from "./pulumi";
@@ -50,14 +61,21 @@ const rows: Row[] = [
   ["root-ssh-config-override", "sshcfg", "fleet"],
   ["signing-key-conflict", "stage2", "conflict"],
   ["sshd-custom-pidfile", "stage2", "conflict"],
+  ["second-sshd", "stage2", "conflict"],
   ["today (production)", "prod", "conflict"],
+  ["systemd-debian (staging)", "sdstage1", "sd-debian"],
+  ["systemd-ubuntu (production)", "sdprod1", "sd-debian"],
+  ["systemd-ubuntu (staging)", "sdstage2", "sd-ubuntu"],
+  ["systemd-nixos (production)", "sdprod2", "sd-ubuntu"],
+  ["systemd-nixos (staging)", "sdstage3", "sd-nixos"],
+  ["systemd-debian (production)", "sdprod3", "sd-nixos"],
 ].map(([flavour, host, stack]) => ({ flavour, host, stack, ok: false }));
 
 /** Marks the rows of `stack` passed, with each host's step time (keys: "staging" or the name). */
 function passed(stack: string, perHost: Record<string, number>): void {
   for (const row of rows.filter((r) => r.stack === stack)) {
     row.ok = true;
-    row.hostSeconds = perHost[row.host.startsWith("stage") ? "staging" : row.host];
+    row.hostSeconds = perHost[row.host.includes("stage") ? "staging" : row.host];
   }
 }
 const stackSeconds: Record<string, number> = {};
@@ -122,7 +140,79 @@ function stagingSnapshot(h: TestHost): Promise<string> {
     .then((r) => r.stdout);
 }
 
-// the two stacks run side by side (their own hosts, stacks and backends); steps within one stack
+/**
+ * The SFTP-only sshd of flavour second-sshd: "PID START_TIME SOCKETS" (start time in clock ticks
+ * since boot, /proc/PID/stat field 22; the inodes of its sockets). A reload of it (SIGHUP: sshd
+ * re-executes itself) would change its sockets; a restart its PID and start time.
+ */
+async function sftpSshdState(h: TestHost): Promise<string> {
+  const r = await h.exec(
+    `pid=$(cat /run/sshd-sftp.pid) && echo "$pid $(awk '{print $22}' /proc/$pid/stat) $(find /proc/$pid/fd -lname 'socket:*' -printf '%l ' | sort)"`,
+  );
+  return r.stdout.trim();
+}
+
+/**
+ * A new SSH connection from outside to `h`'s sshd on `port`, its host key pinned: `sftp` (batch
+ * `pwd`) or `ssh` (command `true`). Fails the test unless it succeeds; returns its stdout.
+ */
+function connects(h: TestHost, port: number, tool: "ssh" | "sftp"): string {
+  const known = path.join(path.dirname(h.privateKeyPath), `known_hosts_${h.name}_${port}`);
+  const name = port === 22 ? h.address : `[${h.address}]:${port}`;
+  fs.writeFileSync(known, `${name} ${h.hostKey}\n`);
+  const common = [
+    "-i",
+    h.privateKeyPath,
+    "-o",
+    "StrictHostKeyChecking=yes",
+    "-o",
+    `UserKnownHostsFile=${known}`,
+    "-o",
+    "BatchMode=yes",
+  ];
+  const args =
+    tool === "sftp"
+      ? [...common, "-P", String(port), "-b", "-", `root@${h.address}`]
+      : [...common, "-p", String(port), `root@${h.address}`, "true"];
+  const r = spawnSync(tool, args, { input: "pwd\n", encoding: "utf8", timeout: 60_000 });
+  assert.equal(r.status, 0, `${tool} to ${h.name}:${port} failed: ${r.stderr}`);
+  return r.stdout;
+}
+
+/** The systemd stacks: staging's flavour, production's flavour, their host names. */
+const SYSTEMD_STACKS = [
+  {
+    stack: "sd-debian",
+    stage: "sdstage1",
+    stageFlavour: "systemd-debian",
+    prod: "sdprod1",
+    prodFlavour: "systemd-ubuntu",
+  },
+  {
+    stack: "sd-ubuntu",
+    stage: "sdstage2",
+    stageFlavour: "systemd-ubuntu",
+    prod: "sdprod2",
+    prodFlavour: "systemd-nixos",
+  },
+  {
+    stack: "sd-nixos",
+    stage: "sdstage3",
+    stageFlavour: "systemd-nixos",
+    prod: "sdprod3",
+    prodFlavour: "systemd-debian",
+  },
+] as const;
+
+/** systemd's state on a host: "running" when every unit started and none failed. */
+async function systemdState(h: TestHost): Promise<string> {
+  const r = await h.exec("systemctl is-system-running; systemctl --failed --no-legend --plain", {
+    check: false,
+  });
+  return r.stdout.trim();
+}
+
+// the stacks run two at a time (their own hosts, stacks and backends); steps within one stack
 // run in order
 describe(
   "host matrix: the full flow on hosts that differ as real servers do",
@@ -130,13 +220,19 @@ describe(
   () => {
     let fleetHosts: TestHosts;
     let conflictHosts: TestHosts;
+    let systemdHosts: TestHosts;
     let fleet: PulumiStack;
     let conflict: PulumiStack;
+    const sdStacks: Record<string, PulumiStack> = {};
     const t0: Record<string, number> = {};
+    // a file in the machine's /tmp: booting systemd in a host must not reach it (systemd-tmpfiles'
+    // `D /tmp` empties /tmp at boot; the host's /tmp is its own, the machine's root read-only)
+    let machineMarker = "";
 
     before(async () => {
+      machineMarker = fs.mkdtempSync(path.join(os.tmpdir(), "nsc-matrix-marker-"));
       const started = Date.now();
-      [fleetHosts, conflictHosts] = await Promise.all([
+      [fleetHosts, conflictHosts, systemdHosts] = await Promise.all([
         startHosts(
           [
             { name: "stage", flavours: ["no-pidfiles", "nix-in-profile"] },
@@ -150,26 +246,49 @@ describe(
         ),
         startHosts(
           [
-            { name: "stage2", flavours: ["sshd-custom-pidfile", "signing-key-conflict"] },
+            {
+              name: "stage2",
+              flavours: ["sshd-custom-pidfile", "signing-key-conflict", "second-sshd"],
+            },
             { name: "prod" },
           ],
           { firstAddress: FIRST + 6 },
         ),
+        startHosts(
+          SYSTEMD_STACKS.flatMap((s) => [
+            { name: s.stage, flavours: [s.stageFlavour] },
+            { name: s.prod, flavours: [s.prodFlavour] },
+          ]),
+          { firstAddress: FIRST + 8 },
+        ),
       ]);
-      console.log(`# matrix: 8 flavoured hosts up in ${Date.now() - started} ms`);
+      console.log(
+        `# matrix: 14 flavoured hosts (6 with systemd as PID 1) up in ${Date.now() - started} ms`,
+      );
       fleet = new PulumiStack(repoRoot, "fleet");
       conflict = new PulumiStack(repoRoot, "conflict");
       const f = fleetHosts.hosts;
       const c = conflictHosts.hosts;
+      for (const s of SYSTEMD_STACKS) sdStacks[s.stack] = new PulumiStack(repoRoot, s.stack);
       await Promise.all([
         configure(fleet, f[0], f.slice(1)),
         configure(conflict, c[0], c.slice(1)),
+        ...SYSTEMD_STACKS.map((s) =>
+          configure(sdStacks[s.stack], systemdHosts.byName(s.stage), [systemdHosts.byName(s.prod)]),
+        ),
       ]);
     });
 
     after(async () => {
-      await Promise.all([fleet?.dispose(), conflict?.dispose()]);
-      await Promise.all([fleetHosts?.teardown(), conflictHosts?.teardown()]);
+      await Promise.all([fleet, conflict, ...Object.values(sdStacks)].map((st) => st?.dispose()));
+      await Promise.all([
+        fleetHosts?.teardown(),
+        conflictHosts?.teardown(),
+        systemdHosts?.teardown(),
+      ]);
+      // teardown throws when a PID or a cgroup of a host is left; the machine's /tmp is intact
+      assert.ok(machineMarker && fs.existsSync(machineMarker), `${machineMarker} is gone`);
+      fs.rmSync(machineMarker, { recursive: true, force: true });
       console.log(
         "# matrix | flavour | host | stack | result | host steps in the converging up (s)",
       );
@@ -341,9 +460,12 @@ describe(
         const stage = () => conflictHosts.byName("stage2");
         const prod = () => conflictHosts.byName("prod");
         let converged: Record<string, number> = {};
+        let sftpBefore = "";
 
         it("up fails naming the file and line, before anything on staging changes", async () => {
           t0.conflict = Date.now();
+          sftpBefore = await sftpSshdState(stage());
+          assert.match(connects(stage(), 2222, "sftp"), /Remote working directory: \/root/);
           const before = await stagingSnapshot(stage());
           const up = await conflict.up();
           assert.notEqual(up.code, 0);
@@ -365,6 +487,21 @@ describe(
           const { r, perHost } = await upTimed(conflict);
           assert.equal(r.code, 0, r.output);
           converged = perHost;
+        });
+
+        it("only the sshd that reads /etc/ssh/sshd_config was reloaded; the SFTP-only one is untouched and serves", async () => {
+          // same PID, start time and listening socket: neither restarted nor re-executed (SIGHUP)
+          assert.equal(await sftpSshdState(stage()), sftpBefore);
+          assert.match(connects(stage(), 2222, "sftp"), /Remote working directory: \/root/);
+          // nix-ssh's Match block is in force in the main sshd, not in the SFTP one's configuration
+          const main = await stage().exec(
+            "sshd -T -C user=nix-ssh,host=x,addr=127.0.0.1 | grep ^forcecommand",
+          );
+          assert.match(main.stdout, /nix-store --serve/);
+          const sftp = await stage().exec(
+            "sshd -T -f /etc/ssh/sshd_config_sftp -C user=nix-ssh,host=x,addr=127.0.0.1 | grep ^forcecommand",
+          );
+          assert.equal(sftp.stdout.trim(), "forcecommand internal-sftp");
         });
 
         it("a path built on staging after up is substituted on production, signed", async () => {
@@ -396,5 +533,60 @@ describe(
         });
       },
     );
+
+    for (const sd of SYSTEMD_STACKS) {
+      describe(
+        `stack ${sd.stack}: systemd as PID 1, staging ${sd.stageFlavour}, production ${sd.prodFlavour}`,
+        { concurrency: 1 },
+        () => {
+          const stage = () => systemdHosts.byName(sd.stage);
+          const prod = () => systemdHosts.byName(sd.prod);
+          const stack = () => sdStacks[sd.stack];
+          let converged: Record<string, number> = {};
+
+          it("up converges through systemd's reload and restart, no unit fails", async () => {
+            t0[sd.stack] = Date.now();
+            const { r, perHost } = await upTimed(stack());
+            assert.equal(r.code, 0, r.output);
+            converged = perHost;
+            assert.equal((await stack().outputs()).verified, true);
+            for (const h of [stage(), prod()]) assert.equal(await systemdState(h), "running");
+          });
+
+          it("a path built on staging after up is substituted on production, signed", async () => {
+            const sigs = await substitute(prod(), await buildOnStaging(stage(), sd.stack));
+            assert.ok(sigs.some((x) => x.startsWith(`${sd.stage}.test:`)));
+          });
+
+          it("no-op preview, tamper + up --refresh, destroy; services still run under systemd", async () => {
+            const preview = await stack().preview(["--expect-no-changes"]);
+            assert.equal(preview.code, 0, preview.output);
+            await stage().exec("rm -f /etc/ssh/sshd_config.d/nix-ssh-cache.conf");
+            await prod().exec(`echo 'extra-substituters = ssh://evil.example' >>${FRAGMENT}`);
+            const up = await stack().up(["--refresh"]);
+            assert.equal(up.code, 0, up.output);
+            assert.doesNotMatch((await prod().exec(`cat ${FRAGMENT}`)).stdout, /evil/);
+            await substitute(prod(), await buildOnStaging(stage(), `${sd.stack}-tamper`));
+            const destroy = await stack().run(["destroy", "--yes", "--skip-preview"]);
+            assert.equal(destroy.code, 0, destroy.output);
+            const left = await stage().exec(
+              "ls /etc/ssh/sshd_config.d/nix-ssh-cache.conf 2>/dev/null || echo gone",
+            );
+            assert.equal(left.stdout.trim(), "gone");
+            for (const h of [stage(), prod()]) {
+              assert.equal(await systemdState(h), "running", `${h.name}: a unit failed`);
+              assert.equal(
+                (await h.exec(`ls ${FRAGMENT} 2>/dev/null || echo gone`)).stdout.trim(),
+                "gone",
+              );
+            }
+            // both sshds still serve new connections
+            for (const h of [stage(), prod()]) connects(h, 22, "ssh");
+            stackSeconds[sd.stack] = (Date.now() - t0[sd.stack]) / 1000;
+            passed(sd.stack, converged);
+          });
+        },
+      );
+    }
   },
 );

@@ -13,6 +13,13 @@
  * profile, a symlinked nix.conf, ...). The helpers (`stopSshd`, `startNixDaemon`, ...) find the
  * services by what they listen on (`tests/hosts/host-services.sh`), so they work for every flavour.
  *
+ * With a `systemd-*` flavour, systemd is the host's PID 1 instead (host-init.sh execs it after the
+ * same preparation, as systemd-nspawn starts a container): the namespace also gets its own IPC and
+ * cgroup namespace, rooted at a cgroup the harness creates for the host (under the machine's cgroup2
+ * hierarchy), a private /dev, read-only /sys, /proc/sys and machine root; services are the
+ * flavour's units. Such a host stops by SIGKILL of its PID 1, which ends its whole PID namespace;
+ * then its cgroups are removed.
+ *
  * Callers MUST tear down: `after(() => hosts.teardown())` or try/finally. A process 'exit'
  * handler SIGKILLs the inits and removes the state dir as a safety net only.
  *
@@ -69,6 +76,13 @@ export interface HostSpec {
  * - `root-ssh-config-override`: root's ~/.ssh/config has `Host *` / `StrictHostKeyChecking no`.
  * - `nixos`: /etc/NIXOS, a user's configuration.nix and a `nixos-rebuild` stand-in that evaluates
  *   it (flavours/nixos-eval.nix) and applies the result as NixOS would.
+ * - `second-sshd`: a second sshd beside the one on port 22 (an SFTP-only instance with its own
+ *   `-f` config, port 2222 and PidFile), in the same /proc.
+ * - `systemd-debian`: systemd as PID 1; Debian's ssh.service and nix-daemon.socket + .service.
+ * - `systemd-ubuntu`: systemd as PID 1; socket-activated ssh.socket (ssh.service started by the
+ *   first connection, as on Ubuntu 22.10+); nix-daemon.socket + .service.
+ * - `systemd-nixos`: systemd as PID 1; NixOS-style sshd.service (`sshd -D -f`, no ExecReload) and
+ *   socket-activated nix-daemon.socket.
  */
 export const FLAVOURS = [
   "today",
@@ -80,7 +94,18 @@ export const FLAVOURS = [
   "nixconf-symlink-ro",
   "root-ssh-config-override",
   "nixos",
+  "second-sshd",
+  "systemd-debian",
+  "systemd-ubuntu",
+  "systemd-nixos",
 ] as const;
+
+/** Flavours whose host runs systemd as PID 1 (host-init.sh execs it). */
+const SYSTEMD_FLAVOURS: ReadonlySet<string> = new Set([
+  "systemd-debian",
+  "systemd-ubuntu",
+  "systemd-nixos",
+]);
 
 export interface ExecResult {
   code: number;
@@ -111,6 +136,8 @@ export interface TestHost {
   hostKey: string;
   /** Outer PID of the host's namespace init (PID 1 inside). */
   initPid: number;
+  /** The host's PID 1: "script" (host-init.sh) or "systemd" (a systemd-* flavour). */
+  init: "script" | "systemd";
   /** This host's state dir (outer path): etc/, nix/, root/, var-log/, init.log, ... */
   stateDir: string;
   /** Runs `bash -c script` as root inside the host (nsenter), no SSH. */
@@ -218,7 +245,7 @@ function tcpAccepts(address: string, port: number, timeoutMs = 500): Promise<boo
 }
 
 /** Registry of inits this process started, for the 'exit' safety net. */
-const liveRuns = new Set<{ pids: number[]; stateDir: string }>();
+const liveRuns = new Set<{ pids: number[]; stateDir: string; cgroups: string[] }>();
 let exitHandlerInstalled = false;
 function installExitHandler(): void {
   if (exitHandlerInstalled) return;
@@ -237,12 +264,54 @@ function installExitHandler(): void {
       } catch {
         /* best effort */
       }
+      for (const cg of run.cgroups) removeCgroupTree(cg);
     }
   });
 }
 
+/**
+ * The machine's cgroup2 hierarchy: where it is mounted and this process's cgroup in it
+ * (`/sys/fs/cgroup/unified` + `/` on a hybrid machine, `/sys/fs/cgroup` + `/user.slice/...` on a
+ * unified one). A systemd host's cgroup is created below this process's own.
+ */
+function cgroup2Base(): string {
+  const mounts = fs.readFileSync("/proc/self/mountinfo", "utf8").split("\n");
+  const line = mounts.find((l) => / - cgroup2 /.test(l));
+  if (!line)
+    throw new Error(
+      "systemd test hosts need a cgroup2 hierarchy (none mounted: /proc/self/mountinfo)",
+    );
+  const mountPoint = line.split(" ")[4];
+  const own = fs
+    .readFileSync("/proc/self/cgroup", "utf8")
+    .split("\n")
+    .find((l) => l.startsWith("0::"));
+  return path.join(mountPoint, own ? own.slice(3) : "/");
+}
+
+/** Removes a cgroup and its descendants (deepest first); they must hold no process any more. */
+function removeCgroupTree(dir: string): boolean {
+  let entries: fs.Dirent[];
+  try {
+    entries = fs.readdirSync(dir, { withFileTypes: true });
+  } catch {
+    return true; // already gone
+  }
+  let ok = true;
+  for (const e of entries) if (e.isDirectory()) ok = removeCgroupTree(path.join(dir, e.name)) && ok;
+  try {
+    fs.rmdirSync(dir);
+  } catch {
+    ok = false;
+  }
+  return ok;
+}
+
 interface Started {
   spec: Required<HostSpec>;
+  init: "script" | "systemd";
+  /** systemd hosts: the cgroup (outer path) that is the root of the host's cgroup namespace. */
+  cgroup?: string;
   address: string;
   dir: string;
   unsharePid: number;
@@ -311,24 +380,38 @@ export async function startHosts(
 
   installExitHandler();
   const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), "nsc-hosts-"));
-  const run = { pids: [] as number[], stateDir };
+  const run = { pids: [] as number[], stateDir, cgroups: [] as string[] };
   liveRuns.add(run);
   const started: Started[] = [];
 
   const teardown = async (): Promise<void> => {
     const pids = started.map((s) => s.initPid).filter((p) => p > 0);
     const unsharePids = started.map((s) => s.unsharePid).filter((p) => p > 0);
-    for (const pid of pids) signal(pid, "SIGTERM");
+    // host-init.sh stops its services on TERM; systemd would re-execute itself on TERM, so a
+    // systemd host's PID 1 gets SIGKILL at once, which ends its whole PID namespace
+    for (const s of started) {
+      if (s.initPid > 0) signal(s.initPid, s.init === "systemd" ? "SIGKILL" : "SIGTERM");
+    }
     const deadline = Date.now() + STOP_GRACE_MS;
     while (pids.some(isAlive) && Date.now() < deadline) await sleep(50);
     for (const pid of [...pids, ...unsharePids]) if (isAlive(pid)) signal(pid, "SIGKILL");
     const hard = Date.now() + 10_000;
     while ([...pids, ...unsharePids].some(isAlive) && Date.now() < hard) await sleep(50);
     const left = [...pids, ...unsharePids].filter(isAlive);
+    // a systemd host's cgroups empty once its namespace is gone (the kernel frees them a moment later)
+    const cgroups = started.flatMap((s) => (s.cgroup ? [s.cgroup] : []));
+    const cgDeadline = Date.now() + 10_000;
+    let cgLeft = cgroups.filter((cg) => !removeCgroupTree(cg));
+    while (cgLeft.length && Date.now() < cgDeadline) {
+      await sleep(50);
+      cgLeft = cgLeft.filter((cg) => !removeCgroupTree(cg));
+    }
     liveRuns.delete(run);
     fs.rmSync(stateDir, { recursive: true, force: true });
     if (left.length)
       throw new Error(`test hosts teardown: PIDs still alive after SIGKILL: ${left.join(", ")}`);
+    if (cgLeft.length)
+      throw new Error(`test hosts teardown: cgroups not removable: ${cgLeft.join(", ")}`);
   };
 
   try {
@@ -359,44 +442,68 @@ export async function startHosts(
       const dir = path.join(stateDir, spec.name);
       fs.mkdirSync(dir);
       const logFd = fs.openSync(path.join(dir, "init.log"), "a");
-      const child = spawn(
+      const init = spec.flavours.some((f) => SYSTEMD_FLAVOURS.has(f)) ? "systemd" : "script";
+      const unshare = [
         "unshare",
-        [
-          "--pid",
-          "--fork",
-          "--kill-child",
-          "--mount",
-          "--propagation",
-          "private",
-          "--mount-proc",
-          "--uts",
-        ].concat(["bash", script]),
-        {
-          stdio: ["ignore", logFd, logFd],
-          cwd: "/",
-          env: {
-            PATH: HOST_PATH,
-            LANG: "C.UTF-8",
-            NSC_STATE: dir,
-            NSC_NAME: spec.name,
-            NSC_FQDN: `${spec.name}.test`,
-            NSC_ADDRESS: addresses[i],
-            NSC_LOGIN_USER: spec.loginUser,
-            NSC_ROOT_KEY: spec.rootKey ? "1" : "0",
-            NSC_NIX_DAEMON: spec.nixDaemon ? "1" : "0",
-            NSC_LOGIN_SHELL: spec.loginShell,
-            NSC_SUDO_POLICY: spec.sudoPolicy,
-            NSC_SECURE_PATH: spec.securePath,
-            NSC_RUNNER_PUB: `${keyPath}.pub`,
-            NSC_HOSTS_FILE: hostsFile,
-            NSC_HOST_DIR: hostDir(),
-            NSC_FLAVOURS: spec.flavours.join(" "),
-          },
+        "--pid",
+        "--fork",
+        "--kill-child",
+        "--mount",
+        "--propagation",
+        "private",
+        "--mount-proc",
+        "--uts",
+      ];
+      let cgroup: string | undefined;
+      let argv = [...unshare, "bash", script];
+      if (init === "systemd") {
+        // its own cgroup, entered before `unshare --cgroup` makes it the namespace's root
+        cgroup = path.join(
+          cgroup2Base(),
+          `nsc-host-${process.pid}-${path.basename(stateDir)}-${spec.name}`,
+        );
+        fs.mkdirSync(cgroup);
+        run.cgroups.push(cgroup);
+        argv = [
+          "bash",
+          "-c",
+          'echo $$ >"$1/cgroup.procs" && shift && exec "$@"',
+          "nsc-enter-cgroup",
+          cgroup,
+          ...unshare,
+          "--ipc",
+          "--cgroup",
+          "bash",
+          script,
+        ];
+      }
+      const child = spawn(argv[0], argv.slice(1), {
+        stdio: ["ignore", logFd, logFd],
+        cwd: "/",
+        env: {
+          PATH: HOST_PATH,
+          LANG: "C.UTF-8",
+          NSC_STATE: dir,
+          NSC_NAME: spec.name,
+          NSC_FQDN: `${spec.name}.test`,
+          NSC_ADDRESS: addresses[i],
+          NSC_LOGIN_USER: spec.loginUser,
+          NSC_ROOT_KEY: spec.rootKey ? "1" : "0",
+          NSC_NIX_DAEMON: spec.nixDaemon ? "1" : "0",
+          NSC_LOGIN_SHELL: spec.loginShell,
+          NSC_SUDO_POLICY: spec.sudoPolicy,
+          NSC_SECURE_PATH: spec.securePath,
+          NSC_RUNNER_PUB: `${keyPath}.pub`,
+          NSC_HOSTS_FILE: hostsFile,
+          NSC_HOST_DIR: hostDir(),
+          NSC_FLAVOURS: spec.flavours.join(" "),
         },
-      );
+      });
       fs.closeSync(logFd);
       const s: Started = {
         spec,
+        init,
+        cgroup,
         address: addresses[i],
         dir,
         unsharePid: child.pid ?? -1,
@@ -491,7 +598,19 @@ async function waitReady(
   }
   const pub = fs.readFileSync(path.join(s.dir, "etc/ssh/ssh_host_ed25519_key.pub"), "utf8");
   const hostKey = pub.trim().split(/\s+/).slice(0, 2).join(" ");
-  return makeHost(s, privateKey, keyPath, hostKey);
+  const host = makeHost(s, privateKey, keyPath, hostKey);
+  // systemd: ready once it has started every unit; a failed unit fails the host's start
+  while (s.init === "systemd") {
+    checkAlive();
+    const state = (await host.exec("systemctl is-system-running", { check: false })).stdout.trim();
+    if (state === "running") break;
+    if (state === "degraded") {
+      const failed = await host.exec("systemctl --failed --no-legend --plain", { check: false });
+      throw fail(`systemd started with failed units:\n${failed.stdout}`);
+    }
+    await sleep(100);
+  }
+  return host;
 }
 
 function makeHost(s: Started, privateKey: string, keyPath: string, hostKey: string): TestHost {
@@ -550,6 +669,7 @@ function makeHost(s: Started, privateKey: string, keyPath: string, hostKey: stri
     privateKeyPath: keyPath,
     hostKey,
     initPid: s.initPid,
+    init: s.init,
     stateDir: s.dir,
     exec,
     async stopSshd() {

@@ -64,6 +64,8 @@ install -m 0600 "$NSC_RUNNER_PUB" "$S/root/.ssh/authorized_keys"
 # The harness's own files go into the host's /run/nsc: the checkout may live under /tmp (a CI
 # clone), which the host's own /tmp hides once mounted.
 install -d -m 0755 "$S/run/nsc"
+# init.log, seen from inside (a hard link): systemd's console when it is this host's PID 1
+if [ -f "$S/init.log" ]; then ln -f "$S/init.log" "$S/run/nsc/console"; fi
 install -m 0755 "$NSC_HOST_DIR/host-services.sh" "$S/run/nsc/host-services.sh"
 cp -a "$NSC_HOST_DIR/flavours" "$S/run/nsc/flavours"
 runner_pub=$(cat "$NSC_RUNNER_PUB")
@@ -82,6 +84,93 @@ cd /
 hostname "$NSC_FQDN"
 NSC_HOST_DIR=/run/nsc # host-services.sh and flavours/, copied above
 log "mounted"
+
+# exec_systemd: replace this script by systemd as the namespace's PID 1 (systemd-* flavours), the
+# way systemd-nspawn starts a container: a private /dev (tmpfs with the device nodes a server
+# needs, its own devpts; /dev/console is init.log), the host's own cgroup2 tree at
+# /sys/fs/cgroup (the harness put this namespace into a cgroup of its own and a cgroup
+# namespace), its own empty /usr/local/sbin, and /sys, /proc/sys and the machine's root
+# read-only: only the host's own bind mounts stay writable, so systemd's boot units (e.g.
+# systemd-tmpfiles' `D /tmp`, which empties /tmp) never reach the machine. `container=` is set.
+# It boots multi-user.target with only the units the flavour enabled; units that touch the kernel
+# or machine-wide state (sysctl, binfmt, modules, clock, tmpfiles, fstab, timers) are masked in
+# the host's own /etc.
+exec_systemd() {
+  local unit target wants dev=/run/nsc/dev node
+  # units: nothing the machine's /etc enabled; only what the flavour enables
+  rm -rf /etc/systemd/system/*.wants /etc/systemd/system/default.target
+  for unit in systemd-tmpfiles-setup.service systemd-tmpfiles-setup-dev.service \
+    systemd-tmpfiles-clean.service systemd-tmpfiles-clean.timer systemd-sysctl.service \
+    systemd-binfmt.service proc-sys-fs-binfmt_misc.automount proc-sys-fs-binfmt_misc.mount \
+    systemd-modules-load.service kmod-static-nodes.service systemd-timesyncd.service \
+    systemd-pstore.service systemd-random-seed.service systemd-repart.service \
+    systemd-firstboot.service systemd-sysusers.service systemd-machine-id-commit.service \
+    systemd-pcrphase.service systemd-pcrphase-sysinit.service systemd-update-utmp.service \
+    systemd-update-utmp-runlevel.service systemd-journald-audit.socket systemd-journal-flush.service \
+    dev-hugepages.mount dev-mqueue.mount sys-kernel-config.mount sys-kernel-debug.mount \
+    sys-kernel-tracing.mount sys-fs-fuse-connections.mount getty.target console-getty.service \
+    systemd-ask-password-wall.path systemd-ask-password-console.path timers.target \
+    cryptsetup.target veritysetup.target integritysetup.target remote-fs.target; do
+    ln -sfn /dev/null "/etc/systemd/system/$unit"
+  done
+  ln -sfn /dev/null /etc/systemd/system/systemd-remount-fs.service
+  printf '# test host %s: no file systems to mount (tests/hosts/host-init.sh)\n' "$NSC_FQDN" >/etc/fstab
+  ln -sfn /lib/systemd/system/multi-user.target /etc/systemd/system/default.target
+  for unit in $systemd_enable; do
+    case $unit in *.socket) target=sockets.target ;; *) target=multi-user.target ;; esac
+    wants=/etc/systemd/system/$target.wants
+    install -d -m 0755 "$wants"
+    if [ -e "/etc/systemd/system/$unit" ]; then
+      ln -sfn "/etc/systemd/system/$unit" "$wants/$unit"
+    else
+      ln -sfn "/lib/systemd/system/$unit" "$wants/$unit"
+    fi
+  done
+  # /dev: a tmpfs with the nodes a server needs, its own devpts, /dev/console = init.log
+  install -d -m 0755 "$dev"
+  mount -t tmpfs -o mode=0755,nosuid,size=1m nsc-dev "$dev"
+  for node in null zero full random urandom tty; do
+    touch "$dev/$node"
+    mount --bind "/dev/$node" "$dev/$node"
+  done
+  install -d -m 0755 "$dev/pts" "$dev/shm" "$dev/mqueue"
+  chmod 1777 "$dev/shm"
+  mount -t devpts -o newinstance,ptmxmode=0666,mode=0620,gid=5 nsc-devpts "$dev/pts"
+  ln -s pts/ptmx "$dev/ptmx"
+  ln -s /proc/self/fd "$dev/fd"
+  ln -s /proc/self/fd/0 "$dev/stdin"
+  ln -s /proc/self/fd/1 "$dev/stdout"
+  ln -s /proc/self/fd/2 "$dev/stderr"
+  touch "$dev/console"
+  mount --bind /run/nsc/console "$dev/console"
+  mount --move "$dev" /dev
+  # /run: a tmpfs, as systemd expects (systemd-user-runtime-dir refuses to remove /run/user/UID
+  # from a disk file system), holding what this script put into the host's /run so far
+  mount -t tmpfs -o mode=0755,nosuid,nodev,size=64m nsc-run /tmp/.nsc-run 2>/dev/null ||
+    { install -d -m 0700 /tmp/.nsc-run && mount -t tmpfs -o mode=0755,nosuid,nodev,size=64m nsc-run /tmp/.nsc-run; }
+  cp -a /run/. /tmp/.nsc-run/
+  mount --move /tmp/.nsc-run /run
+  rmdir /tmp/.nsc-run
+  # cgroup2: this namespace's own subtree (the harness made it its root)
+  mount -t cgroup2 -o nsdelegate nsc-cgroup /sys/fs/cgroup
+  # /usr/local/sbin: the host's own, empty (where nix-ssh-cache installs its closure fetcher)
+  install -d -m 0755 /run/nsc/usr-local-sbin
+  mount --bind /run/nsc/usr-local-sbin /usr/local/sbin
+  # the kernel's and the machine's state stay out of reach
+  mount -o remount,bind,ro /sys
+  mount --bind /proc/sys /proc/sys
+  mount -o remount,bind,ro /proc/sys
+  if [ -e /proc/sysrq-trigger ]; then
+    mount --bind /proc/sysrq-trigger /proc/sysrq-trigger
+    mount -o remount,bind,ro /proc/sysrq-trigger
+  fi
+  mount -o remount,bind,ro /
+  log "exec systemd (enabled: $systemd_enable)"
+  trap - ERR
+  exec env -i container=nsc-test-host LANG=C.UTF-8 \
+    PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    /lib/systemd/systemd --system --show-status=no --log-target=console --log-level=notice
+}
 
 # --- Phase 3: users, keys, nix, services (inside the host's view) ---
 # Fresh host key. Only ed25519 (RSA generation costs ~1 s CPU per host); sshd quietly skips
@@ -136,12 +225,22 @@ log "users and nix dirs done"
 # shellcheck disable=SC2034 # read by host-services.sh through /run/nsc/services.env
 nix_daemon_cmd=nix-daemon          # command that starts nix-daemon
 nix_daemon_pidfile=/run/nix-daemon.pid # "" = no pid file (a daemon started by hand)
+host_init=script     # "systemd": a systemd-* flavour makes systemd this host's PID 1
+systemd_enable=""    # systemd: units enabled (multi-user.target or sockets.target wants them)
+sshd_units=""        # systemd: the units that run sshd (host-services.sh starts/stops them)
+nix_daemon_units=""  # systemd: the units that run nix-daemon
 for flavour in ${NSC_FLAVOURS:-}; do
   # shellcheck source=/dev/null
   source "$NSC_HOST_DIR/flavours/$flavour.sh"
   log "flavour $flavour applied"
 done
-printf 'nix_daemon_cmd=%q\nnix_daemon_pidfile=%q\n' "$nix_daemon_cmd" "$nix_daemon_pidfile" >/run/nsc/services.env
+printf 'nix_daemon_cmd=%q\nnix_daemon_pidfile=%q\nsshd_units=%q\nnix_daemon_units=%q\n' \
+  "$nix_daemon_cmd" "$nix_daemon_pidfile" "$sshd_units" "$nix_daemon_units" >/run/nsc/services.env
+
+if [[ $host_init == systemd ]]; then
+  /usr/sbin/sshd -t
+  exec_systemd # does not return: systemd becomes this namespace's PID 1
+fi
 
 /usr/sbin/sshd -t
 bash /run/nsc/host-services.sh start-sshd
