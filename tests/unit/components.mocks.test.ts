@@ -339,7 +339,9 @@ describe("CacheServer signingKey.adoptExisting (mocks)", () => {
   before(async () => {
     const { CacheServer } = await import("../../components");
     const server = new CacheServer("adopt", {
-      host: { connection: { host: "stage3.test", privateKey: FAKE_PRIVATE_KEY } },
+      host: {
+        connection: { host: "stage3.test", privateKey: FAKE_PRIVATE_KEY, hostKey: HOST_KEY },
+      },
       authorizedKeys: [ED25519_KEY],
       signingKey: { generation: 1, previousGenerations: [0], adoptExisting: true },
     });
