@@ -36,6 +36,15 @@ export const CONNECTION_TYPES = [
   { title: "Jump host", alias: "ProxyConnectionArgs" },
 ] as const;
 
+/**
+ * Connection fields whose upstream (`@pulumi/command`) description is not what this component
+ * does with them: the table shows this text instead.
+ */
+export const CONNECTION_OVERRIDES: Record<string, string> = {
+  hostKey:
+    "The host's SSH public key line (`ssh-ed25519 AAAA...`). Unlike `remote.Command`, a host is never reached unverified: without `hostKey`, the key comes from the operator's known_hosts (`~/.ssh/known_hosts`, `~/.ssh/known_hosts2`, `/etc/ssh/ssh_known_hosts`, `/etc/ssh/ssh_known_hosts2`; hashed entries, `[host]:port`, `@revoked`), and a host with neither is an error that says how to get and check its key.",
+};
+
 /** One argument of a component: a row of its table. */
 export interface OptionRow {
   /** Path from the component's arguments, e.g. `staging.connection`, `production[].name`. */
@@ -282,6 +291,7 @@ export function readOptions(root: string = repoRoot): OptionsModel {
     if (!decl) throw new Error(`${c.alias}: cannot find the interface it names`);
     const rows: OptionRow[] = [];
     collectRows(decl, "", checker, root, anchors, rows, false);
+    for (const r of rows) r.description = CONNECTION_OVERRIDES[r.path] ?? r.description;
     rows.sort((a, b) => Number(b.required) - Number(a.required) || a.path.localeCompare(b.path));
     return { ...c, intro: renderLinks(docOf(alias).text, anchors), rows };
   });
