@@ -98,6 +98,19 @@ apply)
     nsc_writable_in_place "$target" ||
       nsc_die "${FILE_PATH} is a symlink to ${target}, which is not writable (read-only filesystem or managed by another tool); nix-ssh-cache does not replace the symlink. Remove the symlink or make ${target} writable, then run pulumi up again. Nothing was changed"
   fi
+  # Root's files only where no other user can replace them: the directory the file goes in (or,
+  # while missing, the deepest one that exists) must be root's alone (a symlinked directory:
+  # where the link sits and where it leads).
+  tdir=$(dirname -- "$target")
+  while [ ! -e "$tdir" ] && [ ! -L "$tdir" ]; do tdir=$(dirname -- "$tdir"); done
+  if [ -L "$tdir" ]; then
+    problem=$(nsc_unsafe_dir "$(dirname -- "$tdir")")
+    [ -n "$problem" ] || problem=$(nsc_unsafe_dir "$(readlink -f -- "$tdir")")
+  else
+    problem=$(nsc_unsafe_dir "$tdir")
+  fi
+  [ -z "$problem" ] ||
+    nsc_die "cannot write ${FILE_PATH}$(nsc_describe_link "$FILE_PATH") safely: ${problem}, so another user could replace what root reads there. Make that directory root's alone (chown root, chmod go-w) or choose another path. Nothing was changed"
   staged=$(mktemp)
   new=""
   backup=""

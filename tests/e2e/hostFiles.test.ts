@@ -318,6 +318,39 @@ describe("root's files on a host with local users", { skip }, () => {
     assert.equal(await out(h, "ls -d /etc/nsc-gen 2>/dev/null || echo gone"), "gone");
   });
 
+  it("file.sh never writes where another user could replace the file (world-writable or user-owned directory)", async () => {
+    await h.exec("install -d -m 1777 /var/tmp/nsc-shared && install -d -o nobody /etc/nsc-userdir");
+    for (const [file, why] of [
+      [
+        "/var/tmp/nsc-shared/fragment.nix",
+        /\/var\/tmp\/nsc-shared is writable by its group or by others \(mode 1777\)/,
+      ],
+      [
+        "/var/tmp/nsc-new/fragment.nix",
+        /\/var\/tmp is writable by its group or by others \(mode 1777\)/,
+      ],
+      ["/etc/nsc-userdir/sub/x.conf", /\/etc\/nsc-userdir is owned by nobody, not root/],
+    ] as const) {
+      const r = await writeFile(h, file, "{ }\n");
+      assert.notEqual(r.code, 0, `${file} written`);
+      assert.match(r.stderr, /nix-ssh-cache: cannot write \S+ safely: /);
+      assert.match(r.stderr, why);
+      assert.match(r.stderr, /Nothing was changed/);
+    }
+    assert.equal(
+      await out(
+        h,
+        "ls -A /var/tmp/nsc-shared /etc/nsc-userdir; ls -d /var/tmp/nsc-new 2>/dev/null || true",
+      ),
+      "/etc/nsc-userdir:\n\n/var/tmp/nsc-shared:",
+    );
+    // a symlinked directory is followed: fine when both ends are root's
+    await h.exec("install -d -m 0755 /etc/nsc-realdir && ln -s /etc/nsc-realdir /etc/nsc-linkdir");
+    const linked = await writeFile(h, "/etc/nsc-linkdir/x.conf", "ok\n");
+    assert.equal(linked.code, 0, linked.stderr);
+    assert.equal(await out(h, "cat /etc/nsc-realdir/x.conf"), "ok");
+  });
+
   it("file.sh read reports a digest, never the content (a private key stays on the host)", async () => {
     const file = "/etc/nsc-secret/id_ed25519";
     const body = "b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW";
