@@ -270,6 +270,33 @@ describe("root's files on a host with local users", { skip }, () => {
     );
   });
 
+  it("keyDirectory: a key an earlier version generated (no record) is recorded when the stack's state already trusts it, refused otherwise", async () => {
+    const dir = "/etc/nsc-upgrade";
+    await h.exec(
+      `install -d -m 0755 ${dir} && nix-store --generate-binary-cache-key stage.test ${dir}/cache-priv-key.pem ${dir}/cache-pub-key.pem`,
+    );
+    const pub = await out(h, `cat ${dir}/cache-pub-key.pem`);
+    // another public key in the state (e.g. the key was replaced since): still refused
+    const other = await signingKey(h, dir, {
+      NSC_PRIOR_PUBLICKEY: "stage.test:Xe2Ke6bMnDk2JGnJW/Ef21Se2gBnPubbL7cuqSs7jyQ=",
+    });
+    assert.notEqual(other.code, 0, other.stdout);
+    assert.match(other.stderr, /did not generate \(key 'stage\.test'/);
+    assert.equal(await out(h, `ls -A ${dir}`), "cache-priv-key.pem\ncache-pub-key.pem");
+    // the state's own public key: recorded, used, and later runs need nothing
+    const upgraded = await signingKey(h, dir, { NSC_PRIOR_PUBLICKEY: pub });
+    assert.equal(upgraded.code, 0, upgraded.stderr);
+    assert.equal(lastJson(upgraded).publicKey, pub);
+    assert.match(upgraded.stderr, /the stack's state already trusts its public key/);
+    assert.match(
+      await out(h, `cat ${dir}/.nix-ssh-cache`),
+      /^key cache-priv-key\.pem [0-9a-f]{64}$/m,
+    );
+    const again = await signingKey(h, dir);
+    assert.equal(again.code, 0, again.stderr);
+    assert.equal(lastJson(again).publicKey, pub);
+  });
+
   it("keyDirectory: keys generated here are recognised on every later run, rotation included; remove deletes only what it created", async () => {
     const dir = "/etc/nsc-gen/keys";
     const first = await signingKey(h, dir);

@@ -25,6 +25,8 @@ interface FakeHost {
   hostKey: string;
   /** The JSON object the next scripts print, by `ACTION`. */
   reply: (action: string) => Record<string, unknown>;
+  /** The scripts it was sent, in order. */
+  scripts: string[];
   /** TCP connections accepted so far. */
   connections: number;
   close(): Promise<void>;
@@ -36,6 +38,7 @@ async function fakeHost(): Promise<FakeHost> {
     port: 0,
     hostKey: keys.public.split(" ").slice(0, 2).join(" "),
     reply: () => ({}),
+    scripts: [],
     connections: 0,
     close: () => new Promise<void>((done) => server.close(() => done())),
   };
@@ -48,6 +51,7 @@ async function fakeHost(): Promise<FakeHost> {
         let script = "";
         stream.on("data", (d: Buffer) => (script += d.toString()));
         stream.on("end", () => {
+          host.scripts.push(script);
           const action = /export ACTION='(\w+)'/.exec(script)?.[1] ?? "";
           stream.write(JSON.stringify(host.reply(action)) + "\n");
           stream.exit(0);
@@ -163,6 +167,18 @@ describe("HostStep trust anchors (a fake host over SSH)", () => {
     const gone = state(SIGNING, { publicKey: null }, { drifted: true });
     const r = await update(gone, state(SIGNING, {}));
     assert.equal(r.outs.result.publicKey, OTHER_CACHE_KEY);
+  });
+
+  it("an apply hands the script the anchor its state holds (NSC_PRIOR_PUBLICKEY); a refresh does not", async () => {
+    fake.reply = () => ({ publicKey: CACHE_KEY });
+    fake.scripts.length = 0;
+    const olds = state(SIGNING, { publicKey: CACHE_KEY });
+    await update(olds, state(SIGNING, {}, { env: { KEY_DIR: "/etc/other" } }));
+    await read(olds);
+    const applied = fake.scripts.find((s) => s.includes("export ACTION='apply'")) ?? "";
+    const refreshed = fake.scripts.find((s) => s.includes("export ACTION='read'")) ?? "";
+    assert.ok(applied.includes(`export NSC_PRIOR_PUBLICKEY='${CACHE_KEY}'`), applied);
+    assert.ok(refreshed && !refreshed.includes("NSC_PRIOR_"), refreshed);
   });
 
   it("an apply after a change of the step's inputs takes another key", async () => {
