@@ -18,6 +18,7 @@ import * as path from "path";
 import { e2eSkipReason, startHosts, TestHost, TestHosts } from "../hosts/harness";
 import { BuiltPath, buildOnStaging, exampleStack, signaturesOf, substitute } from "./helpers";
 import { pulumiSkipReason, PulumiStack, repoRoot } from "./pulumi";
+import { SERVE_USER_EFFECTIVE } from "../unit/fixtures";
 
 const skip = e2eSkipReason() ?? pulumiSkipReason();
 const PROJECT = "nix-ssh-cache";
@@ -35,23 +36,6 @@ const SYSTEM_FILES = [
 
 /** The administrator's own global sshd lines in staging's configuration.nix. */
 const USER_SSHD_LINES = ["AllowTcpForwarding no", "MaxAuthTries 3", "MaxStartups 5:30:10"];
-
-/** What `sshd -T -C user=nix-ssh` must show on staging: the serve user confined. */
-const SERVE_USER_EFFECTIVE = [
-  "disableforwarding yes",
-  "allowtcpforwarding no",
-  "allowagentforwarding no",
-  "allowstreamlocalforwarding no",
-  "x11forwarding no",
-  "permittunnel no",
-  "permittty no",
-  "permituserrc no",
-  "authenticationmethods publickey",
-  "passwordauthentication no",
-  "kbdinteractiveauthentication no",
-  "permituserenvironment no",
-  "acceptenv NIX_SSH_CACHE_ACCEPTS_NO_CLIENT_ENVIRONMENT",
-];
 
 /** configuration.nix with `lines` put before its `system.stateVersion` line. */
 function withLines(configuration: string, lines: string[]): string {

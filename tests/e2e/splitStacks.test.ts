@@ -12,6 +12,7 @@ import * as path from "path";
 import { e2eSkipReason, startHosts, TestHost, TestHosts } from "../hosts/harness";
 import { buildOnStaging, substitute } from "./helpers";
 import { makeBackendDir, makeProgram, pulumiSkipReason, PulumiStack, repoRoot } from "./pulumi";
+import { SERVE_USER_EFFECTIVE } from "../unit/fixtures";
 
 const skip = e2eSkipReason() ?? pulumiSkipReason();
 /** Where the crafted ProxyCommand would leave its mark on production (a host-own directory). */
@@ -60,23 +61,6 @@ module.exports = async () => {
   };
 };
 `;
-
-/** What `sshd -T -C user=nix-ssh` must show on staging: the serve user confined. */
-const SERVE_USER_EFFECTIVE = [
-  "disableforwarding yes",
-  "allowtcpforwarding no",
-  "allowagentforwarding no",
-  "allowstreamlocalforwarding no",
-  "x11forwarding no",
-  "permittunnel no",
-  "permittty no",
-  "permituserrc no",
-  "authenticationmethods publickey",
-  "passwordauthentication no",
-  "kbdinteractiveauthentication no",
-  "permituserenvironment no",
-  "acceptenv NIX_SSH_CACHE_ACCEPTS_NO_CLIENT_ENVIRONMENT",
-];
 
 /**
  * Production's files the client writes (not the fetcher: /usr/local is not a host-own directory

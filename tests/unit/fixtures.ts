@@ -7,6 +7,7 @@ import { execFileSync, spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { SERVE_USER_ACCEPT_ENV } from "../../components/render/sshd";
 
 /** The seed's production root key (`/root/.ssh/id_rsa.pub` on yourapp.com). */
 export const SEED_ROOT_RSA_KEY =
@@ -117,3 +118,23 @@ export function evalNixosConfiguration(configurationFile: string): NixosEvaluati
   argv.push("--arg", "configuration", configurationFile);
   return JSON.parse(execFileSync("nix-instantiate", argv, { encoding: "utf8" })) as NixosEvaluation;
 }
+
+/**
+ * What `sshd -T -C user=nix-ssh,…` must show for the serve user on staging, on plain Linux and
+ * NixOS alike: confined (no forwarding, TTY, user rc or client environment; public keys only).
+ */
+export const SERVE_USER_EFFECTIVE = [
+  "disableforwarding yes",
+  "allowtcpforwarding no",
+  "allowagentforwarding no",
+  "allowstreamlocalforwarding no",
+  "x11forwarding no",
+  "permittunnel no",
+  "permittty no",
+  "permituserrc no",
+  "authenticationmethods publickey",
+  "passwordauthentication no",
+  "kbdinteractiveauthentication no",
+  "permituserenvironment no",
+  `acceptenv ${SERVE_USER_ACCEPT_ENV}`,
+];

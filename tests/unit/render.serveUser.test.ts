@@ -12,8 +12,7 @@ import { execFileSync, spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { renderStagingModule } from "../../components/render/nixosModules";
-import { SERVE_USER_ACCEPT_ENV } from "../../components/render/sshd";
-import { hasCommand, NO_NIX, nixEval, withTempDir } from "./fixtures";
+import { hasCommand, NO_NIX, nixEval, SERVE_USER_EFFECTIVE, withTempDir } from "./fixtures";
 
 const SSHD = "/usr/sbin/sshd";
 
@@ -121,19 +120,7 @@ describe("the NixOS serve-user block in nixpkgs' sshd_config", { skip: sshdSkipR
       for (const line of [
         "forcecommand /run/current-system/sw/bin/nix-store --serve",
         "authorizedkeysfile /etc/ssh/nix-ssh-cache/authorized_keys",
-        "disableforwarding yes",
-        "allowtcpforwarding no",
-        "allowagentforwarding no",
-        "allowstreamlocalforwarding no",
-        "x11forwarding no",
-        "permittunnel no",
-        "permittty no",
-        "permituserrc no",
-        "authenticationmethods publickey",
-        "passwordauthentication no",
-        "kbdinteractiveauthentication no",
-        "permituserenvironment no",
-        `acceptenv ${SERVE_USER_ACCEPT_ENV}`,
+        ...SERVE_USER_EFFECTIVE,
         // the administrator's global lines apply to nix-ssh as to everyone
         "maxauthtries 3",
         "clientaliveinterval 60",
