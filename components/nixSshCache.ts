@@ -12,6 +12,7 @@ import {
   ClientIdentityMode,
   FragmentOptions,
   HostArgs,
+  OutageOptions,
   Protocol,
   SigningKeyArgs,
   SubstituterOptions,
@@ -19,7 +20,7 @@ import {
 import { PlainNixSshCacheArgs, validateArgs } from "./validate";
 
 /** Arguments of {@link NixSshCache}. */
-export interface NixSshCacheArgs extends SubstituterOptions, FragmentOptions {
+export interface NixSshCacheArgs extends SubstituterOptions, FragmentOptions, OutageOptions {
   /**
    * The staging host: builds, signs and serves (see {@link HostArgs}).
    * @example `{ connection: { host: "stage.yourapp.com", user: "ship", privateKey: cfg.requireSecret("sshKey") } }`
@@ -197,6 +198,7 @@ export class NixSshCache extends pulumi.ComponentResource {
             cache: this.server.coordinatesFor(names[i]),
             identity: identities[i],
             fetcher: args.fetcher,
+            ...outage(args),
             ...fragments(args),
           },
           { parent: this },
@@ -314,4 +316,9 @@ function fragments(args: FragmentOptions): FragmentOptions {
     rebuild: args.rebuild,
     addImport: args.addImport,
   };
+}
+
+/** The outage options, passed on to every production role. */
+function outage(args: OutageOptions): OutageOptions {
+  return { connectTimeout: args.connectTimeout, fallback: args.fallback };
 }

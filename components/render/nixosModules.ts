@@ -10,6 +10,7 @@
 import type { Protocol } from "../types";
 import { assertToken, nixAttrName, nixList, nixString, sortedUnique } from "./nix";
 import { parseCachePublicKey, parsePublicKeyLine } from "./publicKey";
+import { assertConnectTimeout } from "./sshClient";
 
 /** Arguments of {@link renderStagingModule}. */
 export interface StagingModuleArgs {
@@ -62,6 +63,19 @@ export interface ProductionModuleArgs {
    * @defaultValue `22`
    */
   stagingPort?: number;
+  /**
+   * `ConnectTimeout` of root's ssh for staging, in seconds (see `SshClientConfigArgs`), in
+   * `programs.ssh.extraConfig`'s `Host` block for staging.
+   * @defaultValue none (OpenSSH's default)
+   */
+  connectTimeout?: number;
+  /**
+   * `nix.settings.fallback`: build what no substituter can deliver (staging down) instead of
+   * failing. (A different value set elsewhere is a conflict NixOS reports by name: set this
+   * option to that value.)
+   * @defaultValue unset (Nix's default, `false`)
+   */
+  fallback?: boolean;
 }
 
 const HEADER = (role: string): string =>
@@ -166,10 +180,16 @@ export function renderProductionModule(args: ProductionModuleArgs): string {
     `    publicKey = ${nixString(`${hostKey.type} ${hostKey.base64}`)};`,
     "  };",
   ];
-  if (port !== 22) {
+  if (args.fallback !== undefined) lines.push(`  nix.settings.fallback = ${args.fallback};`);
+  const hostOptions = [
+    ...(port !== 22 ? [`  Port ${port}\n`] : []),
+    ...(args.connectTimeout !== undefined ? [`  ConnectTimeout ${args.connectTimeout}\n`] : []),
+  ];
+  if (args.connectTimeout !== undefined) assertConnectTimeout(args.connectTimeout);
+  if (hostOptions.length > 0) {
     // `Host *` ends the block: text merged after it (the user's own extraConfig) stays global.
     lines.push(
-      `  programs.ssh.extraConfig = ${nixString(`Host ${name}\n  Port ${port}\nHost *\n`)};`,
+      `  programs.ssh.extraConfig = ${nixString(`Host ${name}\n${hostOptions.join("")}Host *\n`)};`,
     );
   }
   lines.push("}");
