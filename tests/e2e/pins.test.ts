@@ -184,6 +184,21 @@ describe("release pins: staging keeps the last N releases as GC roots", { skip }
     }
   });
 
+  it("a rollback: pinning an older kept release again makes it the newest, nothing unpinned", async () => {
+    await stack.setConfigObjects({ pins: [releases[1][0]] }, "cache-pins");
+    const up = await stack.up();
+    assert.equal(up.code, 0, up.output);
+    const pinned = (await stack.outputs()).pinned as Pinned;
+    assert.deepEqual(
+      pinned.releases.map((r) => r.paths[0]),
+      [releases[2][0], releases[1][0]],
+      "r2 is now the newest",
+    );
+    assert.deepEqual(pinned.unpinned, []);
+    assert.equal(pinned.roots, KEEP);
+    assert.equal(pinned.current, pinned.releases[1].id);
+  });
+
   it("a symlink planted in place of the pins directory is refused, never followed", async () => {
     await stage.exec(
       `mkdir -p /tmp/elsewhere && mv ${PIN_DIR} /tmp/pins-moved && ln -s /tmp/elsewhere ${PIN_DIR}`,
@@ -197,7 +212,7 @@ describe("release pins: staging keeps the last N releases as GC roots", { skip }
       assert.equal((await stage.exec("ls -A /tmp/elsewhere")).stdout.trim(), "", "nothing written");
     } finally {
       await stage.exec(`rm ${PIN_DIR} && mv /tmp/pins-moved ${PIN_DIR}`);
-      await stack.setConfigObjects({ pins: [releases[2][0]] }, "cache-pins");
+      await stack.setConfigObjects({ pins: [releases[1][0]] }, "cache-pins");
     }
   });
 
