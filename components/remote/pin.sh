@@ -201,7 +201,15 @@ nsc_pin_apply() {
     printf '%s %s %s\n' "${seqs[$i]}" "${ids[$i]}" "${rpaths[$i]}"
   done >"$tmp"
   chmod 0644 -- "$tmp"
-  mv -f -T -- "$tmp" "$NSC_PIN_LEDGER"
+  if [ -L "$NSC_PIN_LEDGER" ]; then
+    nsc_log "nix-ssh-cache: ${NSC_PIN_LEDGER} was a symlink (not ours): removed, not followed"
+    rm -f -- "$NSC_PIN_LEDGER"
+  fi
+  if [ -d "$NSC_PIN_LEDGER" ]; then
+    rm -f -- "$tmp"
+    nsc_die "${NSC_PIN_LEDGER} is a directory; remove it (root) and run pulumi up again"
+  fi
+  mv -f -- "$tmp" "$NSC_PIN_LEDGER"
   seqs=() ids=() rpaths=()
   nsc_pin_read_ledger
   nsc_pin_report
