@@ -8,6 +8,7 @@ import { CacheCoordinateInputs, CacheCoordinates } from "./cacheServer";
 import { digest, isResolved, remoteScriptText, resolveHost, validateNow, Validity } from "./host";
 import { HostStep } from "./hostStep";
 import {
+  assertConnectTimeout,
   knownHostsName,
   renderKnownHosts,
   renderNixConf,
@@ -27,7 +28,7 @@ import {
   VerifyResult,
 } from "./steps";
 import type { Connection } from "./ssh";
-import { ClientIdentityMode, FragmentOptions, HostArgs } from "./types";
+import { ClientIdentityMode, FragmentOptions, HostArgs, OutageOptions } from "./types";
 import {
   LATER,
   NixSshCacheInputError,
@@ -157,7 +158,7 @@ export class ClientIdentity extends pulumi.ComponentResource {
 }
 
 /** Arguments of {@link CacheClient}. */
-export interface CacheClientArgs extends FragmentOptions {
+export interface CacheClientArgs extends FragmentOptions, OutageOptions {
   /** The production host and how to reach it (see {@link HostArgs}). */
   host: HostArgs;
   /**
@@ -260,6 +261,7 @@ export class CacheClient extends pulumi.ComponentResource {
       opts: { parent: this, dependsOn },
     });
     const cache = cacheFields(coordinates, identity.keyFile);
+    const outage = outageDefaults(args);
     this.substituterUrl = cache.substituterUrl;
     this.module = pulumi
       .all([
@@ -278,10 +280,11 @@ export class CacheClient extends pulumi.ComponentResource {
             stagingHostName: hostName,
             stagingHostKey: hostKey,
             stagingPort: port,
+            ...outage,
           }),
         ),
       );
-    const files = clientFiles(cache);
+    const files = clientFiles(cache, outage);
     const linux = clientLinuxSteps(name, at([identity]), files);
     this.fetchCommand = pulumi.output(
       (args.fetcher ?? true) ? this.fetcher(name, at([identity]), cache) : "",
@@ -353,8 +356,24 @@ interface ClientFiles {
   nixConf: pulumi.Output<string>;
 }
 
+/** ssh's `ConnectTimeout` for staging when `connectTimeout` is not given, in seconds. */
+export const DEFAULT_CONNECT_TIMEOUT = 5;
+
+/** {@link OutageOptions} with the defaults applied (checked: a bad value fails here, by name). */
+function outageDefaults(o: OutageOptions): Required<OutageOptions> {
+  const resolved = {
+    connectTimeout: o.connectTimeout ?? DEFAULT_CONNECT_TIMEOUT,
+    fallback: o.fallback ?? true,
+  };
+  assertConnectTimeout(resolved.connectTimeout);
+  if (typeof resolved.fallback !== "boolean") {
+    throw new Error(`nix-ssh-cache: fallback must be true or false, got ${String(o.fallback)}`);
+  }
+  return resolved;
+}
+
 /** Renders the plain-Linux files of a client from the coordinates. */
-function clientFiles(cache: ClientCache): ClientFiles {
+function clientFiles(cache: ClientCache, outage: Required<OutageOptions>): ClientFiles {
   return {
     knownHosts: pulumi
       .all([cache.hostName, cache.port, cache.hostKey])
@@ -363,18 +382,25 @@ function clientFiles(cache: ClientCache): ClientFiles {
           renderKnownHosts([knownHostsName(hostName, port)], hostKey),
         ),
       ),
-    sshConfig: pulumi
-      .all([cache.hostName, cache.port])
-      .apply(([hostName, port]) =>
-        ifValid({ hostName, port }, () =>
-          renderSshClientConfig({ hostName, knownHostsFile: CLIENT_FILES.knownHosts, port }),
-        ),
+    sshConfig: pulumi.all([cache.hostName, cache.port]).apply(([hostName, port]) =>
+      ifValid({ hostName, port }, () =>
+        renderSshClientConfig({
+          hostName,
+          knownHostsFile: CLIENT_FILES.knownHosts,
+          port,
+          connectTimeout: outage.connectTimeout,
+        }),
       ),
+    ),
     nixConf: pulumi
       .all([cache.substituterUrl, cache.coordinateUrl, cache.publicKeys])
       .apply(([url, given, keys]) =>
         ifValid({ substituterUrl: given, publicKeys: keys }, () =>
-          renderNixConf({ substituters: [url], trustedPublicKeys: keys }),
+          renderNixConf({
+            substituters: [url],
+            trustedPublicKeys: keys,
+            fallback: outage.fallback,
+          }),
         ),
       ),
   };

@@ -23,6 +23,15 @@ export {
   CLIENT_FILES,
 } from "./cacheClient";
 export { ClosureFetch, ClosureFetchArgs } from "./closureFetch";
+export {
+  CachePin,
+  CachePinArgs,
+  DEFAULT_KEEP_RELEASES,
+  PinResult,
+  PinnedRelease,
+  STORE_PATH_PATTERN,
+  validatePinArgs,
+} from "./cachePin";
 export { HostStep, HostStepArgs } from "./hostStep";
 export {
   HostFacts,

@@ -5,12 +5,14 @@
 import * as pulumi from "@pulumi/pulumi";
 import { CacheClient, ClientIdentity } from "./cacheClient";
 import { CacheCoordinates, CacheServer } from "./cacheServer";
+import { CachePin } from "./cachePin";
 import { ClosureFetch } from "./closureFetch";
 import { resolveHost, validateNow } from "./host";
 import {
   ClientIdentityMode,
   FragmentOptions,
   HostArgs,
+  OutageOptions,
   Protocol,
   SigningKeyArgs,
   SubstituterOptions,
@@ -18,7 +20,7 @@ import {
 import { PlainNixSshCacheArgs, validateArgs } from "./validate";
 
 /** Arguments of {@link NixSshCache}. */
-export interface NixSshCacheArgs extends SubstituterOptions, FragmentOptions {
+export interface NixSshCacheArgs extends SubstituterOptions, FragmentOptions, OutageOptions {
   /**
    * The staging host: builds, signs and serves (see {@link HostArgs}).
    * @example `{ connection: { host: "stage.yourapp.com", user: "ship", privateKey: cfg.requireSecret("sshKey") } }`
@@ -91,6 +93,19 @@ export interface NixSshCacheArgs extends SubstituterOptions, FragmentOptions {
    * @example `[release.systemPath]`
    */
   fetch?: pulumi.Input<pulumi.Input<string>[]>;
+  /**
+   * Store paths of the current release that staging keeps as GC roots (a {@link CachePin}), so
+   * its garbage collector cannot delete a release before every production host fetched it. Each
+   * change is a new release; the last `keepReleases` stay pinned.
+   * @example `[release.systemPath]`
+   */
+  pins?: pulumi.Input<pulumi.Input<string>[]>;
+  /**
+   * With `pins`: how many releases staging keeps pinned (the oldest beyond are unpinned). 1 to
+   * 1000.
+   * @defaultValue `3`
+   */
+  keepReleases?: number;
 }
 
 /** What the component reports per production host. */
@@ -157,6 +172,8 @@ export class NixSshCache extends pulumi.ComponentResource {
   public readonly clients: CacheClient[];
   /** With `fetch`: one closure fetch per production host, in the order given; else empty. */
   public readonly fetches: ClosureFetch[];
+  /** With `pins`: the releases pinned on staging; else undefined. */
+  public readonly pin?: CachePin;
 
   constructor(name: string, args: NixSshCacheArgs, opts?: pulumi.ComponentResourceOptions) {
     super("nix-ssh-cache:index:NixSshCache", name, {}, opts);
@@ -181,6 +198,7 @@ export class NixSshCache extends pulumi.ComponentResource {
             cache: this.server.coordinatesFor(names[i]),
             identity: identities[i],
             fetcher: args.fetcher,
+            ...outage(args),
             ...fragments(args),
           },
           { parent: this },
@@ -188,6 +206,7 @@ export class NixSshCache extends pulumi.ComponentResource {
     );
 
     this.fetches = this.releaseFetches(name, args, names);
+    this.pin = this.releasePins(name, args);
 
     this.cachePublicKey = this.server.cachePublicKey;
     this.stagingHostKey = this.server.hostKey;
@@ -230,6 +249,16 @@ export class NixSshCache extends pulumi.ComponentResource {
           { host: p, paths },
           { parent: this, dependsOn: [this.clients[i]] },
         ),
+    );
+  }
+
+  /** Phase: with `pins`, staging keeps the last `keepReleases` releases as GC roots. */
+  private releasePins(name: string, args: NixSshCacheArgs): CachePin | undefined {
+    if (args.pins === undefined) return undefined;
+    return new CachePin(
+      `${name}-releases`,
+      { host: args.staging, paths: args.pins, keep: args.keepReleases, set: name },
+      { parent: this },
     );
   }
 
@@ -287,4 +316,9 @@ function fragments(args: FragmentOptions): FragmentOptions {
     rebuild: args.rebuild,
     addImport: args.addImport,
   };
+}
+
+/** The outage options, passed on to every production role. */
+function outage(args: OutageOptions): OutageOptions {
+  return { connectTimeout: args.connectTimeout, fallback: args.fallback };
 }

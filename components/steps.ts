@@ -502,3 +502,70 @@ export function nixosModuleSteps(
   );
   return [moduleFile, rebuild];
 }
+
+/** One pinned release in staging's ledger (see `pin.sh`). */
+export interface PinnedRelease {
+  /** First 16 hex digits of the SHA-256 of the release's sorted paths. */
+  id: string;
+  /** Order of pinning (the newest is the highest). */
+  seq: number;
+  /** The release's store paths, each kept by a GC root. */
+  paths: string[];
+}
+
+/** What `pin.sh` reports: the releases a pin set keeps on staging, newest last. */
+export interface PinResult {
+  /** The set's name (its directory under `/nix/var/nix/gcroots/nix-ssh-cache/pins/`). */
+  set: string;
+  /** The releases kept, oldest first. */
+  releases: PinnedRelease[];
+  /** The id of the newest release (`null` once its ledger is gone). */
+  current: string | null;
+  /** GC roots (symlinks) in the set's directory. */
+  roots: number;
+  /** True when every path of every kept release has its root (false after one was removed). */
+  intact: boolean;
+  /** Releases this apply unpinned (older than the last `keep`). */
+  unpinned: string[];
+  /** Paths of older releases no longer in staging's store (collected while unrooted). */
+  lost: string[];
+}
+
+/** Arguments of {@link pinStep}. */
+export interface PinStepArgs {
+  /** The set's name (`[A-Za-z0-9._-]+`). */
+  set: string;
+  /** The release's store paths (validated). */
+  paths: string[];
+  /** Releases kept (1..1000). */
+  keep: number;
+}
+
+/**
+ * Pins a release's store paths on staging as GC roots, keeping the last `keep` releases of the
+ * set; pins again when the paths change, and after a refresh saw a root gone. Removed on delete.
+ */
+export function pinStep(
+  name: string,
+  at: StepContext,
+  a: pulumi.Input<PinStepArgs>,
+): HostStep<PinResult> {
+  return new HostStep<PinResult>(
+    name,
+    {
+      connection: at.connection,
+      step: "pin release on staging",
+      script: hostScript("pin"),
+      env: pulumi.output(a).apply((p) => ({
+        PIN_SET: p.set,
+        PIN_PATHS: p.paths.join(" "),
+        KEEP: `${p.keep}`,
+      })),
+      readable: true,
+      removable: true,
+      driftKeys: ["intact", "current"],
+      timeoutSeconds: 600,
+    },
+    at.opts,
+  );
+}

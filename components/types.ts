@@ -211,6 +211,30 @@ export interface SubstituterOptions {
 }
 
 /**
+ * How production behaves when staging is unreachable: it should cost seconds and end in a build
+ * from source, not in a hang or a failed deploy (see docs/operations.md, "When staging is
+ * down").
+ */
+export interface OutageOptions {
+  /**
+   * Seconds root's ssh waits for staging's TCP connection and SSH handshake (`ConnectTimeout` in
+   * the ssh_config drop-in, or `programs.ssh.extraConfig` on NixOS). Nix 2.8's `connect-timeout`
+   * applies to HTTP caches only, and Nix 2.8 pays it once per connection attempt: about 3 for
+   * a realise of one path, more for more paths. 1 to 3600.
+   * @defaultValue `5`
+   */
+  connectTimeout?: number;
+  /**
+   * Nix's `fallback` on production: when a substituter fails (staging down), log it, try the
+   * others and build what none delivers, instead of failing the build (`false`: fail, as Nix
+   * does by default). On NixOS `nix.settings.fallback`: a different value set elsewhere is a
+   * conflict NixOS names; set this option to that value.
+   * @defaultValue `true`
+   */
+  fallback?: boolean;
+}
+
+/**
  * Where the rendered NixOS modules go and how NixOS hosts apply them; the same options for
  * `NixSshCache`, `CacheServer` and `CacheClient`.
  */

@@ -19,6 +19,12 @@ export interface NixConfArgs {
    * @defaultValue `true`
    */
   append?: boolean;
+  /**
+   * `fallback = true` (production): when a substituter fails (staging unreachable), Nix logs
+   * the error, tries the other substituters and builds what none has, instead of failing.
+   * @defaultValue unset (Nix's default, `false`)
+   */
+  fallback?: boolean;
 }
 
 /**
@@ -57,5 +63,6 @@ export function renderNixConf(args: NixConfArgs): string {
     values.forEach((v) => assertConfigToken(v, `nix.conf ${name} value`));
     lines.push(`${prefix}${name} = ${sortedUnique(values).join(" ")}`);
   }
+  if (args.fallback !== undefined) lines.push(`fallback = ${args.fallback}`);
   return lines.join("\n") + "\n";
 }

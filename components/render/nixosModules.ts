@@ -19,7 +19,7 @@ import {
 } from "./nix";
 import { parseCachePublicKey, parsePublicKeyLine } from "./publicKey";
 import { serveUserRestrictions } from "./sshd";
-import { knownHostsName } from "./sshClient";
+import { assertConnectTimeout, knownHostsName } from "./sshClient";
 
 /** Arguments of {@link renderStagingModule}. */
 export interface StagingModuleArgs {
@@ -76,6 +76,19 @@ export interface ProductionModuleArgs {
    * @defaultValue `22`
    */
   stagingPort?: number;
+  /**
+   * `ConnectTimeout` of root's ssh for staging, in seconds (see `SshClientConfigArgs`), in
+   * `programs.ssh.extraConfig`'s `Host` block for staging.
+   * @defaultValue none (OpenSSH's default)
+   */
+  connectTimeout?: number;
+  /**
+   * `nix.settings.fallback`: build what no substituter can deliver (staging down) instead of
+   * failing. (A different value set elsewhere is a conflict NixOS reports by name: set this
+   * option to that value.)
+   * @defaultValue unset (Nix's default, `false`)
+   */
+  fallback?: boolean;
 }
 
 const HEADER = (role: string): string =>
@@ -212,10 +225,13 @@ export function renderProductionModule(args: ProductionModuleArgs): string {
     `    publicKey = ${nixString(`${hostKey.type} ${hostKey.base64}`)};`,
     "  };",
   ];
+  if (args.fallback !== undefined) lines.push(`  nix.settings.fallback = ${args.fallback};`);
+  if (args.connectTimeout !== undefined) assertConnectTimeout(args.connectTimeout);
   // `Host *` ends the block: text merged after it (the user's own extraConfig) stays global.
   const sshConfig = [
     `Host ${name}`,
     ...(port === 22 ? [] : [`  Port ${port}`]),
+    ...(args.connectTimeout !== undefined ? [`  ConnectTimeout ${args.connectTimeout}`] : []),
     `  UserKnownHostsFile ${NIXOS_KNOWN_HOSTS_FILE}`,
     "  StrictHostKeyChecking yes",
     "  BatchMode yes",

@@ -67,6 +67,22 @@ export interface SshClientConfigArgs {
    * @defaultValue none (ssh's defaults)
    */
   identityFile?: string;
+  /**
+   * `ConnectTimeout`: seconds ssh waits for staging's TCP connection and SSH handshake before
+   * giving up (Nix 2.8's `connect-timeout` is for HTTP caches only), so an unreachable staging
+   * costs seconds instead of the kernel's TCP timeout (about 2 minutes) per connection.
+   * @defaultValue none (OpenSSH's default: the system's TCP timeout)
+   */
+  connectTimeout?: number;
+}
+
+/** Checks an ssh `ConnectTimeout` value: whole seconds, 1 to 3600. */
+export function assertConnectTimeout(seconds: number): void {
+  if (!Number.isInteger(seconds) || seconds < 1 || seconds > 3600) {
+    throw new Error(
+      `ssh ConnectTimeout (connectTimeout) must be whole seconds from 1 to 3600, got ${seconds}`,
+    );
+  }
 }
 
 /**
@@ -105,6 +121,10 @@ export function renderSshClientConfig(args: SshClientConfigArgs): string {
   if (args.identityFile !== undefined) {
     assertConfigToken(args.identityFile, "IdentityFile");
     lines.push(`  IdentityFile ${args.identityFile}`);
+  }
+  if (args.connectTimeout !== undefined) {
+    assertConnectTimeout(args.connectTimeout);
+    lines.push(`  ConnectTimeout ${args.connectTimeout}`);
   }
   if (args.ciphers && args.ciphers.length > 0) {
     args.ciphers.forEach((c) => {
