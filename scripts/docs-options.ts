@@ -28,6 +28,7 @@ export const COMPONENTS = [
   { component: "CacheClient", args: "CacheClientArgs" },
   { component: "ClientIdentity", args: "ClientIdentityArgs" },
   { component: "ClosureFetch", args: "ClosureFetchArgs" },
+  { component: "CachePin", args: "CachePinArgs" },
 ] as const;
 
 /** The connection types (from `@pulumi/command`), documented as their own tables. */
