@@ -9,7 +9,7 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { STORE_PATH_PATTERN, validatePinArgs } from "../../components/cachePin";
 import { NixSshCacheInputError } from "../../components/validate";
-import { FAKE_PRIVATE_KEY } from "./fixtures";
+import { FAKE_PRIVATE_KEY, HOST_KEY } from "./fixtures";
 
 const REMOTE = join(__dirname, "..", "..", "components", "remote");
 const HASH = "0123456789abcdfghijklmnpqrsvwxyz"; // all 32 nix-base32 digits
@@ -38,7 +38,9 @@ const BAD = [
   "",
 ];
 
-const staging = { connection: { host: "stage.test", privateKey: FAKE_PRIVATE_KEY } };
+const staging = {
+  connection: { host: "stage.test", privateKey: FAKE_PRIVATE_KEY, hostKey: HOST_KEY },
+};
 
 /** The problems `validatePinArgs` reports, or [] when it accepts. */
 function problems(args: Record<string, unknown>): string[] {

@@ -84,7 +84,11 @@ describe("Nix fallback on production", () => {
         const evaluated = evalNixosConfiguration(configuration);
         assert.match(evaluated.files["/etc/nix/nix.conf"], /^fallback = true$/m);
         const sshConfig = evaluated.files["/etc/ssh/ssh_config"];
-        assert.match(sshConfig, /Host stage\.test\n {2}ConnectTimeout 10\nHost \*\n/);
+        // In the block that pins staging strictly, before the `Host *` reset.
+        assert.match(
+          sshConfig,
+          /Host stage\.test\n {2}ConnectTimeout 10\n {2}UserKnownHostsFile \/etc\/ssh\/ssh_known_hosts\n {2}StrictHostKeyChecking yes\n {2}BatchMode yes\nHost \*\n/,
+        );
         if (hasCommand("ssh")) {
           const file = join(dir, "ssh_config");
           writeFileSync(file, sshConfig);
