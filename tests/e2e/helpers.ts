@@ -4,8 +4,9 @@
  */
 import * as assert from "node:assert/strict";
 import { randomBytes } from "crypto";
-import { Connection } from "../../components/ssh";
-import { TestHost, TestHosts } from "../hosts/harness";
+import { hostScript, remoteScriptText } from "../../components/host";
+import { assembleScript, Connection } from "../../components/ssh";
+import { ExecResult, TestHost, TestHosts } from "../hosts/harness";
 import { PulumiStack } from "./pulumi";
 
 /** `nix` with the nix-command feature (Nix 2.8). */
@@ -122,4 +123,29 @@ export async function previewAfterProtocolChange(
   const preview = await stack.preview(["--diff"]);
   assert.equal(preview.code, 0, preview.output);
   return { stack, preview: preview.stdout };
+}
+
+/** Runs step `name` (lib.sh + remote/<name>.sh) as root inside the host, as the component does. */
+export function runHostStep(
+  h: TestHost,
+  name: string,
+  env: Record<string, string>,
+): Promise<ExecResult> {
+  return h.exec(assembleScript(hostScript(name), env), { check: false });
+}
+
+/** Runs `body` after lib.sh inside the host. */
+export function runWithLib(h: TestHost, body: string): Promise<ExecResult> {
+  return h.exec(assembleScript(`${remoteScriptText("lib")}\n${body}`), { check: false });
+}
+
+/** The JSON object a host script printed last. */
+export function lastJson(r: ExecResult): Record<string, unknown> {
+  const line = r.stdout.trim().split("\n").pop() ?? "";
+  return JSON.parse(line) as Record<string, unknown>;
+}
+
+/** What `cmd` printed inside the host, trimmed (it must succeed). */
+export async function hostOutput(h: TestHost, cmd: string): Promise<string> {
+  return (await h.exec(cmd)).stdout.trim();
 }

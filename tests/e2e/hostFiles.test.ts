@@ -13,31 +13,11 @@ import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
 import { execFileSync } from "child_process";
-import { hostScript, remoteScriptText } from "../../components/host";
-import { assembleScript } from "../../components/ssh";
 import { e2eSkipReason, ExecResult, startHosts, TestHost, TestHosts } from "../hosts/harness";
 import { makeProgram, pulumiSkipReason, PulumiStack, repoRoot } from "./pulumi";
+import { hostOutput as out, lastJson, runHostStep as step, runWithLib as lib } from "./helpers";
 
 const skip = e2eSkipReason();
-
-/** Runs step `name` (lib.sh + remote/<name>.sh) as root inside the host, as the component does. */
-function step(h: TestHost, name: string, env: Record<string, string>): Promise<ExecResult> {
-  return h.exec(assembleScript(hostScript(name), env), { check: false });
-}
-
-/** Runs `body` after lib.sh inside the host. */
-function lib(h: TestHost, body: string): Promise<ExecResult> {
-  return h.exec(assembleScript(`${remoteScriptText("lib")}\n${body}`), { check: false });
-}
-
-function lastJson(r: ExecResult): Record<string, unknown> {
-  const line = r.stdout.trim().split("\n").pop() ?? "";
-  return JSON.parse(line) as Record<string, unknown>;
-}
-
-async function out(h: TestHost, cmd: string): Promise<string> {
-  return (await h.exec(cmd)).stdout.trim();
-}
 
 /** Runs `cmd` as user nobody inside the host. */
 function asNobody(h: TestHost, cmd: string): Promise<ExecResult> {

@@ -8,9 +8,8 @@
 import { after, before, describe, it } from "node:test";
 import * as assert from "node:assert/strict";
 import { createHash } from "crypto";
-import { hostScript, remoteScriptText } from "../../components/host";
-import { assembleScript } from "../../components/ssh";
-import { e2eSkipReason, ExecResult, startHosts, TestHost, TestHosts } from "../hosts/harness";
+import { e2eSkipReason, startHosts, TestHost, TestHosts } from "../hosts/harness";
+import { hostOutput as out, lastJson, runHostStep as step, runWithLib as lib } from "./helpers";
 
 const skip = e2eSkipReason();
 
@@ -24,25 +23,6 @@ const MATCH_BLOCK = [
   "",
 ].join("\n");
 const KEY = "stage.test:T0xDtGu8Tf1y8R4iG3dVnOv8pQGn2dBD6F8oMPtgsMU=";
-
-/** Runs step `name` (lib.sh + remote/<name>.sh) as root inside the host, as the component does. */
-function step(h: TestHost, name: string, env: Record<string, string>): Promise<ExecResult> {
-  return h.exec(assembleScript(hostScript(name), env), { check: false });
-}
-
-/** Runs `body` after lib.sh inside the host. */
-function lib(h: TestHost, body: string): Promise<ExecResult> {
-  return h.exec(assembleScript(`${remoteScriptText("lib")}\n${body}`), { check: false });
-}
-
-function lastJson(r: ExecResult): Record<string, unknown> {
-  const line = r.stdout.trim().split("\n").pop() ?? "";
-  return JSON.parse(line) as Record<string, unknown>;
-}
-
-async function out(h: TestHost, cmd: string): Promise<string> {
-  return (await h.exec(cmd)).stdout.trim();
-}
 
 /** Listening sshd: "PID INODES" (inodes change when sshd re-executes on SIGHUP). */
 async function sshdState(h: TestHost): Promise<string> {
