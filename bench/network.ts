@@ -14,6 +14,10 @@
  *     infos and NARs pipelined), then Nix adds them from a temporary `file://` cache, checking
  *     staging's signatures as for any substituter
  *   - `max-connections=8` on `ssh://`: only on Nix versions where it works (>= 2.32)
+ *   - compression (issue 23): `ssh://?compress=true` and `nix-ssh-cache-fetch --compress` (both
+ *     ssh's zlib; staging's serve user is forced to `nix-store --serve`, so nothing else, e.g.
+ *     zstd, can run there without changing it), on the compressible `text` shape and the
+ *     incompressible ones
  *
  * Building locally is independent of the network: its figures come from the loopback section.
  * Everything set up here is removed again, also on failure.
@@ -50,6 +54,8 @@ export interface NetworkResults {
   cacheBytes?: number;
   /** `nix-store --version` on production. */
   nixVersion: string;
+  /** Closure NAR bytes / gzip -6 bytes of (up to) its first 32 MiB, per shape: compressibility. */
+  gzipRatio: Record<string, number>;
   /** Whether max-connections > 1 was measured (Nix >= 2.32), and why not. */
   maxConnections: { run: boolean; reason: string };
   errors: string[];
@@ -62,6 +68,7 @@ export function emptyNetwork(): NetworkResults {
     modes: [],
     runs: {},
     tunnelSeconds: {},
+    gzipRatio: {},
     nixVersion: "",
     maxConnections: { run: false, reason: "" },
     errors: [],
@@ -123,6 +130,22 @@ export function networkModes(
       aes: false,
       timeoutSeconds: t,
       command: (c) => `${FETCHER} --quiet --no-fallback ${c.out}`,
+    },
+    {
+      id: "ssh-compress",
+      label: "ssh://?compress=true (ssh zlib)",
+      kind: "cache",
+      substituter: `ssh://nix-ssh@${stagingName}?compress=true`,
+      aes: false,
+      timeoutSeconds: t,
+    },
+    {
+      id: "fetch-compress",
+      label: "nix-ssh-cache-fetch --compress (ssh zlib)",
+      kind: "cache",
+      aes: false,
+      timeoutSeconds: t,
+      command: (c) => `${FETCHER} --quiet --no-fallback --compress ${c.out}`,
     },
   ];
   if (withMaxConnections) {
@@ -287,6 +310,24 @@ async function routeStaging(
   );
 }
 
+/**
+ * How compressible a closure is for ssh's zlib (level 6, like `gzip -6`): its NARs' bytes over
+ * the gzip -6 bytes, on the first 32 MiB of the NAR stream (enough to judge, cheap on 2 cores).
+ */
+async function gzipRatio(stage: TestHost, c: Closure): Promise<number> {
+  const [raw, gz] = (
+    await sh(
+      stage,
+      `{ for p in ${c.paths.join(" ")}; do nix-store --dump "$p"; done || true; } | head -c 33554432 > /tmp/nsc-bench-sample
+       wc -c < /tmp/nsc-bench-sample; gzip -6 -c /tmp/nsc-bench-sample | wc -c; rm -f /tmp/nsc-bench-sample`,
+    )
+  )
+    .trim()
+    .split("\n")
+    .map(Number);
+  return raw / gz;
+}
+
 /** Options of {@link networkBench}. */
 export interface NetworkOptions {
   /** 127.0.0.N for the proxy: an address of the bench's own range no host uses. */
@@ -295,6 +336,10 @@ export interface NetworkOptions {
   runTimeout: number;
   /** Profiles to run (ids), default all. */
   profiles?: string[];
+  /** Modes to run (ids; the raw stream always runs), default all. */
+  modes?: string[];
+  /** Shapes to run (attrs), default all. */
+  shapes?: string[];
   /** Seconds left in the whole bench's budget. */
   secondsLeft: () => number;
 }
@@ -303,7 +348,7 @@ export interface NetworkOptions {
 export async function networkBench(
   stage: TestHost,
   prod: TestHost,
-  closures: Closure[],
+  allClosures: Closure[],
   o: NetworkOptions,
   results: NetworkResults,
 ): Promise<void> {
@@ -315,7 +360,14 @@ export async function networkBench(
       ? "Nix >= 2.32: measured"
       : `not run: ${results.nixVersion} is older than 2.32, where max-connections > 1 on ssh:// and ssh-ng:// hangs (NixOS/nix#14615; section 1 shows the hang)`,
   };
-  results.modes = networkModes(stage.fqdn, o.runTimeout, works);
+  results.modes = networkModes(stage.fqdn, o.runTimeout, works).filter(
+    (v) => v.id === "raw" || !o.modes || o.modes.includes(v.id),
+  );
+  const unknown = [...(o.modes ?? [])].filter((m) => !results.modes.some((v) => v.id === m));
+  if (unknown.length) throw new Error(`NSC_BENCH_MODES: unknown mode(s) ${unknown.join(", ")}`);
+  const closures = allClosures.filter((c) => !o.shapes || o.shapes.includes(c.shape.attr));
+  if (!closures.length) throw new Error(`NSC_BENCH_SHAPES: no shape among ${o.shapes?.join(",")}`);
+  for (const c of closures) results.gzipRatio[c.shape.attr] = await gzipRatio(stage, c);
   results.profiles = PROFILES.filter((p) => !o.profiles || o.profiles.includes(p.id));
   const hostsLine = (
     await sh(
@@ -327,10 +379,14 @@ export async function networkBench(
   const binary = process.env.NSC_TOXIPROXY ?? path.join(repoRoot, ".tools", "toxiproxy-server");
   let proxy: Toxiproxy | undefined;
   try {
-    await prepare(stage, prod, closures, results);
-    log(
-      `network: file:// cache filled in ${results.cacheFillSeconds?.toFixed(1)} s (${((results.cacheBytes ?? 0) / 1e6).toFixed(0)} MB); nginx on ${stage.address}:${HTTP_PORT}`,
-    );
+    // The HTTP cache (a copy of the closures, nginx, a tunnel) only when its mode runs.
+    const http = results.modes.some((v) => v.id === "http");
+    if (http) {
+      await prepare(stage, prod, closures, results);
+      log(
+        `network: file:// cache filled in ${results.cacheFillSeconds?.toFixed(1)} s (${((results.cacheBytes ?? 0) / 1e6).toFixed(0)} MB); nginx on ${stage.address}:${HTTP_PORT}`,
+      );
+    }
     proxy = await Toxiproxy.start(
       binary,
       o.proxyAddress,
@@ -344,7 +400,7 @@ export async function networkBench(
       }
       await proxy.setProfile(p);
       await routeStaging(prod, stage, hostsLine, p.proxied ? o.proxyAddress : stage.address);
-      results.tunnelSeconds[p.id] = await startTunnel(stage, prod);
+      if (http) results.tunnelSeconds[p.id] = await startTunnel(stage, prod);
       const byShape: Record<string, Record<string, Run>> = {};
       results.runs[p.id] = byShape;
       try {

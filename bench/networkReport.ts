@@ -231,3 +231,73 @@ export function networkProposals(n: NetworkResults, s: SubstitutionResults): str
     "",
   ].join("\n");
 }
+
+/** Time without compression / time with it (> 1: compression wins), when both succeeded. */
+export function compressionGain(
+  byMode: Record<string, Run> | undefined,
+  plain: string,
+  compressed: string,
+): number | undefined {
+  const a = byMode?.[plain];
+  const b = byMode?.[compressed];
+  return a?.ok && b?.ok ? a.seconds / b.seconds : undefined;
+}
+
+/** The compression table of issue 23: each profile and shape, each mode with and without. */
+export function compressionSection(n: NetworkResults, closures: Closure[]): string {
+  const pairs: [string, string][] = [
+    ["ssh", "ssh-compress"],
+    ["fetch", "fetch-compress"],
+  ].filter(([a, b]) => n.modes.some((v) => v.id === a) && n.modes.some((v) => v.id === b)) as [
+    string,
+    string,
+  ][];
+  if (!pairs.length) return "";
+  const rows: string[][] = [];
+  for (const p of n.profiles) {
+    for (const c of closures) {
+      const byMode = n.runs[p.id]?.[c.shape.attr];
+      if (!byMode) continue;
+      for (const [plain, compressed] of pairs) {
+        const g = compressionGain(byMode, plain, compressed);
+        rows.push([
+          p.label,
+          c.shape.attr,
+          fmt(n.gzipRatio[c.shape.attr], 2),
+          plain === "ssh" ? "`ssh://`" : "`nix-ssh-cache-fetch`",
+          timeCell(c, byMode[plain]),
+          timeCell(c, byMode[compressed]),
+          g === undefined ? "—" : `×${fmt(g, 2)}`,
+          g === undefined ? "—" : g >= 1.1 ? "**on**" : g > 0.9 ? "either" : "off",
+        ]);
+      }
+    }
+  }
+  return [
+    "## 1c. Compression (issue 23)",
+    "",
+    "The same runs as section 1b, side by side: each substituter without and with ssh's own" +
+      " compression (zlib level 6: `ssh://…?compress=true` makes Nix pass `-C` to ssh;" +
+      " `nix-ssh-cache-fetch --compress` passes `-o Compression=yes`). zstd is not an option" +
+      " without changing staging: its serve user is forced to `nix-store --serve`, so only ssh" +
+      ' can compress. "gzip -6 ratio" = NAR bytes / `gzip -6` bytes of the closure\'s first' +
+      ' 32 MiB (how much zlib can gain); "gain" = time without / time with compression' +
+      ' (above 1: compression wins); "choose" = on when it wins by 10 % or more, off when it' +
+      " loses by 10 % or more.",
+    "",
+    table(
+      [
+        "profile",
+        "shape",
+        "gzip -6 ratio",
+        "mode",
+        "without",
+        "with compression",
+        "gain",
+        "choose",
+      ],
+      rows,
+    ),
+    "",
+  ].join("\n");
+}
