@@ -131,23 +131,29 @@ export function networkSection(n: NetworkResults, s: SubstitutionResults): strin
     "- **raw SSH stream**: `ssh root@staging tar` of the closure, one connection: the limit.",
     "- **ssh://** (the component's substituter) and **ssh-ng://**: Nix substitutes path by path," +
       " one request at a time on one connection.",
-    `- **HTTP cache through an SSH forward**: \`nix copy --to file://…?compression=none\` on` +
-      ` staging fills a binary cache (${fmt((n.cacheFillSeconds ?? 0) || undefined, 1)} s for the three` +
-      ` shapes, ${fmt((n.cacheBytes ?? 0) / 1e6, 0)} MB on disk), Debian's nginx serves it on` +
-      " staging's loopback; production holds one SSH connection as a tunnel-only user whose key" +
-      ' allows nothing but a local forward to that one port (`restrict,port-forwarding,permitopen="…"`,' +
-      ' `command="/bin/false"`, sshd `PermitOpen`), and substitutes from' +
-      " `http://<its own address>:5080` with Nix's HTTP substituter (parallel queries and" +
-      " downloads, `http-connections` 25), narinfo disk cache off for the run. The tunnel is" +
-      " opened before the runs (like a service would keep it); opening it took " +
-      n.profiles.map((p) => `${fmtSeconds(n.tunnelSeconds[p.id])} (${p.id})`).join(", ") +
-      ".",
+    ...(n.modes.some((v) => v.id === "http")
+      ? [
+          `- **HTTP cache through an SSH forward**: \`nix copy --to file://…?compression=none\` on` +
+            ` staging fills a binary cache (${fmt((n.cacheFillSeconds ?? 0) || undefined, 1)} s for the` +
+            ` shapes, ${fmt((n.cacheBytes ?? 0) / 1e6, 0)} MB on disk), Debian's nginx serves it on` +
+            " staging's loopback; production holds one SSH connection as a tunnel-only user whose key" +
+            ' allows nothing but a local forward to that one port (`restrict,port-forwarding,permitopen="…"`,' +
+            ' `command="/bin/false"`, sshd `PermitOpen`), and substitutes from' +
+            " `http://<its own address>:5080` with Nix's HTTP substituter (parallel queries and" +
+            " downloads, `http-connections` 25), narinfo disk cache off for the run. The tunnel is" +
+            " opened before the runs (like a service would keep it); opening it took " +
+            n.profiles.map((p) => `${fmtSeconds(n.tunnelSeconds[p.id])} (${p.id})`).join(", ") +
+            ".",
+        ]
+      : []),
     "- **nix-ssh-cache-fetch** (the component's closure fetcher, installed on production by" +
       " `up`): one SSH session as the same confined serve user (`nix-store --serve`, the" +
       " ForceCommand `ssh://` uses): the closure of the path in one round trip, then the infos" +
       " and NARs of the paths production lacks, pipelined (one round trip plus the bytes); Nix" +
       " adds them from a temporary `file://` cache, checking staging's signatures as for any" +
       " substituter (`--no-fallback` in the bench, so a failure shows instead of `ssh://`).",
+    "- **`ssh://?compress=true`** and **`nix-ssh-cache-fetch --compress`**: the same with ssh's" +
+      " zlib compression (section 1c compares them).",
     `- **max-connections**: ${n.maxConnections.reason}.`,
     "",
     '"RTTs per path" = time / paths / RTT: how many round trips each path costs. Speed-up over' +

@@ -164,6 +164,7 @@ async function main(): Promise<number> {
             runTimeout,
             hangTimeout,
             extras: process.env.NSC_BENCH_EXTRAS === "1",
+            shapes: list("NSC_BENCH_SHAPES"),
             // The network section runs after the loopback rounds: keep its share.
             secondsLeft: () => secondsLeft() - 120 - (networkOn ? 780 : 0),
             afterRounds: async (closures) => {
