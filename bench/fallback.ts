@@ -158,9 +158,13 @@ export async function fallbackBench(
 
 /** The time-to-fallback table. */
 export function fallbackSection(f: FallbackResults): string {
+  const baseline = (paths: number) => f.runs.find((r) => r.state === "up" && r.paths === paths);
   const rows = f.runs.map((r) => [
     STATE_LABELS[r.state],
     String(r.paths),
+    r.state === "up" || !r.ok || !baseline(r.paths)?.ok
+      ? ""
+      : fmtSeconds(r.seconds - (baseline(r.paths)?.seconds ?? 0)),
     r.ok
       ? `built in ${fmtSeconds(r.seconds)}`
       : `exit ${r.exitCode} after ${fmtSeconds(r.seconds)}: ${r.error ?? "?"}`,
@@ -177,7 +181,7 @@ export function fallbackSection(f: FallbackResults): string {
       " `ConnectTimeout` × 3 per path to build.",
     "",
     ...f.errors.map((e) => `- error: ${e}`),
-    table(["staging", "paths to build", "result"], rows),
+    table(["staging", "paths to build", "lost to the outage (vs up)", "result"], rows),
     "",
   ].join("\n");
 }
