@@ -9,7 +9,7 @@
  *     cache that `nix copy --to file://` fills), reached by production through one SSH local
  *     forward restricted to that port (`permitopen`), so Nix's HTTP substituter queries and
  *     downloads in parallel (`http-connections`, default 25)
- *   - `fetch`: the component's `nix-ssh-cache-fetch` (installed on production by `up`): one SSH
+ *   - `fetch`: the component's `nix-ssh-cache-fetch` (the file `up` installs; run from the bench's copy): one SSH
  *     session to the same serve user (`nix-store --serve`: the closure, then the missing paths'
  *     infos and NARs pipelined), then Nix adds them from a temporary `file://` cache, checking
  *     staging's signatures as for any substituter
@@ -22,6 +22,7 @@
  * Building locally is independent of the network: its figures come from the loopback section.
  * Everything set up here is removed again, also on failure.
  */
+import * as fs from "fs";
 import * as path from "path";
 import { repoRoot } from "../tests/e2e/pulumi";
 import { TestHost } from "../tests/hosts/harness";
@@ -37,8 +38,13 @@ const HTTP_USER = "nix-http";
 const HTTP_DROP_IN = "/etc/ssh/sshd_config.d/nix-ssh-cache-bench-http.conf";
 const HTTP_KEYS = "/etc/ssh/nix-ssh-cache-bench-http.keys";
 const TOXIPROXY_API_PORT = 8474;
-/** The component's closure fetcher on production (`CacheClient`'s `fetcher`). */
-const FETCHER = "/usr/local/sbin/nix-ssh-cache-fetch";
+/**
+ * The component's closure fetcher on production: the file `up` installs in /usr/local/sbin
+ * (`CacheClient`'s `fetcher`), from this checkout, in the bench's own directory: test hosts of
+ * the plain flavour share the machine's /usr/local/sbin, where other test runs on the machine
+ * may replace or remove it meanwhile.
+ */
+const FETCHER = `${STATE_DIR}/nix-ssh-cache-fetch`;
 
 /** Everything the network section measured. */
 export interface NetworkResults {
@@ -379,6 +385,14 @@ export async function networkBench(
   const binary = process.env.NSC_TOXIPROXY ?? path.join(repoRoot, ".tools", "toxiproxy-server");
   let proxy: Toxiproxy | undefined;
   try {
+    await sh(
+      prod,
+      `install -d -m 700 ${STATE_DIR}; cat > ${FETCHER}.tmp; chmod 755 ${FETCHER}.tmp; mv ${FETCHER}.tmp ${FETCHER}`,
+      fs.readFileSync(
+        path.join(repoRoot, "components", "remote", "nix-ssh-cache-fetch.pl"),
+        "utf8",
+      ),
+    );
     // The HTTP cache (a copy of the closures, nginx, a tunnel) only when its mode runs.
     const http = results.modes.some((v) => v.id === "http");
     if (http) {

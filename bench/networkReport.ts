@@ -146,8 +146,8 @@ export function networkSection(n: NetworkResults, s: SubstitutionResults): strin
             ".",
         ]
       : []),
-    "- **nix-ssh-cache-fetch** (the component's closure fetcher, installed on production by" +
-      " `up`): one SSH session as the same confined serve user (`nix-store --serve`, the" +
+    "- **nix-ssh-cache-fetch** (the component's closure fetcher, the file `up` installs on" +
+      " production, run from a copy in the bench's own directory): one SSH session as the same confined serve user (`nix-store --serve`, the" +
       " ForceCommand `ssh://` uses): the closure of the path in one round trip, then the infos" +
       " and NARs of the paths production lacks, pipelined (one round trip plus the bytes); Nix" +
       " adds them from a temporary `file://` cache, checking staging's signatures as for any" +
