@@ -9,10 +9,10 @@
  *     cache that `nix copy --to file://` fills), reached by production through one SSH local
  *     forward restricted to that port (`permitopen`), so Nix's HTTP substituter queries and
  *     downloads in parallel (`http-connections`, default 25)
- *   - `fetch`: the component's `nix-ssh-cache-fetch` (the file `up` installs; run from the bench's copy): one SSH
- *     session to the same serve user (`nix-store --serve`: the closure, then the missing paths'
- *     infos and NARs pipelined), then Nix adds them from a temporary `file://` cache, checking
- *     staging's signatures as for any substituter
+ *   - `fetch`: the component's `nix-ssh-cache-fetch` (the file `up` installs; the bench runs a
+ *     copy of its own): one SSH session to the same serve user (`nix-store --serve`: the
+ *     closure, then the missing paths' infos and NARs pipelined), then Nix adds them from a
+ *     temporary `file://` cache, checking staging's signatures as for any substituter
  *   - `max-connections=8` on `ssh://`: only on Nix versions where it works (>= 2.32)
  *   - compression (issue 23): `ssh://?compress=true` and `nix-ssh-cache-fetch --compress` (both
  *     ssh's zlib; staging's serve user is forced to `nix-store --serve`, so nothing else, e.g.
