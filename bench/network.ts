@@ -28,7 +28,7 @@ import { repoRoot } from "../tests/e2e/pulumi";
 import { TestHost } from "../tests/hosts/harness";
 import { log } from "./lib";
 import { Closure, deleteOnProduction, Run, runVariant, sh, Variant } from "./substitution";
-import { NetworkProfile, PROFILES, Toxiproxy } from "./toxiproxy";
+import { EXTRA_PROFILES, NetworkProfile, PROFILES, Toxiproxy } from "./toxiproxy";
 
 /** Where the bench's HTTP binary cache lives on staging (host-own /var/lib). */
 const CACHE_DIR = "/var/lib/nsc-bench/binary-cache";
@@ -374,7 +374,9 @@ export async function networkBench(
   const closures = allClosures.filter((c) => !o.shapes || o.shapes.includes(c.shape.attr));
   if (!closures.length) throw new Error(`NSC_BENCH_SHAPES: no shape among ${o.shapes?.join(",")}`);
   for (const c of closures) results.gzipRatio[c.shape.attr] = await gzipRatio(stage, c);
-  results.profiles = PROFILES.filter((p) => !o.profiles || o.profiles.includes(p.id));
+  results.profiles = o.profiles
+    ? [...PROFILES, ...EXTRA_PROFILES].filter((p) => o.profiles?.includes(p.id))
+    : PROFILES;
   const hostsLine = (
     await sh(
       prod,
