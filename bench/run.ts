@@ -9,7 +9,7 @@
  *   1b. the same over emulated networks (Toxiproxy: loopback, LAN, same region, cross-region)
  *      with every mode: raw stream, ssh://, ssh-ng://, an HTTP cache through an SSH forward, the
  *      component's nix-ssh-cache-fetch (bench/network.ts); NSC_BENCH_NETWORK=0 skips it, NSC_BENCH_PROFILES=a,b
- *      picks profiles
+ *      picks profiles (also `slow`, 80 ms and 20 Mbit/s, run only when named)
  *   1c. compression (issue 23): ssh:// with and without `compress=true`, nix-ssh-cache-fetch with
  *      and without `--compress`, on the compressible `text` shape and the incompressible ones, in
  *      the network section's runs (one table of gains)
