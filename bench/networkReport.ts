@@ -74,6 +74,7 @@ function profileTable(
     if (!byMode) continue;
     const local = medianSeconds(s.runs[c.shape.attr]?.local);
     for (const v of n.modes) {
+      if (v.onlyShapes && !v.onlyShapes.includes(c.shape.attr)) continue;
       const run = byMode[v.id];
       const t = run?.ok ? run.seconds : undefined;
       const n = moved(c, run);
@@ -265,6 +266,7 @@ export function compressionSection(n: NetworkResults, closures: Closure[]): stri
       const byMode = n.runs[p.id]?.[c.shape.attr];
       if (!byMode) continue;
       for (const [plain, compressed] of pairs) {
+        if (!byMode[compressed]) continue;
         const g = compressionGain(byMode, plain, compressed);
         rows.push([
           p.label,

@@ -19,7 +19,7 @@
  *   3. connection reuse in isolation (the component's runScript, pooled and per script)
  *
  * Never run from tests. Every step is time-bounded; the whole run is bounded by
- * NSC_BENCH_BUDGET_MINUTES (default 24). Hosts start at 127.0.0.<NSC_BENCH_FIRST_ADDRESS> (default 2).
+ * NSC_BENCH_BUDGET_MINUTES (default 30). Hosts start at 127.0.0.<NSC_BENCH_FIRST_ADDRESS> (default 2).
  * Knobs: NSC_BENCH_ROUNDS (substitution rounds, default 1), NSC_BENCH_OVERHEAD_ROUNDS (default 1),
  * NSC_BENCH_SUBSTITUTION=0 (section 2 only), NSC_BENCH_OUTPUT=file (instead of bench/results.md),
  * NSC_BENCH_EXTRAS=1 (section 1 also runs the AES-GCM and compress variants of issue 7),
@@ -58,7 +58,7 @@ async function main(): Promise<number> {
   const firstAddress = envNumber("NSC_BENCH_FIRST_ADDRESS", 2);
   const rounds = envNumber("NSC_BENCH_ROUNDS", 1);
   const overheadRounds = envNumber("NSC_BENCH_OVERHEAD_ROUNDS", 1);
-  const budgetMinutes = envNumber("NSC_BENCH_BUDGET_MINUTES", 24);
+  const budgetMinutes = envNumber("NSC_BENCH_BUDGET_MINUTES", 30);
   const runTimeout = envNumber("NSC_BENCH_RUN_TIMEOUT", 120);
   const hangTimeout = envNumber("NSC_BENCH_HANG_TIMEOUT", 6);
   const sizes: ShapeSizes = quick

@@ -34,6 +34,8 @@ export interface Variant {
   command?: (c: Closure) => string;
   /** Login users on staging counted as this variant's connections, beyond the serve users. */
   countLogins?: string[];
+  /** Shapes (attrs) the variant runs on in the network section; default all. */
+  onlyShapes?: string[];
 }
 
 /** The variants, in the order each round runs them. */
