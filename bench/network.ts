@@ -9,21 +9,26 @@
  *     cache that `nix copy --to file://` fills), reached by production through one SSH local
  *     forward restricted to that port (`permitopen`), so Nix's HTTP substituter queries and
  *     downloads in parallel (`http-connections`, default 25)
- *   - `fetch`: the component's `nix-ssh-cache-fetch` (installed on production by `up`): one SSH
- *     session to the same serve user (`nix-store --serve`: the closure, then the missing paths'
- *     infos and NARs pipelined), then Nix adds them from a temporary `file://` cache, checking
- *     staging's signatures as for any substituter
+ *   - `fetch`: the component's `nix-ssh-cache-fetch` (the file `up` installs; the bench runs a
+ *     copy of its own): one SSH session to the same serve user (`nix-store --serve`: the
+ *     closure, then the missing paths' infos and NARs pipelined), then Nix adds them from a
+ *     temporary `file://` cache, checking staging's signatures as for any substituter
  *   - `max-connections=8` on `ssh://`: only on Nix versions where it works (>= 2.32)
+ *   - compression (issue 23): `ssh://?compress=true` and `nix-ssh-cache-fetch --compress` (both
+ *     ssh's zlib; staging's serve user is forced to `nix-store --serve`, so nothing else, e.g.
+ *     zstd, can run there without changing it), on the compressible `text` shape and the
+ *     incompressible ones
  *
  * Building locally is independent of the network: its figures come from the loopback section.
  * Everything set up here is removed again, also on failure.
  */
+import * as fs from "fs";
 import * as path from "path";
 import { repoRoot } from "../tests/e2e/pulumi";
 import { TestHost } from "../tests/hosts/harness";
 import { log } from "./lib";
 import { Closure, deleteOnProduction, Run, runVariant, sh, Variant } from "./substitution";
-import { NetworkProfile, PROFILES, Toxiproxy } from "./toxiproxy";
+import { EXTRA_PROFILES, NetworkProfile, PROFILES, Toxiproxy } from "./toxiproxy";
 
 /** Where the bench's HTTP binary cache lives on staging (host-own /var/lib). */
 const CACHE_DIR = "/var/lib/nsc-bench/binary-cache";
@@ -33,8 +38,13 @@ const HTTP_USER = "nix-http";
 const HTTP_DROP_IN = "/etc/ssh/sshd_config.d/nix-ssh-cache-bench-http.conf";
 const HTTP_KEYS = "/etc/ssh/nix-ssh-cache-bench-http.keys";
 const TOXIPROXY_API_PORT = 8474;
-/** The component's closure fetcher on production (`CacheClient`'s `fetcher`). */
-const FETCHER = "/usr/local/sbin/nix-ssh-cache-fetch";
+/**
+ * The component's closure fetcher on production: the file `up` installs in /usr/local/sbin
+ * (`CacheClient`'s `fetcher`), from this checkout, in the bench's own directory: test hosts of
+ * the plain flavour share the machine's /usr/local/sbin, where other test runs on the machine
+ * may replace or remove it meanwhile.
+ */
+const FETCHER = `${STATE_DIR}/nix-ssh-cache-fetch`;
 
 /** Everything the network section measured. */
 export interface NetworkResults {
@@ -50,6 +60,8 @@ export interface NetworkResults {
   cacheBytes?: number;
   /** `nix-store --version` on production. */
   nixVersion: string;
+  /** Closure NAR bytes / gzip -6 bytes of (up to) its first 32 MiB, per shape: compressibility. */
+  gzipRatio: Record<string, number>;
   /** Whether max-connections > 1 was measured (Nix >= 2.32), and why not. */
   maxConnections: { run: boolean; reason: string };
   errors: string[];
@@ -62,6 +74,7 @@ export function emptyNetwork(): NetworkResults {
     modes: [],
     runs: {},
     tunnelSeconds: {},
+    gzipRatio: {},
     nixVersion: "",
     maxConnections: { run: false, reason: "" },
     errors: [],
@@ -83,6 +96,13 @@ export function maxConnectionsWorks(version: [number, number] | undefined): bool
   const [major, minor] = version;
   return major > 2 || (major === 2 && minor >= 32);
 }
+
+/**
+ * The shapes the compression modes run on: one large incompressible path and the compressible
+ * one. Along the chain the round trips decide, not the bytes (and `ssh://` alone takes 90 s
+ * cross-region there); the mixed closure is incompressible like `large`.
+ */
+export const COMPRESSION_SHAPES = ["large", "text"];
 
 /** The modes of the network section. */
 export function networkModes(
@@ -123,6 +143,24 @@ export function networkModes(
       aes: false,
       timeoutSeconds: t,
       command: (c) => `${FETCHER} --quiet --no-fallback ${c.out}`,
+    },
+    {
+      id: "ssh-compress",
+      label: "ssh://?compress=true (ssh zlib)",
+      kind: "cache",
+      substituter: `ssh://nix-ssh@${stagingName}?compress=true`,
+      onlyShapes: COMPRESSION_SHAPES,
+      aes: false,
+      timeoutSeconds: t,
+    },
+    {
+      id: "fetch-compress",
+      label: "nix-ssh-cache-fetch --compress (ssh zlib)",
+      kind: "cache",
+      aes: false,
+      timeoutSeconds: t,
+      command: (c) => `${FETCHER} --quiet --no-fallback --compress ${c.out}`,
+      onlyShapes: COMPRESSION_SHAPES,
     },
   ];
   if (withMaxConnections) {
@@ -287,6 +325,24 @@ async function routeStaging(
   );
 }
 
+/**
+ * How compressible a closure is for ssh's zlib (level 6, like `gzip -6`): its NARs' bytes over
+ * the gzip -6 bytes, on the first 32 MiB of the NAR stream (enough to judge, cheap on 2 cores).
+ */
+async function gzipRatio(stage: TestHost, c: Closure): Promise<number> {
+  const [raw, gz] = (
+    await sh(
+      stage,
+      `{ for p in ${c.paths.join(" ")}; do nix-store --dump "$p"; done || true; } | head -c 33554432 > /tmp/nsc-bench-sample
+       wc -c < /tmp/nsc-bench-sample; gzip -6 -c /tmp/nsc-bench-sample | wc -c; rm -f /tmp/nsc-bench-sample`,
+    )
+  )
+    .trim()
+    .split("\n")
+    .map(Number);
+  return raw / gz;
+}
+
 /** Options of {@link networkBench}. */
 export interface NetworkOptions {
   /** 127.0.0.N for the proxy: an address of the bench's own range no host uses. */
@@ -295,6 +351,10 @@ export interface NetworkOptions {
   runTimeout: number;
   /** Profiles to run (ids), default all. */
   profiles?: string[];
+  /** Modes to run (ids; the raw stream always runs), default all. */
+  modes?: string[];
+  /** Shapes to run (attrs), default all. */
+  shapes?: string[];
   /** Seconds left in the whole bench's budget. */
   secondsLeft: () => number;
 }
@@ -303,7 +363,7 @@ export interface NetworkOptions {
 export async function networkBench(
   stage: TestHost,
   prod: TestHost,
-  closures: Closure[],
+  allClosures: Closure[],
   o: NetworkOptions,
   results: NetworkResults,
 ): Promise<void> {
@@ -315,8 +375,17 @@ export async function networkBench(
       ? "Nix >= 2.32: measured"
       : `not run: ${results.nixVersion} is older than 2.32, where max-connections > 1 on ssh:// and ssh-ng:// hangs (NixOS/nix#14615; section 1 shows the hang)`,
   };
-  results.modes = networkModes(stage.fqdn, o.runTimeout, works);
-  results.profiles = PROFILES.filter((p) => !o.profiles || o.profiles.includes(p.id));
+  results.modes = networkModes(stage.fqdn, o.runTimeout, works).filter(
+    (v) => v.id === "raw" || !o.modes || o.modes.includes(v.id),
+  );
+  const unknown = [...(o.modes ?? [])].filter((m) => !results.modes.some((v) => v.id === m));
+  if (unknown.length) throw new Error(`NSC_BENCH_MODES: unknown mode(s) ${unknown.join(", ")}`);
+  const closures = allClosures.filter((c) => !o.shapes || o.shapes.includes(c.shape.attr));
+  if (!closures.length) throw new Error(`NSC_BENCH_SHAPES: no shape among ${o.shapes?.join(",")}`);
+  for (const c of closures) results.gzipRatio[c.shape.attr] = await gzipRatio(stage, c);
+  results.profiles = o.profiles
+    ? [...PROFILES, ...EXTRA_PROFILES].filter((p) => o.profiles?.includes(p.id))
+    : PROFILES;
   const hostsLine = (
     await sh(
       prod,
@@ -327,10 +396,22 @@ export async function networkBench(
   const binary = process.env.NSC_TOXIPROXY ?? path.join(repoRoot, ".tools", "toxiproxy-server");
   let proxy: Toxiproxy | undefined;
   try {
-    await prepare(stage, prod, closures, results);
-    log(
-      `network: file:// cache filled in ${results.cacheFillSeconds?.toFixed(1)} s (${((results.cacheBytes ?? 0) / 1e6).toFixed(0)} MB); nginx on ${stage.address}:${HTTP_PORT}`,
+    await sh(
+      prod,
+      `install -d -m 700 ${STATE_DIR}; cat > ${FETCHER}.tmp; chmod 755 ${FETCHER}.tmp; mv ${FETCHER}.tmp ${FETCHER}`,
+      fs.readFileSync(
+        path.join(repoRoot, "components", "remote", "nix-ssh-cache-fetch.pl"),
+        "utf8",
+      ),
     );
+    // The HTTP cache (a copy of the closures, nginx, a tunnel) only when its mode runs.
+    const http = results.modes.some((v) => v.id === "http");
+    if (http) {
+      await prepare(stage, prod, closures, results);
+      log(
+        `network: file:// cache filled in ${results.cacheFillSeconds?.toFixed(1)} s (${((results.cacheBytes ?? 0) / 1e6).toFixed(0)} MB); nginx on ${stage.address}:${HTTP_PORT}`,
+      );
+    }
     proxy = await Toxiproxy.start(
       binary,
       o.proxyAddress,
@@ -344,13 +425,14 @@ export async function networkBench(
       }
       await proxy.setProfile(p);
       await routeStaging(prod, stage, hostsLine, p.proxied ? o.proxyAddress : stage.address);
-      results.tunnelSeconds[p.id] = await startTunnel(stage, prod);
+      if (http) results.tunnelSeconds[p.id] = await startTunnel(stage, prod);
       const byShape: Record<string, Record<string, Run>> = {};
       results.runs[p.id] = byShape;
       try {
         for (const c of closures) {
           byShape[c.shape.attr] = {};
           for (const v of results.modes) {
+            if (v.onlyShapes && !v.onlyShapes.includes(c.shape.attr)) continue;
             await deleteOnProduction(prod, c);
             const run = await runVariant(prod, stage, c, v, 1);
             byShape[c.shape.attr][v.id] = run;

@@ -74,6 +74,7 @@ function profileTable(
     if (!byMode) continue;
     const local = medianSeconds(s.runs[c.shape.attr]?.local);
     for (const v of n.modes) {
+      if (v.onlyShapes && !v.onlyShapes.includes(c.shape.attr)) continue;
       const run = byMode[v.id];
       const t = run?.ok ? run.seconds : undefined;
       const n = moved(c, run);
@@ -131,23 +132,29 @@ export function networkSection(n: NetworkResults, s: SubstitutionResults): strin
     "- **raw SSH stream**: `ssh root@staging tar` of the closure, one connection: the limit.",
     "- **ssh://** (the component's substituter) and **ssh-ng://**: Nix substitutes path by path," +
       " one request at a time on one connection.",
-    `- **HTTP cache through an SSH forward**: \`nix copy --to file://…?compression=none\` on` +
-      ` staging fills a binary cache (${fmt((n.cacheFillSeconds ?? 0) || undefined, 1)} s for the three` +
-      ` shapes, ${fmt((n.cacheBytes ?? 0) / 1e6, 0)} MB on disk), Debian's nginx serves it on` +
-      " staging's loopback; production holds one SSH connection as a tunnel-only user whose key" +
-      ' allows nothing but a local forward to that one port (`restrict,port-forwarding,permitopen="…"`,' +
-      ' `command="/bin/false"`, sshd `PermitOpen`), and substitutes from' +
-      " `http://<its own address>:5080` with Nix's HTTP substituter (parallel queries and" +
-      " downloads, `http-connections` 25), narinfo disk cache off for the run. The tunnel is" +
-      " opened before the runs (like a service would keep it); opening it took " +
-      n.profiles.map((p) => `${fmtSeconds(n.tunnelSeconds[p.id])} (${p.id})`).join(", ") +
-      ".",
-    "- **nix-ssh-cache-fetch** (the component's closure fetcher, installed on production by" +
-      " `up`): one SSH session as the same confined serve user (`nix-store --serve`, the" +
+    ...(n.modes.some((v) => v.id === "http")
+      ? [
+          `- **HTTP cache through an SSH forward**: \`nix copy --to file://…?compression=none\` on` +
+            ` staging fills a binary cache (${fmt((n.cacheFillSeconds ?? 0) || undefined, 1)} s for the` +
+            ` shapes, ${fmt((n.cacheBytes ?? 0) / 1e6, 0)} MB on disk), Debian's nginx serves it on` +
+            " staging's loopback; production holds one SSH connection as a tunnel-only user whose key" +
+            ' allows nothing but a local forward to that one port (`restrict,port-forwarding,permitopen="…"`,' +
+            ' `command="/bin/false"`, sshd `PermitOpen`), and substitutes from' +
+            " `http://<its own address>:5080` with Nix's HTTP substituter (parallel queries and" +
+            " downloads, `http-connections` 25), narinfo disk cache off for the run. The tunnel is" +
+            " opened before the runs (like a service would keep it); opening it took " +
+            n.profiles.map((p) => `${fmtSeconds(n.tunnelSeconds[p.id])} (${p.id})`).join(", ") +
+            ".",
+        ]
+      : []),
+    "- **nix-ssh-cache-fetch** (the component's closure fetcher, the file `up` installs on" +
+      " production, run from a copy in the bench's own directory): one SSH session as the same confined serve user (`nix-store --serve`, the" +
       " ForceCommand `ssh://` uses): the closure of the path in one round trip, then the infos" +
       " and NARs of the paths production lacks, pipelined (one round trip plus the bytes); Nix" +
       " adds them from a temporary `file://` cache, checking staging's signatures as for any" +
       " substituter (`--no-fallback` in the bench, so a failure shows instead of `ssh://`).",
+    "- **`ssh://?compress=true`** and **`nix-ssh-cache-fetch --compress`**: the same with ssh's" +
+      " zlib compression (section 1c compares them).",
     `- **max-connections**: ${n.maxConnections.reason}.`,
     "",
     '"RTTs per path" = time / paths / RTT: how many round trips each path costs. Speed-up over' +
@@ -228,6 +235,77 @@ export function networkProposals(n: NetworkResults, s: SubstitutionResults): str
     "2. **`max-connections`** on `ssh://` once production runs Nix >= 2.32 (detect with" +
       " `nix-store --version`, keep 1 below): parallel queries on one substituter, same" +
       " chain-depth limit as HTTP.",
+    "",
+  ].join("\n");
+}
+
+/** Time without compression / time with it (> 1: compression wins), when both succeeded. */
+export function compressionGain(
+  byMode: Record<string, Run> | undefined,
+  plain: string,
+  compressed: string,
+): number | undefined {
+  const a = byMode?.[plain];
+  const b = byMode?.[compressed];
+  return a?.ok && b?.ok ? a.seconds / b.seconds : undefined;
+}
+
+/** The compression table of issue 23: each profile and shape, each mode with and without. */
+export function compressionSection(n: NetworkResults, closures: Closure[]): string {
+  const pairs: [string, string][] = [
+    ["ssh", "ssh-compress"],
+    ["fetch", "fetch-compress"],
+  ].filter(([a, b]) => n.modes.some((v) => v.id === a) && n.modes.some((v) => v.id === b)) as [
+    string,
+    string,
+  ][];
+  if (!pairs.length) return "";
+  const rows: string[][] = [];
+  for (const p of n.profiles) {
+    for (const c of closures) {
+      const byMode = n.runs[p.id]?.[c.shape.attr];
+      if (!byMode) continue;
+      for (const [plain, compressed] of pairs) {
+        if (!byMode[compressed]) continue;
+        const g = compressionGain(byMode, plain, compressed);
+        rows.push([
+          p.label,
+          c.shape.attr,
+          fmt(n.gzipRatio[c.shape.attr], 2),
+          plain === "ssh" ? "`ssh://`" : "`nix-ssh-cache-fetch`",
+          timeCell(c, byMode[plain]),
+          timeCell(c, byMode[compressed]),
+          g === undefined ? "—" : `×${fmt(g, 2)}`,
+          g === undefined ? "—" : g >= 1.1 ? "**on**" : g > 0.9 ? "either" : "off",
+        ]);
+      }
+    }
+  }
+  return [
+    "## 1c. Compression (issue 23)",
+    "",
+    "The same runs as section 1b, side by side: each substituter without and with ssh's own" +
+      " compression (zlib level 6: `ssh://…?compress=true` makes Nix pass `-C` to ssh;" +
+      " `nix-ssh-cache-fetch --compress` passes `-o Compression=yes`). zstd is not an option" +
+      " without changing staging: its serve user is forced to `nix-store --serve`, so only ssh" +
+      ' can compress. "gzip -6 ratio" = NAR bytes / `gzip -6` bytes of the closure\'s first' +
+      ' 32 MiB (how much zlib can gain); "gain" = time without / time with compression' +
+      ' (above 1: compression wins); "choose" = on when it wins by 10 % or more, off when it' +
+      " loses by 10 % or more.",
+    "",
+    table(
+      [
+        "profile",
+        "shape",
+        "gzip -6 ratio",
+        "mode",
+        "without",
+        "with compression",
+        "gain",
+        "choose",
+      ],
+      rows,
+    ),
     "",
   ].join("\n");
 }

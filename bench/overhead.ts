@@ -147,7 +147,7 @@ async function measured(
 }
 
 /** A stack of the example project with `stage` and the given production hosts. */
-async function exampleStack(
+export async function exampleStack(
   name: string,
   stage: TestHost,
   prods: TestHost[],

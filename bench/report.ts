@@ -15,7 +15,8 @@ import {
   runsOf,
 } from "./overhead";
 import { NetworkResults } from "./network";
-import { networkProposals, networkSection } from "./networkReport";
+import { compressionSection, networkProposals, networkSection } from "./networkReport";
+import { FallbackResults, fallbackSection } from "./fallback";
 import { proposals } from "./proposals";
 import { PreviewTimeline } from "./timeline";
 import { medianRoundRatio, medianSeconds, Run, SubstitutionResults } from "./substitution";
@@ -30,6 +31,7 @@ export interface Report {
   overhead?: OverheadResults;
   reuse?: ReuseResults;
   network?: NetworkResults;
+  fallback?: FallbackResults;
   errors: string[];
 }
 
@@ -519,11 +521,19 @@ export function renderReport(r: Report): string {
   if (r.errors.length) {
     out.push("**Errors during this run:**", "", ...r.errors.map((e) => `- ${e}`), "");
   }
-  if (r.substitution) out.push(substitutionSection(r.substitution));
-  if (r.network && r.substitution) out.push(networkSection(r.network, r.substitution));
+  // NSC_BENCH_NETWORK_ONLY=1 runs no loopback rounds: no section 1 then, nor its proposals.
+  const rounds = (r.substitution?.rounds ?? 0) > 0;
+  if (r.substitution && rounds) out.push(substitutionSection(r.substitution));
+  if (r.network && r.substitution) {
+    out.push(networkSection(r.network, r.substitution));
+    out.push(compressionSection(r.network, r.substitution.closures));
+  }
+  if (r.fallback?.runs.length) out.push(fallbackSection(r.fallback));
   if (r.overhead) out.push(overheadSection(r.overhead));
   if (r.reuse) out.push(reuseSection(r.reuse));
-  out.push(proposals(r));
-  if (r.network && r.substitution) out.push(networkProposals(r.network, r.substitution));
+  if (rounds || r.overhead) out.push(proposals(r));
+  if (r.network && r.substitution && rounds) {
+    out.push(networkProposals(r.network, r.substitution));
+  }
   return out.join("\n") + "\n";
 }

@@ -34,6 +34,8 @@ export interface Variant {
   command?: (c: Closure) => string;
   /** Login users on staging counted as this variant's connections, beyond the serve users. */
   countLogins?: string[];
+  /** Shapes (attrs) the variant runs on in the network section; default all. */
+  onlyShapes?: string[];
 }
 
 /** The variants, in the order each round runs them. */
@@ -155,6 +157,8 @@ export interface SubstitutionOptions {
   hangTimeout: number;
   /** Also the AES-GCM and compress variants. */
   extras: boolean;
+  /** Shapes to build (attrs), default all. */
+  shapes?: string[];
   /** Seconds left in the whole bench's budget. */
   secondsLeft: () => number;
   /**
@@ -184,10 +188,14 @@ export async function sh(host: TestHost, script: string, input?: string): Promis
 }
 
 /** Builds the closures on staging (signed at build time) and reads their sizes. */
-async function buildOnStaging(stage: TestHost, sizes: ShapeSizes): Promise<Closure[]> {
+async function buildOnStaging(
+  stage: TestHost,
+  sizes: ShapeSizes,
+  only?: string[],
+): Promise<Closure[]> {
   await sh(stage, "cat > /root/bench.nix", benchExpression(sizes));
   const closures: Closure[] = [];
-  for (const shape of shapes(sizes)) {
+  for (const shape of shapes(sizes).filter((x) => !only || only.includes(x.attr))) {
     const drv = (
       await sh(stage, `nix-instantiate /root/bench.nix -A ${shape.attr} 2>/dev/null`)
     ).trim();
@@ -344,7 +352,8 @@ export async function substitutionBench(
   const { sizes, rounds } = o;
   results.sizes = sizes;
   results.rounds = 0;
-  const closures = await buildOnStaging(stage, sizes);
+  const closures = await buildOnStaging(stage, sizes, o.shapes);
+  if (!closures.length) throw new Error(`NSC_BENCH_SHAPES: no shape among ${o.shapes?.join(",")}`);
   results.closures = closures;
   await prepareStaging(stage, prod);
   const vs = variants(stage.fqdn, o.runTimeout, o.hangTimeout, o.extras);

@@ -41,6 +41,20 @@ export const PROFILES: NetworkProfile[] = [
   },
 ];
 
+/**
+ * Profiles run only when named in NSC_BENCH_PROFILES: a slow WAN link (a VPN or a small office
+ * line), where compression of a compressible closure is expected to pay.
+ */
+export const EXTRA_PROFILES: NetworkProfile[] = [
+  {
+    id: "slow",
+    label: "slow WAN (80 ms RTT, 20 Mbit/s)",
+    rttMs: 80,
+    mbit: 20,
+    proxied: true,
+  },
+];
+
 /** A latency/bandwidth toxic as Toxiproxy's API takes it. */
 export interface Toxic {
   name: string;

@@ -3,7 +3,7 @@
 # in one SSH session, instead of Nix's two round trips per path.
 #
 # Usage: nix-ssh-cache-fetch [--from ssh://USER@HOST] [--work-dir DIR] [--no-fallback] [--quiet]
-#                            PATH...
+#                            [--json] [--compress] PATH...
 #   PATH: a store path, or a store derivation (`.drv`: its outputs are fetched).
 #   --from: the staging cache; default: the first ssh:// substituter of this host's Nix
 #     configuration (`nix show-config`), the one nix-ssh-cache configures.
@@ -11,6 +11,9 @@
 #     closure); default: $NIX_SSH_CACHE_FETCH_DIR, else /var/tmp. Removed afterwards.
 #   --no-fallback: fail when the one-session path fails, instead of running
 #     `nix-store --realise` through the configured substituters.
+#   --compress: compress the session (ssh's zlib, `-o Compression=yes`; the same as `compress=true`
+#     in the --from URL). Pays on slow links and compressible closures, costs on fast links
+#     (see docs/performance.md); the fallback's nix-store uses the substituters as configured.
 #   --json: print one JSON object on stdout at the end: {"closure":N,"fetched":M,"bytes":B,
 #     "seconds":S,"fallback":false|true,"reason":"why the fast path failed"} (messages stay on
 #     stderr).
@@ -55,7 +58,7 @@ my $MAX_CA_LENGTH = 256;
 # The NARs must leave this much of the work directory's file system free: min(1/10, 1 GiB).
 my $MAX_RESERVE = 1 << 30;
 
-my ($from, $fallback, $quiet, $json) = (undef, 1, 0, 0);
+my ($from, $fallback, $quiet, $json, $compress) = (undef, 1, 0, 0, 0);
 my %report = (closure => 0, fetched => 0, bytes => 0, fallback => 0, reason => '');
 my $t0 = time;
 # Who answers, for messages: "staging (ssh://nix-ssh@stage.test)".
@@ -75,6 +78,7 @@ while (@ARGV) {
     elsif ($a eq '--no-fallback') { $fallback = 0 }
     elsif ($a eq '--quiet') { $quiet = 1 }
     elsif ($a eq '--json') { $json = 1 }
+    elsif ($a eq '--compress') { $compress = 1 }
     elsif ($a eq '--help' || $a eq '-h') { print usage_text(); exit 0 }
     elsif ($a eq '--') { push @args, @ARGV; last }
     elsif ($a =~ /^-/) { usage("unknown option $a") }
@@ -86,7 +90,7 @@ $SIG{INT} = $SIG{TERM} = $SIG{HUP} = sub { exit 130 };
 
 sub usage_text {
     "usage: $ME [--from ssh://USER\@HOST] [--work-dir DIR] [--no-fallback] [--quiet] [--json]"
-        . " PATH...\n";
+        . " [--compress] PATH...\n";
 }
 sub usage { print STDERR "$ME: $_[0]\n", usage_text(); exit 2 }
 sub say_ { print STDERR "$ME: @_\n" unless $quiet }
@@ -212,7 +216,8 @@ sub trusted_keys {
     return @keys;
 }
 
-# The ssh command line for an ssh:// URL, as Nix builds it (ssh-key=, compress=).
+# The ssh command line for an ssh:// URL, as Nix builds it (ssh-key=, compress=); --compress
+# compresses too.
 sub ssh_command {
     my ($url) = @_;
     $url =~ m{^ssh://([^/?]+)(?:\?(.*))?$} or die "'" . printable($url) . "' is not an ssh:// store URL\n";
@@ -233,7 +238,7 @@ sub ssh_command {
             or die "the URL's ssh-key '" . printable($param{'ssh-key'}) . "' is not an absolute path\n";
         push @cmd, '-i', $param{'ssh-key'};
     }
-    push @cmd, '-C' if ($param{compress} // '') eq 'true';
+    push @cmd, '-o', 'Compression=yes' if $compress || ($param{compress} // '') eq 'true';
     return (@cmd, '--', $authority, $program, '--serve');
 }
 
