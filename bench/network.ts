@@ -40,9 +40,8 @@ const HTTP_KEYS = "/etc/ssh/nix-ssh-cache-bench-http.keys";
 const TOXIPROXY_API_PORT = 8474;
 /**
  * The component's closure fetcher on production: the file `up` installs in /usr/local/sbin
- * (`CacheClient`'s `fetcher`), from this checkout, in the bench's own directory: test hosts of
- * the plain flavour share the machine's /usr/local/sbin, where other test runs on the machine
- * may replace or remove it meanwhile.
+ * (`CacheClient`'s `fetcher`), from this checkout, in the bench's own directory, so the bench
+ * measures exactly the checkout's file.
  */
 const FETCHER = `${STATE_DIR}/nix-ssh-cache-fetch`;
 

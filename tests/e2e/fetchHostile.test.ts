@@ -21,8 +21,8 @@ import { pulumiSkipReason, PulumiStack, repoRoot } from "./pulumi";
 
 const skip = e2eSkipReason() ?? pulumiSkipReason();
 /**
- * The repository's fetcher, copied into production's own `/root`: `up` installs it in
- * `/usr/local/sbin`, which test hosts share with the machine (and with other test runs).
+ * The repository's fetcher, copied into production's own `/root`, so this test runs exactly the
+ * checkout's file whatever `up` installed in `/usr/local/sbin`.
  */
 const FETCH = "/root/nix-ssh-cache-fetch";
 const HOSTILE = "/etc/nsc-hostile/serve";

@@ -63,8 +63,8 @@ module.exports = async () => {
 `;
 
 /**
- * Production's files the client writes (not the fetcher: /usr/local is not a host-own directory
- * of the test hosts, other tests on the machine install and remove it).
+ * Production's files the client writes (not the fetcher in /usr/local/sbin: its bytes are
+ * checked by fetch.test.ts).
  */
 const PRODUCTION_FILES = [
   "/etc/ssh/ssh_config.d/nix-ssh-cache.conf",

@@ -57,7 +57,7 @@ cp "$NSC_HOSTS_FILE" "$S/etc/hosts"
 echo "$NSC_FQDN" >"$S/etc/hostname"
 printf '\n# test host: no network, no substituters\nsubstituters =\n' >>"$S/etc/nix/nix.conf"
 
-install -d -m 0755 "$S/nix" "$S/var-lib" "$S/var-log" "$S/run" "$S/home"
+install -d -m 0755 "$S/nix" "$S/var-lib" "$S/var-log" "$S/run" "$S/home" "$S/usr-local-sbin"
 install -d -m 0700 "$S/root" "$S/root/.ssh"
 install -d -m 1777 "$S/tmp" "$S/var-tmp"
 install -m 0600 "$NSC_RUNNER_PUB" "$S/root/.ssh/authorized_keys"
@@ -79,6 +79,9 @@ mount --bind "$S/var-log" /var/log
 mount --bind "$S/var-tmp" /var/tmp
 mount --bind "$S/run" /run
 mount --bind "$S/home" /home
+# its own, empty /usr/local/sbin: nix-ssh-cache installs the closure fetcher there, and two test
+# runs at once (or two hosts of one run) must not replace or delete each other's
+mount --bind "$S/usr-local-sbin" /usr/local/sbin
 mount --bind "$S/tmp" /tmp
 cd /
 hostname "$NSC_FQDN"
