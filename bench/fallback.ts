@@ -8,8 +8,8 @@
  * host). One path and a chain of a few paths (Nix 2.8 tries the substituter again for each
  * path). Every realise is bounded; staging's sshd is started again whatever happens.
  */
-import * as net from "net";
 import { randomBytes } from "crypto";
+import { silentListener } from "../tests/e2e/helpers";
 import { TestHost } from "../tests/hosts/harness";
 import { fmtSeconds, log, table } from "./lib";
 import { sh } from "./substitution";
@@ -63,25 +63,6 @@ async function localChain(host: TestHost, n: number): Promise<string> {
     `args = [ "-c" "echo \${toString i} \${prev} > $out" ]; }; ` +
     `go = i: if i == 0 then mk 0 "" else mk i (go (i - 1)); in go ${n - 1}`;
   return (await sh(host, `nix-instantiate -E '${expr}' 2>/dev/null`)).trim();
-}
-
-/** Accepts connections on staging's SSH address and never says a word; returns its closer. */
-async function silentListener(stage: TestHost): Promise<() => Promise<void>> {
-  const sockets = new Set<net.Socket>();
-  const server = net.createServer((s) => {
-    sockets.add(s);
-    s.on("error", () => undefined);
-    s.on("close", () => sockets.delete(s));
-  });
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
-    server.listen({ host: stage.address, port: stage.port }, resolve);
-  });
-  return () =>
-    new Promise<void>((resolve) => {
-      for (const s of sockets) s.destroy();
-      server.close(() => resolve());
-    });
 }
 
 /** Realises a fresh chain of `paths` derivations on production; the time is measured there. */

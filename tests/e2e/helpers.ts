@@ -4,6 +4,7 @@
  */
 import * as assert from "node:assert/strict";
 import { randomBytes } from "crypto";
+import * as net from "net";
 import { hostScript, remoteScriptText } from "../../components/host";
 import { assembleScript, Connection } from "../../components/ssh";
 import { ExecResult, TestHost, TestHosts } from "../hosts/harness";
@@ -148,4 +149,26 @@ export function lastJson(r: ExecResult): Record<string, unknown> {
 /** What `cmd` printed inside the host, trimmed (it must succeed). */
 export async function hostOutput(h: TestHost, cmd: string): Promise<string> {
   return (await h.exec(cmd)).stdout.trim();
+}
+
+/**
+ * A staging that accepts TCP connections on its SSH address and never says a word (a hung
+ * sshd or host behind something that still completes the handshake). Returns its closer.
+ */
+export async function silentListener(stage: TestHost): Promise<() => Promise<void>> {
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((s) => {
+    sockets.add(s);
+    s.on("error", () => undefined);
+    s.on("close", () => sockets.delete(s));
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen({ host: stage.address, port: stage.port }, resolve);
+  });
+  return () =>
+    new Promise<void>((resolve) => {
+      for (const s of sockets) s.destroy();
+      server.close(() => resolve());
+    });
 }

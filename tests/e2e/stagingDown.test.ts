@@ -11,10 +11,9 @@
  */
 import { after, before, describe, it, TestContext } from "node:test";
 import * as assert from "node:assert/strict";
-import * as net from "net";
 import { randomBytes } from "crypto";
 import { e2eSkipReason, startHosts, TestHost, TestHosts } from "../hosts/harness";
-import { exampleStack } from "./helpers";
+import { exampleStack, silentListener } from "./helpers";
 import { pulumiSkipReason, PulumiStack, repoRoot } from "./pulumi";
 
 const skip = e2eSkipReason() ?? pulumiSkipReason();
@@ -48,28 +47,6 @@ async function timedRealise(host: TestHost, drv: string, options = "", cutOffSec
   });
   const ms = Number((process.hrtime.bigint() - start) / 1_000_000n);
   return { ...r, ms };
-}
-
-/**
- * A staging that accepts TCP connections on its SSH address and never says a word (a hung
- * sshd or host behind something that still completes the handshake). Returns its closer.
- */
-async function silentListener(stage: TestHost): Promise<() => Promise<void>> {
-  const sockets = new Set<net.Socket>();
-  const server = net.createServer((s) => {
-    sockets.add(s);
-    s.on("error", () => undefined);
-    s.on("close", () => sockets.delete(s));
-  });
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
-    server.listen({ host: stage.address, port: stage.port }, resolve);
-  });
-  return () =>
-    new Promise<void>((resolve) => {
-      for (const s of sockets) s.destroy();
-      server.close(() => resolve());
-    });
 }
 
 describe("staging down: production falls back to building, in seconds", { skip }, () => {
