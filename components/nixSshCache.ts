@@ -102,7 +102,7 @@ export interface NixSshCacheArgs extends SubstituterOptions, FragmentOptions, Ou
   pins?: pulumi.Input<pulumi.Input<string>[]>;
   /**
    * With `pins`: how many releases staging keeps pinned (the oldest beyond are unpinned). 1 to
-   * 1000.
+   * 1000; an input error without `pins` (it would keep nothing).
    * @defaultValue `3`
    */
   keepReleases?: number;

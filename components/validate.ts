@@ -110,6 +110,10 @@ export interface PlainNixSshCacheArgs extends PlainServerOptions {
   clientIdentity?: string;
   /** Install the one-session closure fetcher on production. */
   fetcher?: boolean;
+  /** Store paths of the release staging keeps as GC roots (checked by `CachePin`). */
+  pins?: unknown;
+  /** With `pins`: how many releases staging keeps (checked by `CachePin`). */
+  keepReleases?: unknown;
 }
 
 /**
@@ -710,7 +714,8 @@ function checkProductionList(
  * password or an ssh-agent; host keys; dial limits; the jump host), `become`, `cacheHost`,
  * `name`; `keyName`, absolute paths, the `protocol`, `rebuild` and `fragments` enums,
  * `clientIdentity`, `signingKey` generations, the substituter options (`compress`,
- * `maxConnections` — at most 1 — and `priority`), extra `authorizedKeys`, a non-empty
+ * `maxConnections` — at most 1 — and `priority`), `keepReleases` only with `pins`, extra
+ * `authorizedKeys`, a non-empty
  * production list, duplicate production hosts and names, and staging listed as production.
  *
  * @throws NixSshCacheInputError when any input is invalid
@@ -737,6 +742,11 @@ export function validateArgs(args: PlainNixSshCacheArgs): void {
   checkServerOptions(args, stagingAt, problems);
   checkEnum(args?.clientIdentity, "clientIdentity", CLIENT_IDENTITY_MODES, stagingAt, problems);
   checkBoolean(args?.fetcher, "fetcher", stagingAt, problems);
+  if (args?.keepReleases !== undefined && args?.pins === undefined) {
+    problems.push(
+      `keepReleases (${show(args.keepReleases)}${stagingAt}): keeps nothing without pins; give pins (the release's store paths) or leave keepReleases unset`,
+    );
+  }
   if (problems.length > 0) throw new NixSshCacheInputError(problems);
 }
 

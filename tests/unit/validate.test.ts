@@ -445,6 +445,12 @@ const BAD: Case[] = [
     '"stage.test"',
   ],
   [
+    "keepReleases without pins (it would keep nothing)",
+    (a) => (a.keepReleases = 5),
+    "keepReleases",
+    '"stage.test"',
+  ],
+  [
     "clientIdentity not in enum",
     (a) => (a.clientIdentity = "user"),
     "clientIdentity",
