@@ -715,8 +715,8 @@ function checkProductionList(
  * `name`; `keyName`, absolute paths, the `protocol`, `rebuild` and `fragments` enums,
  * `clientIdentity`, `signingKey` generations, the substituter options (`compress`,
  * `maxConnections` — at most 1 — and `priority`), `keepReleases` only with `pins`, extra
- * `authorizedKeys`, a non-empty
- * production list, duplicate production hosts and names, and staging listed as production.
+ * `authorizedKeys`, a non-empty production list, duplicate production hosts and names, and
+ * staging listed as production.
  *
  * @throws NixSshCacheInputError when any input is invalid
  * @example
